@@ -1,0 +1,39 @@
+"""ownllm: turn your own domain data into your own LLM.
+
+The guide's Python API works with ``import ownllm as deepseek``::
+
+    model = deepseek.load_model("smollm2-135m")
+    print(model.generate("人工智能的未来是", max_length=20))
+
+Nothing heavy is imported here: names are loaded on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "ownllm.models.load",
+    "OwnModel": "ownllm.models.generation",
+    "OwnLLMError": "ownllm.errors",
+    "clean_text": "ownllm.data.clean",
+    "prepare_dataset": "ownllm.data.prepare",
+    "Trainer": "ownllm.training.trainer",
+    "evaluate": "ownllm.evaluation.compare",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ownllm' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

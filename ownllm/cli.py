@@ -1,0 +1,183 @@
+"""`ownllm <command>`: one small function per command, and a dispatch table.
+
+Nothing heavy is imported at module level, so `ownllm --help` starts without torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ownllm.errors import OwnLLMError
+
+
+# -- foundation commands ---------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from ownllm.models.registry import MODELS, format_params, is_available_here
+
+    rows = [("alias", "hub id", "params", "context", "licence", "template", "here")]
+    for s in MODELS.values():
+        rows.append((s.alias, s.hub_id, format_params(s.params), f"{s.context:,}", s.licence, s.template,
+                     ("yes (embedded)" if s.embedded else "yes (cache)") if is_available_here(s) else "no"))
+    _print_table(rows)
+    print("\nAlso accepted: a local Hugging Face folder, a .gguf file, or a hub id (org/name).")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from ownllm.doctor import report
+
+    print(report())
+    return 0
+
+
+def _gen_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, temperature=args.temperature,
+                top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                seed=args.seed, stop=args.stop or None)
+
+
+def cmd_generate(args) -> int:
+    from ownllm.models.generation import GenerationSettings
+    from ownllm.models.load import load_model
+
+    kwargs = _gen_kwargs(args)
+    GenerationSettings.build(**kwargs)  # report bad values before the model loads
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle,
+                       trust_remote_code=args.trust_remote_code)
+    for piece in model.stream(args.prompt, system_prompt=args.system, chat=False if args.raw else None, **kwargs):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from ownllm.models.generation import GenerationSettings
+    from ownllm.models.load import load_model
+
+    kwargs = _gen_kwargs(args)
+    GenerationSettings.build(**kwargs)
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle,
+                       trust_remote_code=args.trust_remote_code)
+    system, history = args.system, []
+    print(f"{model.name} — type a message; /reset clears the conversation, /system TEXT sets the "
+          "system prompt, /exit quits.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = []
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            history = []
+            print(f"(system prompt {'set' if system else 'cleared'}; conversation cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        print("model> ", end="", flush=True)
+        answer = ""
+        for piece in model.stream(history, system_prompt=system, **kwargs):
+            answer += piece
+            print(piece, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": answer})
+
+
+# -- argument parsing ------------------------------------------------------------------------
+def _print_table(rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights from a folder you trust")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+
+
+def _add_gen_args(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=None, help="new tokens to generate (default 256)")
+    p.add_argument("--max-length", type=int, default=None, help="your prompt's tokens + new tokens")
+    p.add_argument("--temperature", type=float, default=0.7, help="0..2; 0 is greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling, (0, 1] (default 0.9)")
+    p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 disables (default 50)")
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="(0, 5], 1 disables (default 1.1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--stop", action="append", help="stop at this string (repeatable)")
+    p.add_argument("--system", default=None, help="system prompt, e.g. \"你是一个专业的医疗问诊助手\"")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ownllm import __version__
+    from ownllm.models.registry import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="ownllm", description="Turn your own domain data into your own LLM: prepare, plan, train, "
+        "evaluate, export and serve it.")
+    parser.add_argument("--version", action="version", version=f"ownllm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model registry and what is available here")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("doctor", help="check this machine: python, torch, GPU, RAM, disk, packages")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("model", help=f"alias (e.g. {DEFAULT_MODEL}), run dir, HF folder, .gguf file or hub id")
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="plain continuation, no chat template")
+    _add_gen_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat with a model in the terminal (/reset, /system, /exit)")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
+    _add_gen_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    from ownllm import cli_train
+
+    cli_train.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except OwnLLMError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            print(f"error: the disk is full ({e.filename or 'while writing'}); free some space and retry",
+                  file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

