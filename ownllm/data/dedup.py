@@ -6,7 +6,7 @@ import re
 
 _WS = re.compile(r"\s+")
 NUM_PERM = 64
-THRESHOLD = 0.85
+THRESHOLD = 0.9
 
 
 def _norm(text: str) -> str:

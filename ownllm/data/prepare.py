@@ -4,10 +4,12 @@ Input files are only read. Rejected rows go to ``data/rejected.jsonl`` with file
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from ownllm.data import formats, schema as schemas
 from ownllm.data.clean import clean_row
@@ -79,17 +81,16 @@ class PreparedData:
                             (("train", self.train), ("validation", self.val), ("test", self.test)) if v})
 
 
-def _raw_rows(inputs) -> tuple[list, list[str], list[str]]:
-    """All raw rows from paths, a 🤗 Dataset or a list of dicts; plus files read and skipped."""
+def _raw_rows(inputs) -> tuple[Iterator, list[str], list[str]]:
+    """Raw rows, streamed, from paths, a 🤗 Dataset or a list of dicts; plus files read and skipped."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if hasattr(inputs, "column_names") or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
-        return list(formats.read_objects(inputs)), [], []
+        return formats.read_objects(inputs), [], []
     files, skipped = formats.list_files(inputs)
-    rows = []
     for f in files:
-        rows.extend(formats.read_file(f))
-    return rows, files, skipped
+        formats.check_file(f)  # fail on an empty or binary file before reading any other
+    return itertools.chain.from_iterable(formats.read_file(f) for f in files), files, skipped
 
 
 class _Rejects:
@@ -106,14 +107,18 @@ class _Rejects:
         self.rows.append({"source": raw.source, "line": raw.line, "reason": reason, "detail": detail, "row": value})
 
 
-def convert_rows(raws: list, cfg: PrepareConfig, rejects: _Rejects) -> tuple[list, schemas.Schema, dict]:
-    """Detect the schema, convert, clean, validate and deduplicate. Returns kept rows with origins."""
-    samples = [r.value for r in raws if r.error is None and isinstance(r.value, dict)][:SAMPLE_FOR_DETECTION]
+def convert_rows(raws: Iterator, cfg: PrepareConfig, rejects: _Rejects) -> tuple[list, schemas.Schema, Counter]:
+    """Detect the schema, convert, clean, validate and deduplicate, streaming. Returns kept rows and
+    counts (``stats["total"]`` rows read)."""
+    raws = iter(raws)
+    head = list(itertools.islice(raws, SAMPLE_FOR_DETECTION * 4))
+    samples = [r.value for r in head if r.error is None and isinstance(r.value, dict)][:SAMPLE_FOR_DETECTION]
     schema = schemas.detect_format(samples, cfg.format, cfg.columns)
     dedup = Deduplicator(cfg.dedup)
     max_chars = cfg.max_seq_len * 16  # generous: only rows that could never fit are dropped here
     kept, stats = [], Counter()
-    for raw in raws:
+    for raw in itertools.chain(head, raws):
+        stats["total"] += 1
         if raw.error:
             rejects.add(raw, raw.error, raw.detail)
             continue
@@ -130,7 +135,7 @@ def convert_rows(raws: list, cfg: PrepareConfig, rejects: _Rejects) -> tuple[lis
             stats[dup] += 1
             rejects.add(raw, dup, f"same as {first}")
             continue
-        kept.append((row, raw))
+        kept.append(row)
     return kept, schema, stats
 
 
@@ -143,13 +148,12 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
     cfg = PrepareConfig(**options)
     cfg.validate()
     raws, files, skipped = _raw_rows(inputs)
-    if not raws:
-        raise DataError("no rows were found in the input", where=", ".join(map(str, files)) or None)
     rejects = _Rejects(cfg.strict)
-    kept, schema, stats = convert_rows(raws, cfg, rejects)
-    total = len(raws)
+    rows, schema, stats = convert_rows(raws, cfg, rejects)
+    total = stats["total"]
+    if not total:
+        raise DataError("no rows were found in the input", where=", ".join(map(str, files)) or None)
     _check_rejected_share(total, len(rejects.rows) - stats["duplicate"] - stats["near_duplicate"], cfg, rejects)
-    rows = [r for r, _ in kept]
     given = {name: _given_split(path, cfg, rejects) for name, path in (("val", val), ("test", test)) if path}
     train, v, t = split_rows(rows, cfg.split, cfg.seed, need_val="val" not in given, need_test="test" not in given)
     v, t = given.get("val", v), given.get("test", t)
@@ -163,7 +167,7 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
         raise DataError("no training rows are left after checks", hint="see rejected.jsonl for the reasons")
     from ownllm.data.report import build_report
 
-    report = build_report(cfg, schema, files, skipped, total, len(kept), rejects.rows, stats,
+    report = build_report(cfg, schema, files, skipped, total, len(rows), rejects.rows, stats,
                           train, v, t, len(leaks))
     result = PreparedData(train, v, t, report, rejects.rows, out)
     if out:
@@ -189,7 +193,7 @@ def _given_split(path: str, cfg: PrepareConfig, parent_rejects: _Rejects) -> lis
     rejects = _Rejects(cfg.strict)
     kept, _, _ = convert_rows(raws, cfg, rejects)
     parent_rejects.rows.extend(rejects.rows)
-    return [r for r, _ in kept]
+    return kept
 
 
 def load_prepared(run_dir: str) -> PreparedData:

@@ -216,14 +216,14 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
                                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel
+        from transformers import AutoTokenizer
 
+        if os.path.exists(os.path.join(adapter, "tokenizer_config.json")):
+            tokenizer = AutoTokenizer.from_pretrained(adapter)
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # terms added in training
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model = PeftModel.from_pretrained(model, adapter)
         model.eval()
-        tok_dir = adapter if os.path.exists(os.path.join(adapter, "tokenizer_config.json")) else None
-        if tok_dir:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     return OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
 
 
@@ -257,7 +257,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(adapter)
     source = resolve(_base_of_adapter(adapter) if adapter else name)
-    folder = local_folder(source, allow_pickle=True)
+    folder = source.location if source.kind == "folder" else local_folder(source)  # no weights needed
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                             local_files_only=source.kind != "hub" or None)

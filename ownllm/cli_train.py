@@ -1,0 +1,211 @@
+"""CLI commands of the core flow: `data inspect|prepare`, `train`, `eval`, `quickstart`.
+
+`train`'s flags are generated from TrainConfig's fields: the dataclass is the CLI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import typing
+
+from ownllm.config import TrainConfig
+
+
+# -- data ------------------------------------------------------------------------------------
+def _prepare_options(args) -> dict:
+    return dict(format=args.format, columns=args.columns, split=args.split, seed=args.seed, strict=args.strict,
+                max_rejected=args.max_rejected, max_seq_len=args.max_seq_len, system=args.system, pii=args.pii,
+                dedup=args.dedup, model=args.model, template=args.template)
+
+
+def cmd_data_inspect(args) -> int:
+    from ownllm.data.prepare import prepare_dataset
+    from ownllm.data.report import to_markdown
+
+    result = prepare_dataset(args.inputs, None, **_prepare_options(args))
+    print(to_markdown(result.report))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from ownllm.data.prepare import prepare_dataset
+
+    r = prepare_dataset(args.inputs, args.out, val=args.val, test=args.test, **_prepare_options(args)).report
+    print(f"format {r['format']} ({r['format_reason']}); {r['total_rows']} rows read, {r['kept_rows']} kept, "
+          f"{r['rejected_rows']} rejected; train {r['splits']['train']} / val {r['splits']['val']} / "
+          f"test {r['splits']['test']}; {r['train_tokens_per_epoch']:,} training tokens per epoch")
+    print(f"wrote {os.path.join(args.out, 'data')}/ (train/val/test.jsonl, rejected.jsonl, report.md, report.json)")
+    return 0
+
+
+def _add_prepare_args(p, with_out: bool) -> None:
+    p.add_argument("inputs", nargs="+", help="files or folders (.jsonl .json .csv .tsv .parquet .txt .md)")
+    if with_out:
+        p.add_argument("--out", required=True, help="run directory to write data/ into")
+        p.add_argument("--val", help="your own validation file (used instead of a split)")
+        p.add_argument("--test", help="your own test file (used instead of a split)")
+    p.add_argument("--model", default=None, help="model whose tokenizer and chat template are used (default smollm2-135m)")
+    p.add_argument("--format", default="auto", help="auto | messages | sharegpt | alpaca | prompt-completion | text")
+    p.add_argument("--columns", help="column mapping, e.g. prompt=问题,response=答案")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, default=42, help="shuffle seed (default 42)")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    p.add_argument("--max-rejected", type=float, default=0.1, help="fail if more than this share of rows is bad")
+    p.add_argument("--max-seq-len", type=int, default=1024, help="token limit used for the truncation count")
+    p.add_argument("--system", help="system prompt added to every conversation")
+    p.add_argument("--pii", default="keep", choices=["mask", "keep"], help="mask e-mails, phones, ID and card numbers")
+    p.add_argument("--dedup", default="near", choices=["exact", "near", "off"], help="duplicate removal (default near)")
+    p.add_argument("--template", help="chat template: the model's own, or chatml, llama3, qwen, deepseek, alpaca")
+
+
+# -- train -----------------------------------------------------------------------------------
+def add_config_flags(p, cls=TrainConfig, skip=()) -> None:
+    """One flag per dataclass field; help from the field's metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        if typ is bool:
+            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+            continue
+        inner = [t for t in typing.get_args(typ) if t is not type(None)] or [typ]
+        conv = {int: int, float: float}.get(inner[0], str)
+        if set(inner) == {float, int} or inner[0] is float:
+            conv = float
+        p.add_argument(flag, type=conv, default=None, help=f.metadata["help"])
+
+
+def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
+    from ownllm.config import load_yaml
+
+    cfg = base or (load_yaml(args.config, overrides=args.overrides) if getattr(args, "config", None) else TrainConfig())
+    updates = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+               if getattr(args, f.name, None) is not None}
+    if isinstance(updates.get("epochs"), float) and updates["epochs"].is_integer():
+        updates["epochs"] = int(updates["epochs"])
+    return dataclasses.replace(cfg, **updates)
+
+
+def cmd_train(args) -> int:
+    from ownllm.training.trainer import Trainer
+
+    if args.config and not args.config.endswith((".yaml", ".yml")) and "=" not in args.config:
+        from ownllm.errors import ConfigError
+
+        raise ConfigError(f"'{args.config}' is not a .yaml config", hint="use --data FILE for a dataset")
+    if args.resume:
+        return _resume(args)
+    cfg = config_from_args(args)
+    if not cfg.data:
+        from ownllm.errors import ConfigError
+
+        raise ConfigError("no training data", hint="ownllm train --data my.jsonl (or a config.yaml naming data:)")
+    summary = Trainer(config=cfg).train()
+    _print_summary(summary)
+    return 0
+
+
+def _resume(args) -> int:
+    from ownllm.config import load_yaml
+    from ownllm.training.trainer import Trainer
+
+    cfg_path = os.path.join(args.resume, "config.yaml")
+    if not os.path.exists(cfg_path):
+        from ownllm.errors import ConfigError
+
+        raise ConfigError(f"{args.resume} is not a run directory (no config.yaml)")
+    cfg = config_from_args(args, load_yaml(cfg_path))
+    cfg.out = args.resume
+    cfg.data = args.resume if os.path.exists(os.path.join(args.resume, "data", "train.jsonl")) else cfg.data
+    trainer = Trainer(config=cfg)
+    trainer.resume_from_checkpoint(args.checkpoint)
+    _print_summary(trainer.train(additional_epochs=args.additional_epochs))
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    print(json.dumps({k: s[k] for k in ("run_dir", "output", "stopped_because", "global_step", "final_train_loss",
+                                        "best_val_loss", "tokens_per_second", "wall_seconds")}, indent=2))
+
+
+# -- eval and quickstart ---------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from ownllm.evaluation.compare import evaluate
+
+    result = evaluate(args.run_dir, data=args.data, no_base=args.no_base, max_samples=args.max_samples,
+                      max_new_tokens=args.max_new_tokens)
+    print(result["headline"])
+    print(f"report: {os.path.join(args.run_dir, 'eval', 'report.html')}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ownllm.evaluation.compare import compare_runs
+
+    print(compare_runs(args.run_a, args.run_b))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.training.trainer import Trainer
+
+    cfg = config_from_args(args)
+    trainer = Trainer(config=cfg)
+    print(f"[1/3] preparing data and training into {trainer.run_dir}", file=sys.stderr)
+    summary = trainer.train()
+    print("[2/3] evaluating base vs tuned on the held-out test split", file=sys.stderr)
+    result = evaluate(trainer.run_dir, max_samples=args.max_samples)
+    print("[3/3] done\n")
+    run = trainer.run_dir
+    print(f"  {result['headline']}\n")
+    for label, path in (("data report", "data/report.md"), ("training curve", "loss.png"),
+                        ("train summary", "train_summary.json"), ("adapter", os.path.relpath(summary["output"], run)),
+                        ("eval report", "eval/report.html"), ("tensorboard", "tensorboard/")):
+        print(f"  {label:<15}{os.path.join(run, path)}")
+    print(f"\n  chat with it:   ownllm chat {run}")
+    return 0
+
+
+def register(sub) -> None:
+    d = sub.add_parser("data", help="inspect or prepare a dataset (the data doctor)")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = dsub.add_parser("inspect", help="report on a dataset; writes nothing")
+    _add_prepare_args(p, with_out=False)
+    p.set_defaults(func=cmd_data_inspect)
+    p = dsub.add_parser("prepare", help="check, clean, deduplicate and split into RUN_DIR/data/")
+    _add_prepare_args(p, with_out=True)
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA, full, DoRA, prefix)",
+                       description="ownllm train --data my.jsonl [flags] | ownllm train config.yaml [key=value ...] "
+                                   "| ownllm train --resume RUN_DIR [--checkpoint checkpoint-N] [--additional-epochs N]")
+    p.add_argument("config", nargs="?", help="a config.yaml (saved flags), e.g. runs/NAME/config.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value settings that override the config")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest (or --checkpoint) checkpoint")
+    p.add_argument("--checkpoint", help="with --resume: e.g. checkpoint-100")
+    p.add_argument("--additional-epochs", type=float, help="with --resume: this many more epochs")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="before/after report card of a run on its held-out test split")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="evaluate on this file instead of the run's test split")
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument("--max-samples", type=int, help="evaluate at most N rows")
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: from the references, <= 256)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="two evaluated runs side by side (e.g. LoRA vs QLoRA)")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("quickstart", help="prepare → train → evaluate → report, in one command")
+    p.add_argument("--max-samples", type=int, help="evaluate at most N test rows")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_quickstart)

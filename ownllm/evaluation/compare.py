@@ -1,0 +1,209 @@
+"""`ownllm eval`: base vs tuned on the held-out test split — the before/after report card.
+
+Both answer every test prompt greedily (the same rendering as in training); we score answers,
+measure loss/perplexity on the references, perplexity on a general-text sample (forgetting)
+and latency. Every number in the report is computed here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from importlib import resources
+
+from ownllm.errors import DataError, OwnLLMError
+from ownllm.evaluation import metrics as M
+from ownllm.utils import atomic_write, read_jsonl, write_jsonl
+
+FORGETTING_WARN = 0.20
+
+
+def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[dict]:
+    if data:
+        from ownllm.data.prepare import prepare_dataset
+
+        rows = prepare_dataset([data], split="1,0,0", dedup="off").train
+    else:
+        path = os.path.join(run_dir, "data", "test.jsonl")
+        if not os.path.exists(path):
+            raise DataError(f"{run_dir} has no test split (data/test.jsonl)", hint="pass --data FILE")
+        rows = read_jsonl(path)
+    rows = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
+    if not rows:
+        raise DataError("no chat rows ending in an assistant answer to evaluate")
+    return rows[:max_samples] if max_samples else rows
+
+
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8) -> tuple[list[str], float, int]:
+    """Greedy answers, batched with left padding. Returns answers, seconds and new tokens."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers, new_tokens, start = [], 0, time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        gen = out[:, enc["input_ids"].shape[1]:]
+        for row in gen:
+            keep = row[row != tokenizer.pad_token_id]
+            new_tokens += len(keep)
+            answers.append(tokenizer.decode(keep, skip_special_tokens=True).strip())
+    tokenizer.padding_side = "right"
+    return answers, time.perf_counter() - start, new_tokens
+
+
+def _loss(model, tokenizer, rows: list[dict], template, max_seq_len: int) -> float:
+    """Mean loss per trained token (assistant answers, or all tokens of text rows)."""
+    import torch
+
+    from ownllm.data.render import render_row
+
+    total, count = 0.0, 0
+    for row in rows:
+        r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
+        if r.trained_tokens == 0:
+            continue
+        dev = next(model.parameters()).device
+        ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels).loss
+        n = int((labels[:, 1:] != -100).sum())
+        total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
+
+
+def _general_rows() -> list[dict]:
+    text = resources.files("ownllm.resources").joinpath("general_text.txt").read_text(encoding="utf-8")
+    return [{"text": p.strip()} for p in text.split("\n\n") if p.strip()]
+
+
+def _side(model, tokenizer, rows, prompts, refs, template, max_new_tokens, max_seq_len) -> tuple[dict, list]:
+    answers, seconds, new = _generate(model, tokenizer, prompts, max_new_tokens)
+    val_loss = _loss(model, tokenizer, rows, template, max_seq_len)
+    general = _loss(model, tokenizer, _general_rows(), None, max_seq_len)
+    out = {"val_loss": round(val_loss, 4), "perplexity": round(math.exp(min(val_loss, 50)), 3),
+           **M.aggregate(answers, refs),
+           "seconds_per_answer": round(seconds / max(len(prompts), 1), 3),
+           "tokens_per_second": round(new / seconds, 1) if seconds else 0.0,
+           "general_perplexity": round(math.exp(min(general, 50)), 3)}
+    return out, answers
+
+
+def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
+             max_new_tokens: int | None = None) -> dict:
+    """Score the base and the tuned model of ``run_dir`` on its test split; write ``run_dir/eval/``."""
+    from ownllm.data.render import chat_template_for
+    from ownllm.models.load import load_model
+
+    if not os.path.isdir(run_dir):
+        raise OwnLLMError(f"run directory not found: {run_dir}")
+    cfg = _run_config(run_dir)
+    rows = _test_rows(run_dir, data, max_samples)
+    tuned = load_model(run_dir)
+    tok = tuned.tokenizer
+    template = chat_template_for(tok, cfg.get("template"))
+    prompts = [tok.apply_chat_template(r["messages"][:-1], chat_template=template, tokenize=False,
+                                       add_generation_prompt=True) for r in rows]
+    refs = [r["messages"][-1]["content"] for r in rows]
+    if max_new_tokens is None:  # room for answers a bit longer than the longest reference
+        longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
+        max_new_tokens = min(256, 2 * longest + 16)
+    seq = int(cfg.get("max_seq_len") or 1024)
+    result, answers = {}, {}
+    if not no_base:
+        base_model, base_ctx = _base_of(tuned, run_dir, cfg)
+        with base_ctx:
+            result["base"], answers["base"] = _side(base_model, tok, rows, prompts, refs, template, max_new_tokens, seq)
+    result["tuned"], answers["tuned"] = _side(tuned.model, tok, rows, prompts, refs, template, max_new_tokens, seq)
+    result["samples"] = len(rows)
+    result["max_new_tokens"] = max_new_tokens
+    from ownllm.evaluation.report import write_report
+
+    samples = _samples(rows, refs, answers)
+    out = os.path.join(run_dir, "eval")
+    os.makedirs(out, exist_ok=True)
+    write_jsonl(os.path.join(out, "samples.jsonl"), samples)
+    result["headline"] = headline(result)
+    if "base" in result and result["base"]["general_perplexity"]:
+        change = result["tuned"]["general_perplexity"] / result["base"]["general_perplexity"] - 1
+        result["general_perplexity_change"] = round(change, 4)
+        result["forgetting_warning"] = change > FORGETTING_WARN
+    atomic_write(os.path.join(out, "metrics.json"), json.dumps(result, ensure_ascii=False, indent=2))
+    write_report(run_dir, result, samples)
+    return result
+
+
+def _run_config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _base_of(tuned, run_dir: str, cfg: dict):
+    """The base model: the same weights with the adapter switched off, or a fresh load (full FT)."""
+    from peft import PeftModel
+
+    if isinstance(tuned.model, PeftModel):
+        return tuned.model, tuned.model.disable_adapter()
+    from ownllm.models.load import load_model
+
+    return load_model(cfg.get("model") or "smollm2-135m").model, nullcontext()
+
+
+def _samples(rows, refs, answers) -> list[dict]:
+    out = []
+    for i, (row, ref) in enumerate(zip(rows, refs)):
+        s = {"prompt": next((m["content"] for m in reversed(row["messages"][:-1]) if m["role"] == "user"), ""),
+             "reference": ref, "tuned": answers["tuned"][i], "tuned_scores": M.score(answers["tuned"][i], ref)}
+        if "base" in answers:
+            s["base"] = answers["base"][i]
+            s["base_scores"] = M.score(answers["base"][i], ref)
+        out.append(s)
+    return out
+
+
+def headline(result: dict) -> str:
+    n, t = result["samples"], result["tuned"]
+    if "base" not in result:
+        return f"contains-accuracy {t['contains']:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
+    b = result["base"]
+    text = (f"contains-accuracy {b['contains']:.0%} → {t['contains']:.0%}, token F1 {b['token_f1']:.2f} → "
+            f"{t['token_f1']:.2f}, loss {b['val_loss']:.2f} → {t['val_loss']:.2f} on {n} held-out questions")
+    if b["general_perplexity"]:
+        text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
+    return text
+
+
+def compare_runs(run_a: str, run_b: str) -> str:
+    """Two evaluated runs side by side (e.g. LoRA vs QLoRA): tuned metrics and training figures."""
+    from ownllm.evaluation.report import ROWS, _fmt
+
+    def load(run):
+        path = os.path.join(run, "eval", "metrics.json")
+        if not os.path.exists(path):
+            raise OwnLLMError(f"{run} has not been evaluated yet (no eval/metrics.json)",
+                              hint=f"run: ownllm eval {run}")
+        with open(path, encoding="utf-8") as f:
+            metrics = json.load(f)["tuned"]
+        summary = os.path.join(run, "train_summary.json")
+        if os.path.exists(summary):
+            with open(summary, encoding="utf-8") as f:
+                s = json.load(f)
+            metrics.update({f"train_{k}": s.get(k) for k in ("method", "tokens_per_second", "peak_memory_mb",
+                                                             "wall_seconds", "best_val_loss", "trainable_params")})
+        return metrics
+
+    a, b = load(run_a), load(run_b)
+    keys = [k for k in ROWS if k in a or k in b] + sorted(k for k in set(a) | set(b) if k.startswith("train_"))
+    rows = [("metric", run_a, run_b)] + [(k, _fmt(a.get(k, "")), _fmt(b.get(k, ""))) for k in keys]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,125 @@
+"""Answer-quality metrics: exact match, contains, token F1, ROUGE-L, BLEU, multiple-choice accuracy.
+
+Text is normalised (NFKC full/half width, case, punctuation, spaces). CJK text is compared
+character by character, other text word by word. BLEU comes from sacrebleu (its 'zh' tokenizer
+for Chinese); ROUGE-L is a plain LCS because rouge-score does not segment CJK text.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text or "").lower()
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def is_cjk(text: str) -> bool:
+    return bool(_CJK.search(text or ""))
+
+
+def tokens(text: str) -> list[str]:
+    """Words, with every CJK character a token of its own."""
+    norm = normalize(text)
+    out = []
+    for word in norm.split():
+        if is_cjk(word):
+            out.extend(c for c in word)
+        else:
+            out.append(word)
+    return out
+
+
+def exact_match(pred: str, ref: str) -> float:
+    return float(normalize(pred) == normalize(ref))
+
+
+def contains(pred: str, ref: str) -> float:
+    r = normalize(ref)
+    return float(bool(r) and r in normalize(pred))
+
+
+def token_f1(pred: str, ref: str) -> float:
+    from collections import Counter
+
+    p, r = tokens(pred), tokens(ref)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _lcs(a: list, b: list) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    p, r = tokens(pred), tokens(ref)
+    if not p or not r:
+        return float(p == r)
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bleu(preds: list[str], refs: list[str]) -> float:
+    """Corpus BLEU (0-100) with sacrebleu; Chinese references use its 'zh' tokenizer."""
+    import sacrebleu
+
+    tok = "zh" if any(is_cjk(r) for r in refs) else "13a"
+    return round(sacrebleu.corpus_bleu(preds, [refs], tokenize=tok).score, 2)
+
+
+def sentence_bleu(pred: str, ref: str) -> float:
+    import sacrebleu
+
+    return round(sacrebleu.sentence_bleu(pred, [ref], tokenize="zh" if is_cjk(ref) else "13a").score, 2)
+
+
+_CHOICE = re.compile(r"(?:^|[^A-Za-z])([A-D])(?:[^A-Za-z]|$)")
+_CHOICE_LEAD = re.compile(r"^\s*(?:answer|答案|选项|option)?\s*[:：是为]?\s*[\(（]?([A-D])[\)）\.．、:：]?(?:\s|$)", re.I)
+
+
+def parse_choice(text: str) -> str | None:
+    """The A/B/C/D an answer picks: a leading letter ('B.', '(C)', '答案：D') or the first lone one."""
+    text = unicodedata.normalize("NFKC", text or "")
+    m = _CHOICE_LEAD.match(text)
+    if m:
+        return m.group(1).upper()
+    m = _CHOICE.search(text)
+    return m.group(1) if m else None
+
+
+def is_multiple_choice(refs: list[str]) -> bool:
+    return bool(refs) and all(parse_choice(r) is not None and len(normalize(r)) <= 3 for r in refs)
+
+
+def score(pred: str, ref: str) -> dict:
+    return {"exact_match": exact_match(pred, ref), "contains": contains(pred, ref),
+            "token_f1": round(token_f1(pred, ref), 4), "rouge_l": round(rouge_l(pred, ref), 4)}
+
+
+def aggregate(preds: list[str], refs: list[str]) -> dict:
+    per = [score(p, r) for p, r in zip(preds, refs)]
+    n = max(len(per), 1)
+    out = {k: round(sum(s[k] for s in per) / n, 4) for k in ("exact_match", "contains", "token_f1", "rouge_l")}
+    out["bleu"] = bleu(preds, refs) if preds else 0.0
+    if is_multiple_choice(refs):
+        out["choice_accuracy"] = round(sum(parse_choice(p) == parse_choice(r) for p, r in zip(preds, refs)) / n, 4)
+    return out

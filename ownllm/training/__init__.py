@@ -1,0 +1,1 @@
+"""Fine-tuning: methods, the guide's Trainer, callbacks."""

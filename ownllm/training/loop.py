@@ -1,0 +1,230 @@
+"""setup → train → cleanup, around transformers.Trainer."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+from ownllm.errors import HardwareError, OwnLLMError
+from ownllm.utils import atomic_write
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def setup_model(trainer, cfg, rows: list):
+    """Load (or reuse) the base model and tokenizer and apply the training method."""
+    import torch
+
+    from ownllm.models.load import load_pretrained
+    from ownllm.planning.hardware import resolve_device, resolve_precision, torch_dtype
+    from ownllm.training import methods
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    methods.check_precision_for_method(cfg.method, device)
+    if trainer._loaded is not None:
+        model, tokenizer = trainer._loaded.model, trainer._loaded.tokenizer
+    else:
+        # Weights stay fp32 (mixed precision autocasts); QLoRA stores the frozen linears in 4-bit.
+        qcfg = methods.quantization_config(cfg.method, torch_dtype(precision) if precision != "fp32" else torch.float32)
+        model, tokenizer, _ = load_pretrained(cfg.model, device=device, dtype="fp32", quantization_config=qcfg)
+    new_ids = None
+    if cfg.add_terms:
+        new_ids, trainer.term_stats = add_terms(model, tokenizer, cfg, rows)
+    model = methods.apply(model, cfg, trainable_tokens=new_ids)
+    return model, tokenizer, device, precision
+
+
+def add_terms(model, tokenizer, cfg, rows: list) -> tuple[list[int], dict]:
+    """--add-terms: domain terms the tokenizer splits become single tokens; their embedding rows train.
+
+    Returns the new token ids and a report: terms read, tokens added, training tokens before/after.
+    """
+    from ownllm.data.report import token_lengths
+    from ownllm.errors import ConfigError
+
+    if cfg.method == "prefix":
+        raise ConfigError("--add-terms needs a method that can train embeddings (lora, dora, qlora or full)")
+    with open(cfg.add_terms, encoding="utf-8") as f:
+        terms = list(dict.fromkeys(t.strip() for t in f if t.strip() and not t.startswith("#")))
+    before = sum(token_lengths(rows, tokenizer, cfg.template))
+    new = [t for t in terms if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > 1]
+    added = tokenizer.add_tokens(new)
+    if added:
+        # New rows start at the mean of the old ones (transformers' mean_resizing), then train.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    after = sum(token_lengths(rows, tokenizer, cfg.template))
+    stats = {"terms": len(terms), "new_tokens": added, "train_tokens_before": before, "train_tokens_after": after,
+             "shorter_by": round(1 - after / before, 4) if before else 0.0}
+    _log(f"ownllm: --add-terms: {len(terms)} terms, {added} new tokens; training data "
+         f"{stats['shorter_by']:.1%} shorter ({before:,} → {after:,} tokens)")
+    return (tokenizer.convert_tokens_to_ids(new) if added else []), stats
+
+
+def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: str, precision: str):
+    from transformers import TrainingArguments
+
+    per_epoch = max(1, math.ceil(n_train / (cfg.batch_size * cfg.grad_accum)))
+    save_steps = cfg.save_steps or min(100, per_epoch)
+    eval_steps = cfg.eval_steps or save_steps
+    if has_val and save_steps % eval_steps:
+        save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best-model tracking needs this
+    kwargs = dict(
+        output_dir=os.path.join(run_dir, "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps or -1, learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=has_val, metric_for_best_model="eval_loss" if has_val else None,
+        greater_is_better=False if has_val else None,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
+        train_sampling_strategy="group_by_length", remove_unused_columns=False,
+        deepspeed=cfg.deepspeed, dataloader_num_workers=0, save_only_model=False,
+    )
+    kwargs.update(cfg.hf_args or {})
+    return TrainingArguments(**kwargs)
+
+
+def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import EarlyStoppingCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from ownllm.training.callbacks import MetricsCallback, ProgressCallback, SignalCallback
+    from ownllm.training.hf import HFTrainer, pad_collator
+
+    has_val = val_ds is not None and len(val_ds) > 0
+    args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision)
+    signals, metrics = SignalCallback(), MetricsCallback(os.path.join(run_dir, "metrics.jsonl"))
+    callbacks = [signals, metrics, ProgressCallback(),
+                 TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
+    if has_val and cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    hf = HFTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
+                   data_collator=pad_collator(tokenizer.pad_token_id), processing_class=tokenizer,
+                   callbacks=callbacks, nan_policy=cfg.nan_policy)
+    from transformers.trainer_callback import PrinterCallback
+
+    hf.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its prints
+    hf.own_signals, hf.own_metrics = signals, metrics
+    return hf
+
+
+def run_training(trainer, data) -> dict:
+    """Train with OOM back-off; save the result, the plot and the summary."""
+    import torch
+
+    from ownllm.training.data import tokenize
+    from ownllm.training.hf import NonFiniteLoss, last_checkpoint
+
+    cfg, run_dir = trainer.config, trainer.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    trainer.term_stats = None
+    model, tokenizer, device, precision = setup_model(trainer, cfg, data.train)
+    trainer.model, trainer.tokenizer = model, tokenizer
+    train_ds, dropped = tokenize(data.train, tokenizer, cfg)
+    val_ds, _ = tokenize(data.val, tokenizer, cfg) if data.val else (None, 0)
+    if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
+        step, extra = trainer._extra
+        per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size) // cfg.grad_accum)
+        cfg.max_steps = step + max(1, round(extra * per_epoch))
+        cfg.epochs = math.ceil(cfg.max_steps / per_epoch)
+    trainer.save_config()
+    from ownllm.training.methods import trainable_report
+
+    params = trainable_report(model)
+    _log(f"ownllm: {cfg.method} on {cfg.model} — {params['trainable_params']:,} trainable of "
+         f"{params['total_params']:,} parameters ({params['trainable_percent']}%); {len(train_ds)} train / "
+         f"{len(val_ds) if val_ds else 0} val rows; lr {cfg.lr:g}, batch {cfg.batch_size} x {cfg.grad_accum}, "
+         f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}")
+    start, resume = time.time(), trainer._resume
+    while True:
+        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision)
+        hf.own_signals.install()
+        try:
+            hf.train(resume_from_checkpoint=resume)
+            break
+        except torch.OutOfMemoryError:
+            if cfg.batch_size == 1:
+                raise HardwareError("out of memory even with a micro-batch of 1",
+                                    hint="use --method qlora, --gradient-checkpointing, a shorter --max-seq-len "
+                                         "or a smaller model (see `ownllm plan`)") from None
+            cfg.batch_size, cfg.grad_accum = cfg.batch_size // 2, cfg.grad_accum * 2
+            _log(f"out of memory: micro-batch halved to {cfg.batch_size}, accumulation raised to "
+                 f"{cfg.grad_accum} (same effective batch); carrying on")
+            resume = last_checkpoint(os.path.join(run_dir, "checkpoints"))
+            _free_accelerator_memory()
+        except NonFiniteLoss as e:
+            good = last_checkpoint(os.path.join(run_dir, "checkpoints"))
+            raise OwnLLMError(f"{e}; training stopped" + (f". The last good checkpoint is {good}" if good else ""),
+                              hint="lower --lr, check the data for broken rows, or use --nan-policy skip") from None
+        finally:
+            hf.own_signals.uninstall()
+    trainer.save_config()
+    return _finish(trainer, hf, data, params, dropped, start, precision, device)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _finish(trainer, hf, data, params, dropped, start, precision, device) -> dict:
+    from ownllm.training.callbacks import plot_losses
+    from ownllm.training.methods import save_trained
+
+    cfg, run_dir, state = trainer.config, trainer.run_dir, hf.state
+    interrupted = hf.own_signals.requested
+    stopped = ("interrupted" if interrupted else
+               "early_stopping" if state.global_step < state.max_steps else
+               "max_steps" if cfg.max_steps else "epochs_completed")
+    out_dir = save_trained(hf.model, trainer.tokenizer, run_dir, cfg)
+    trainer.model = hf.model
+    history = hf.own_metrics.history
+    losses = [h["loss"] for h in history if "loss" in h]
+    wall = time.time() - start
+    summary = {
+        "run_dir": run_dir, "method": cfg.method, "model": cfg.model, "output": out_dir,
+        "train_rows": len(data.train), "val_rows": len(data.val), "rows_without_trained_tokens": dropped,
+        **params, "global_step": state.global_step, "epochs": round(state.epoch or 0, 3),
+        "train_tokens": hf.tokens_seen, "trained_tokens": hf.trained_tokens,
+        "tokens_per_second": round(hf.tokens_seen / wall, 1) if wall else 0,
+        "peak_memory_mb": _peak_memory_mb(device), "wall_seconds": round(wall, 1),
+        "final_train_loss": losses[-1] if losses else None,
+        "best_val_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
+        "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
+        "precision": precision, "device": device, "added_terms": trainer.term_stats,
+        "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, hf.args.world_size),
+        "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k in
+                     ("lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_steps")},
+    }
+    atomic_write(os.path.join(run_dir, "train_summary.json"), json.dumps(summary, indent=2, ensure_ascii=False))
+    plot_losses(history, os.path.join(run_dir, "loss.png"))
+    _log(f"ownllm: {stopped.replace('_', ' ')} after {state.global_step} steps in {wall:.0f}s "
+         f"({summary['tokens_per_second']:.0f} tokens/s); best val loss "
+         f"{state.best_metric if state.best_metric is not None else 'n/a'}; saved {out_dir}")
+    if interrupted:
+        _log(f"resume with: ownllm train --resume {run_dir}")
+    return summary

@@ -1,0 +1,108 @@
+"""Training methods, one shape: ``apply(model, cfg) -> model``, then save/load/merge.
+
+LoRA, DoRA, QLoRA and prefix tuning come from peft; QLoRA's 4-bit NF4 weights from bitsandbytes
+(which runs on CPUs too); full fine-tuning trains every weight.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ownllm.errors import ConfigError, HardwareError
+
+ADAPTER_METHODS = ("lora", "qlora", "dora", "prefix")
+
+
+def quantization_config(method: str, compute_dtype):
+    """bitsandbytes 4-bit NF4 with double quantisation for QLoRA; None for other methods."""
+    if method != "qlora":
+        return None
+    from ownllm.errors import require
+
+    require("bitsandbytes", "QLoRA (4-bit training)", extra="quant")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def _targets(spec: str):
+    return "all-linear" if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
+
+
+def apply(model, cfg, trainable_tokens: list[int] | None = None):
+    """Wrap ``model`` for ``cfg.method``. ``trainable_tokens``: new vocabulary rows to train (--add-terms)."""
+    from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.init_adapter:
+        return PeftModel.from_pretrained(model, adapter_folder(cfg.init_adapter), is_trainable=True)
+    if cfg.method == "prefix":
+        if cfg.gradient_checkpointing:
+            raise ConfigError("prefix tuning does not work with --gradient-checkpointing")
+        peft_cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.prefix_tokens)
+    else:
+        extra = {"trainable_token_indices": {"embed_tokens": trainable_tokens}} if trainable_tokens else {}
+        peft_cfg = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                              lora_dropout=cfg.lora_dropout, target_modules=_targets(cfg.target_modules),
+                              use_dora=cfg.method == "dora", **extra)
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        raise ConfigError(f"--target-modules {cfg.target_modules!r} does not fit this model: {e}") from None
+
+
+def trainable_report(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": round(100 * trainable / max(total, 1), 4)}
+
+
+def adapter_folder(path: str) -> str:
+    """An adapter folder, given it or a run directory holding adapter/."""
+    for cand in (path, os.path.join(path, "adapter")):
+        if os.path.exists(os.path.join(cand, "adapter_config.json")):
+            return cand
+    raise ConfigError(f"no adapter found at {path} (adapter_config.json)",
+                      hint="point to a run directory of a LoRA/DoRA/QLoRA/prefix run, or to its adapter/ folder")
+
+
+def save_trained(model, tokenizer, run_dir: str, cfg) -> str:
+    """Save the result: ``adapter/`` for adapter methods, ``model/`` for full fine-tuning."""
+    target = os.path.join(run_dir, "model" if cfg.method == "full" else "adapter")
+    tmp = target + ".tmp"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "ownllm.json"), "w", encoding="utf-8") as f:
+        json.dump({"base_model": cfg.model, "method": cfg.method}, f, ensure_ascii=False, indent=2)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def merge(model):
+    """Fold LoRA/DoRA weights into the base model (plain transformers model back)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    if model.peft_config[model.active_adapter].peft_type.value == "PREFIX_TUNING":
+        raise ConfigError("prefix tuning cannot be merged into the weights; export the adapter instead")
+    return model.merge_and_unload()
+
+
+def check_precision_for_method(method: str, device: str) -> None:
+    if method == "qlora" and device == "mps":
+        raise HardwareError("QLoRA (bitsandbytes 4-bit) does not run on Apple MPS", hint="use --method lora")

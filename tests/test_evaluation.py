@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from ownllm.evaluation import metrics as M
+from ownllm.evaluation.report import to_html
+
+
+def test_normalisation_and_simple_metrics():
+    assert M.exact_match("Paris.", "paris") == 1.0
+    assert M.contains("The capital is PARIS!", "Paris") == 1.0
+    assert M.contains("Ｐａｒｉｓ，法国", "paris") == 1.0  # full-width letters
+    assert M.exact_match("London", "Paris") == 0.0
+
+
+def test_token_f1_and_rouge_known_values():
+    # 2 of 3 predicted words match 2 of 4 reference words: P=2/3, R=1/2, F1=4/7
+    assert M.token_f1("the cat sat", "the cat is here") == pytest.approx(4 / 7)
+    # Chinese by characters: LCS("今天天气好", "今天天气不错") = 4 → P=4/5, R=4/6
+    assert M.rouge_l("今天天气好", "今天天气不错") == pytest.approx(2 * 0.8 * (4 / 6) / (0.8 + 4 / 6))
+    assert M.tokens("我爱 NLP") == ["我", "爱", "nlp"]
+
+
+def test_bleu_uses_sacrebleu():
+    assert M.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert M.bleu(["今天天气很好"], ["今天天气很好"]) == pytest.approx(100.0)
+    assert M.bleu(["a b c d"], ["w x y z"]) < 1
+
+
+def test_multiple_choice_parsing():
+    assert M.parse_choice("B. because ...") == "B"
+    assert M.parse_choice("答案：C") == "C"
+    assert M.parse_choice("(D)") == "D"
+    assert M.parse_choice("I think the answer is A") == "A"
+    agg = M.aggregate(["A", "the answer is C", "B"], ["A", "B", "B"])
+    assert agg["choice_accuracy"] == pytest.approx(2 / 3)
+    assert "choice_accuracy" not in M.aggregate(["x"], ["a long free-text answer"])
+
+
+def test_html_report_escapes_model_text():
+    result = {"headline": "<b>h</b>", "samples": 1,
+              "tuned": {k: 0.5 for k in ("contains", "exact_match", "token_f1", "rouge_l", "bleu", "val_loss",
+                                         "perplexity", "general_perplexity", "seconds_per_answer", "tokens_per_second")}}
+    samples = [{"prompt": "<img src=x onerror=alert(1)>", "reference": "ok", "tuned": "<script>alert(1)</script>",
+                "tuned_scores": {}}]
+    page = to_html("/nonexistent", result, samples)
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page
+
+
+def test_eval_end_to_end_on_a_tiny_run(tiny_model_dir, qa_file, tmp_path):
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(model=tiny_model_dir, train_dataset=qa_file,
+            args={"output_dir": str(run), "max_steps": 3, "precision": "fp32", "batch_size": 4}).train()
+    result = evaluate(str(run), max_new_tokens=8)
+    saved = json.loads((run / "eval" / "metrics.json").read_text())
+    for side in ("base", "tuned"):
+        for key in ("val_loss", "perplexity", "exact_match", "contains", "token_f1", "rouge_l", "bleu",
+                    "seconds_per_answer"):
+            assert key in saved[side]
+    assert saved["samples"] == result["samples"] > 0
+    assert (run / "eval" / "report.md").exists() and (run / "eval" / "report.html").exists()
+    lines = (run / "eval" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == result["samples"] and {"prompt", "reference", "base", "tuned"} <= set(json.loads(lines[0]))

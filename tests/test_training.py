@@ -1,0 +1,227 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ownllm.config import TrainConfig
+from ownllm.errors import ConfigError, DiskFullError, OwnLLMError
+from ownllm.training.trainer import Trainer
+
+FAST = {"precision": "fp32", "batch_size": 4, "logging_steps": 1, "early_stopping_patience": 0}
+
+
+def make(tiny_model_dir, data, out, **kw):
+    args = {**FAST, "output_dir": str(out), **kw}
+    return Trainer(model=tiny_model_dir, train_dataset=data, args=args)
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# -- one battery over every method ---------------------------------------------------------
+METHODS = ["lora", "dora", "full", "prefix"]
+try:
+    import bitsandbytes  # noqa: F401
+    METHODS.append("qlora")
+except ImportError:
+    pass
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_contract(method, tiny_model_dir, qa_file, tmp_path):
+    from ownllm.models.load import load_pretrained
+    from ownllm.training import methods
+
+    cfg = TrainConfig(method=method, lora_r=8, lora_alpha=16, prefix_tokens=4)
+    qcfg = methods.quantization_config(method, torch.float32)
+    base, tok, _ = load_pretrained(tiny_model_dir, device="cpu", dtype="fp32", quantization_config=qcfg)
+    model = methods.apply(base, cfg)
+    before = weights(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and (method == "full" or len(trainable) < len(before))
+    ids = torch.tensor([tok("The code for item 3 is 1021.")["input_ids"]])
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = weights(model)
+    assert all(not torch.equal(before[n], after[n]) for n in trainable if "lora_B" in n or method in ("full", "prefix"))
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trainable)
+    model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    cfg.model = tiny_model_dir
+    saved = methods.save_trained(model, tok, str(tmp_path), cfg)
+    from ownllm.models.load import load_model
+
+    if method != "qlora":
+        with torch.no_grad():
+            again = load_model(saved if method == "full" else str(tmp_path), device="cpu").model(input_ids=ids).logits
+        assert torch.allclose(ref, again, atol=1e-5)
+    if method in ("lora", "dora"):
+        with torch.no_grad():
+            merged = methods.merge(model)(input_ids=ids).logits
+        assert torch.allclose(ref, merged, atol=1e-4)
+
+
+# -- the guide's snippet and the run directory ----------------------------------------------
+def test_guide_snippet_end_to_end(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+
+    import ownllm as deepseek
+
+    texts = [f"Record {i}: patient reports symptom {i % 7} and receives advice {i % 5}." for i in range(60)]
+    dataset = Dataset.from_dict({"text": texts}).train_test_split(test_size=0.2, seed=0)
+    trainer = deepseek.Trainer(model=tiny_model_dir, train_dataset=dataset["train"],
+                               args={"learning_rate": 3e-5, "per_device_train_batch_size": 8,
+                                     "gradient_accumulation_steps": 1, "num_train_epochs": 2,
+                                     "output_dir": str(tmp_path / "run"), "precision": "fp32", "save_steps": 2,
+                                     "save_total_limit": 10})
+    summary = trainer.train()
+    run = tmp_path / "run"
+    for f in ("config.yaml", "metrics.jsonl", "loss.png", "train_summary.json", "adapter/adapter_config.json",
+              "data/train.jsonl"):
+        assert (run / f).exists(), f
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for key in ("train_tokens", "tokens_per_second", "peak_memory_mb", "wall_seconds", "final_train_loss",
+                "best_val_loss", "stopped_because"):
+        assert key in summary
+    assert summary["epochs"] == pytest.approx(2.0)
+    trainer.resume_from_checkpoint("checkpoint-4")
+    again = trainer.train(additional_epochs=2)
+    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert again["epochs"] == pytest.approx(state["epoch"] + 2, abs=1e-3)
+    assert again["global_step"] == state["global_step"] + 2 * 6  # 41 rows / batch 8 = 6 steps per epoch
+
+
+def test_unknown_args_are_rejected_with_suggestions(tiny_model_dir, qa_file):
+    with pytest.raises(ConfigError, match="did you mean learning_rate"):
+        Trainer(model=tiny_model_dir, train_dataset=qa_file, args={"learning_rat": 1e-4})
+    with pytest.raises(ConfigError) as e:
+        Trainer(model=tiny_model_dir, train_dataset=qa_file, args={"method": "magic", "lora_dropout": 2.0})
+    assert "--method" in str(e.value) and "--lora-dropout" in str(e.value)
+
+
+def test_resume_is_exact(tiny_model_dir, qa_file, tmp_path):
+    straight = make(tiny_model_dir, qa_file, tmp_path / "a", max_steps=6, save_steps=3, seed=1)
+    straight.train()
+    losses = [r["loss"] for r in map(json.loads, open(tmp_path / "a/metrics.jsonl")) if "loss" in r]
+    resumed = make(tiny_model_dir, qa_file, tmp_path / "a", max_steps=6, save_steps=3, seed=1)
+    resumed.resume_from_checkpoint("checkpoint-3")
+    resumed.train()
+    rows = list(map(json.loads, open(tmp_path / "a/metrics.jsonl")))
+    again = [r["loss"] for r in rows[len(losses) + 2:] if "loss" in r]  # the resumed run's logs
+    assert again[-3:] == pytest.approx(losses[-3:], rel=1e-5)
+    w1 = weights(straight.model)
+    w2 = weights(resumed.model)
+    assert all(torch.allclose(w1[n], w2[n], atol=1e-6) for n in w1)
+
+
+def test_nan_loss_stops_with_a_message(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    from ownllm.training import hf
+
+    real = hf.transformers.Trainer.training_step
+    calls = {"n": 0}
+
+    def poisoned(self, model, inputs, num_items_in_batch=None):
+        calls["n"] += 1
+        loss = real(self, model, inputs, num_items_in_batch)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(hf.transformers.Trainer, "training_step", poisoned)
+    with pytest.raises(OwnLLMError, match="NaN/inf at step 4.*checkpoint-2"):
+        make(tiny_model_dir, qa_file, tmp_path / "n", max_steps=6, save_steps=2).train()
+    calls["n"] = 0
+    summary = make(tiny_model_dir, qa_file, tmp_path / "s", max_steps=6, nan_policy="skip").train()
+    assert summary["skipped_nonfinite_steps"] == 1
+
+
+def test_out_of_memory_halves_the_micro_batch(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    from ownllm.training import hf
+
+    real = hf.HFTrainer.training_step
+    state = {"raised": False}
+
+    def oom_once(self, model, inputs, num_items_in_batch=None):
+        if not state["raised"] and self.state.global_step == 2:
+            state["raised"] = True
+            raise torch.OutOfMemoryError("simulated")
+        return real(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(hf.HFTrainer, "training_step", oom_once)
+    summary = make(tiny_model_dir, qa_file, tmp_path / "o", max_steps=4, save_steps=2, grad_accum=1).train()
+    assert state["raised"] and summary["global_step"] == 4
+    assert summary["settings"]["batch_size"] == 2 and summary["settings"]["grad_accum"] == 2
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    import errno
+
+    from ownllm.training import hf
+
+    real = hf.transformers.Trainer._save_checkpoint
+
+    def full_disk(self, model, trial):
+        if self.state.global_step >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, model, trial)
+
+    monkeypatch.setattr(hf.transformers.Trainer, "_save_checkpoint", full_disk)
+    with pytest.raises(DiskFullError, match="previous checkpoints are intact"):
+        make(tiny_model_dir, qa_file, tmp_path / "d", max_steps=6, save_steps=2).train()
+    ckpts = sorted(os.listdir(tmp_path / "d/checkpoints"))
+    assert ckpts == ["checkpoint-2"]
+    assert (tmp_path / "d/checkpoints/checkpoint-2/trainer_state.json").exists()
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, qa_file, tmp_path):
+    out = tmp_path / "sig"
+    script = textwrap.dedent(f"""
+        import os, signal, threading, time
+        from ownllm.training.trainer import Trainer
+        from transformers import TrainerCallback
+        class Kick(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+        import ownllm.training.loop as loop
+        real = loop.build_hf_trainer
+        def build(*a, **k):
+            t = real(*a, **k); t.add_callback(Kick()); return t
+        loop.build_hf_trainer = build
+        t = Trainer(model={tiny_model_dir!r}, train_dataset={qa_file!r},
+                    args={{"output_dir": {str(out)!r}, "precision": "fp32", "max_steps": 50, "batch_size": 4}})
+        s = t.train()
+        print("STOPPED", s["stopped_because"], s["global_step"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "STOPPED interrupted" in proc.stdout
+    assert "resume with: ownllm train --resume" in proc.stderr
+    assert (out / "checkpoints" / "checkpoint-3").exists() or (out / "checkpoints" / "checkpoint-2").exists()
+
+
+def test_cli_train_and_config_reproduce(tiny_model_dir, qa_file, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "ownllm", "train", "--data", qa_file, "--model", tiny_model_dir, "--out", str(out),
+           "--max-steps", "2", "--precision", "fp32", "--batch-size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = (out / "config.yaml").read_text()
+    assert cfg.startswith("# Reproduce this run: ownllm train") and "max_steps: 2" in cfg
+    proc = subprocess.run([sys.executable, "-m", "ownllm", "train", str(out / "config.yaml"), "max_steps=3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 3
+    bad = subprocess.run([sys.executable, "-m", "ownllm", "train", "--data", qa_file, "--precision", "fp16",
+                          "--model", tiny_model_dir, "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs a GPU" in bad.stderr and "Traceback" not in bad.stderr
