@@ -211,3 +211,29 @@ def test_render_labels_only_assistant_tokens(tokenizer_dir):
     assert "<|im_end|>" in trained
     short = render_row(row, tok, max_seq_len=10)
     assert short.truncated and len(short.input_ids) == 10
+
+
+def test_parquet_and_in_memory_rows(prep, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": f"Parquet question {i} about {i * 11}?", "answer": f"Parquet answer {i}."} for i in range(20)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    assert prep([str(tmp_path / "d.parquet")]).report["kept_rows"] == 20
+    from datasets import Dataset
+
+    assert prep(Dataset.from_list(rows)).report["format"] == "prompt-completion"
+
+
+def test_data_cli_inspect_and_prepare(tokenizer_dir, tmp_path):
+    import subprocess
+    import sys
+
+    src = write(tmp_path / "d.jsonl", rows_jsonl(30))
+    out = subprocess.run([sys.executable, "-m", "ownllm", "data", "inspect", src, "--model", tokenizer_dir],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "# Data report" in out.stdout
+    assert not list(tmp_path.glob("**/report.json"))  # inspect writes nothing
+    out = subprocess.run([sys.executable, "-m", "ownllm", "data", "prepare", src, "--model", tokenizer_dir,
+                          "--out", str(tmp_path / "run"), "--split", "0.8,0.3,0.1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "sum to 1" in out.stderr and "Traceback" not in out.stderr

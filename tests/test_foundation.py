@@ -137,10 +137,10 @@ def test_public_api_is_lazy():
     assert {"load_model", "Trainer", "clean_text", "prepare_dataset", "evaluate"} <= set(dir(ownllm))
 
 
-@pytest.mark.slow
-def test_real_model_knows_paris():
-    import ownllm as deepseek
-
-    answer = deepseek.load_model("smollm2-135m").generate(
-        "Question: What is the capital of France?\nAnswer:", max_length=30, temperature=0)
-    assert "Paris" in answer
+def test_chat_repl_answers_and_handles_commands(tiny_model_dir):
+    proc = subprocess.run([sys.executable, "-m", "ownllm", "chat", tiny_model_dir, "--max-new-tokens", "4",
+                           "--temperature", "0"], input="你好\n/system 你是一个专业的医疗问诊助手\n/reset\nhello\n/exit\n",
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("model> ") == 2
+    assert "system prompt set" in proc.stdout and "conversation cleared" in proc.stdout

@@ -225,3 +225,28 @@ def test_cli_train_and_config_reproduce(tiny_model_dir, qa_file, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ownllm", "train", "--data", qa_file, "--precision", "fp16",
                           "--model", tiny_model_dir, "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "needs a GPU" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_add_terms_adds_tokens_and_trains_them(tiny_model_dir, tmp_path):
+    from ownllm.models.load import load_model
+
+    rows = [{"messages": [{"role": "user", "content": f"What treats condition {i}?"},
+                          {"role": "assistant", "content": f"Hydroxychloroquine dose {i} with pantoprazole."}]}
+            for i in range(30)]
+    terms = tmp_path / "terms.txt"
+    terms.write_text("hydroxychloroquine\nHydroxychloroquine\npantoprazole\nthe\n", encoding="utf-8")
+    t = make(tiny_model_dir, rows, tmp_path / "t", max_steps=3, add_terms=str(terms))
+    summary = t.train()
+    stats = summary["added_terms"]
+    assert stats["terms"] == 4 and stats["new_tokens"] == 3  # "the" is already one token
+    assert stats["train_tokens_after"] < stats["train_tokens_before"]
+    model = load_model(str(tmp_path / "t"))
+    assert len(model.tokenizer) == model.model.get_input_embeddings().weight.shape[0]
+    new_id = model.tokenizer.convert_tokens_to_ids("pantoprazole")
+    assert new_id != model.tokenizer.unk_token_id
+    from safetensors.torch import load_file
+
+    base_rows = load_file(f"{tiny_model_dir}/model.safetensors")["model.embed_tokens.weight"]
+    trained = model.model.get_input_embeddings()(torch.tensor([new_id]))[0]
+    assert not torch.allclose(trained, base_rows.mean(0), atol=1e-4)  # moved from its mean initialisation
+    assert isinstance(model.generate("What treats condition 3?", max_new_tokens=4, temperature=0), str)
