@@ -25,27 +25,52 @@ def _shingles(text: str, k: int = 5) -> list[bytes]:
     return list({t[i:i + k].encode("utf-8") for i in range(len(t) - k + 1)})
 
 
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def _hash32(b: bytes) -> int:
+    return hash(b) & 0xFFFFFFFF
+
+
 class NearDuplicateIndex:
     """Rows whose character-shingle Jaccard similarity is about ``threshold`` or more."""
 
     def __init__(self, threshold: float = THRESHOLD, num_perm: int = NUM_PERM):
-        from datasketch import MinHashLSH
+        from datasketch import MinHash, MinHashLSH
 
-        self.num_perm = num_perm
+        self.num_perm, self.threshold = num_perm, threshold
+        self.texts: dict = {}
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # One set of permutations for every signature: datasketch draws new ones per MinHash otherwise.
+        template = MinHash(num_perm=num_perm, seed=1)
+        self._permutations, self._scheme = template.permutations, template.scheme
 
     def signature(self, text: str):
         from datasketch import MinHash
 
-        m = MinHash(num_perm=self.num_perm, seed=1)
+        # Python's own bytes hash: signatures are only compared within this process, and it is
+        # an order of magnitude faster than datasketch's default SHA-1.
+        m = MinHash(num_perm=self.num_perm, permutations=self._permutations,
+                    scheme=self._scheme, hashfunc=_hash32)
         m.update_batch(_shingles(text))
         return m
 
-    def query(self, signature) -> list:
-        return self.lsh.query(signature)
+    def query(self, signature, text: str) -> list:
+        """Indexed keys whose Jaccard similarity with ``text`` reaches the threshold.
 
-    def add(self, key, signature) -> None:
+        LSH buckets only propose candidates (a 64-permutation estimate is too noisy to decide
+        alone); each candidate is confirmed with the exact Jaccard similarity of the shingles.
+        """
+        hits = self.lsh.query(signature)
+        if not hits:
+            return []
+        mine = set(_shingles(text))
+        return [k for k in hits if jaccard(mine, set(_shingles(self.texts[k]))) >= self.threshold]
+
+    def add(self, key, signature, text: str) -> None:
         self.lsh.insert(key, signature)
+        self.texts[key] = text
 
 
 class Deduplicator:
@@ -65,10 +90,10 @@ class Deduplicator:
         self.exact[h] = key
         if self.near is not None:
             sig = self.near.signature(text)
-            hits = self.near.query(sig)
+            hits = self.near.query(sig, text)
             if hits:
                 return "near_duplicate", hits[0]
-            self.near.add(key, sig)
+            self.near.add(key, sig, text)
         return None, None
 
 
@@ -79,6 +104,6 @@ def find_leaks(train_texts: list[str], eval_texts: list[str]) -> list[int]:
     exact = {exact_key(t) for t in eval_texts}
     index = NearDuplicateIndex()
     for i, t in enumerate(eval_texts):
-        index.add(i, index.signature(t))
+        index.add(i, index.signature(t), t)
     return [i for i, t in enumerate(train_texts)
-            if exact_key(t) in exact or index.query(index.signature(t))]
+            if exact_key(t) in exact or index.query(index.signature(t), t)]

@@ -157,7 +157,10 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
     given = {name: _given_split(path, cfg, rejects) for name, path in (("val", val), ("test", test)) if path}
     train, v, t = split_rows(rows, cfg.split, cfg.seed, need_val="val" not in given, need_test="test" not in given)
     v, t = given.get("val", v), given.get("test", t)
-    leaks = find_leaks([row_text(r) for r in train], [row_text(r) for r in v + t]) if cfg.dedup != "off" else []
+    # Near-duplicate removal over the whole pool already keeps split rows apart; rows from the
+    # user's own val/test files (or a pool not near-deduplicated) are checked here.
+    check_leaks = bool(given) or cfg.dedup != "near"
+    leaks = find_leaks([row_text(r) for r in train], [row_text(r) for r in v + t]) if check_leaks else []
     for i in leaks:
         rejects.rows.append({"source": "train split", "line": i, "reason": "leakage",
                              "detail": "near-duplicate of a validation/test row", "row": train[i]})

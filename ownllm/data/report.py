@@ -22,12 +22,14 @@ def token_lengths(rows: list[dict], tokenizer, template: str | None) -> list[int
     from ownllm.data.render import chat_template_for
 
     tmpl = chat_template_for(tokenizer, template)
-    texts = [r["text"] if "text" in r else
-             tokenizer.apply_chat_template(r["messages"], chat_template=tmpl, tokenize=False) for r in rows]
-    if not texts:
-        return []
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [len(x) + (1 if "text" in r else 0) for x, r in zip(enc, rows)]
+    lengths = []
+    for start in range(0, len(rows), 2048):  # chunks keep memory flat on 100k-row datasets
+        chunk = rows[start:start + 2048]
+        texts = [r["text"] if "text" in r else
+                 tokenizer.apply_chat_template(r["messages"], chat_template=tmpl, tokenize=False) for r in chunk]
+        enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths += [len(x) + (1 if "text" in r else 0) for x, r in zip(enc, chunk)]
+    return lengths
 
 
 def build_report(cfg, schema, files, skipped, total, kept, rejected, stats, train, val, test, leaks) -> dict:
