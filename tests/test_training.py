@@ -221,7 +221,8 @@ def test_cli_train_and_config_reproduce(tiny_model_dir, qa_file, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ownllm", "train", str(out / "config.yaml"), "max_steps=3"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 3
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["total_params"] < 10_000_000  # the tiny model, not the default
     bad = subprocess.run([sys.executable, "-m", "ownllm", "train", "--data", qa_file, "--precision", "fp16",
                           "--model", tiny_model_dir, "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "needs a GPU" in bad.stderr and "Traceback" not in bad.stderr
@@ -250,3 +251,32 @@ def test_add_terms_adds_tokens_and_trains_them(tiny_model_dir, tmp_path):
     trained = model.model.get_input_embeddings()(torch.tensor([new_id]))[0]
     assert not torch.allclose(trained, base_rows.mean(0), atol=1e-4)  # moved from its mean initialisation
     assert isinstance(model.generate("What treats condition 3?", max_new_tokens=4, temperature=0), str)
+
+
+def test_cli_resume_with_additional_epochs_and_init_adapter(tiny_model_dir, qa_file, tmp_path):
+    run = tmp_path / "r"
+    base = [sys.executable, "-m", "ownllm", "train"]
+    first = subprocess.run(base + ["--data", qa_file, "--model", tiny_model_dir, "--out", str(run), "--epochs", "1",
+                                   "--precision", "fp32", "--batch-size", "8", "--grad-accum", "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    one = json.loads((run / "train_summary.json").read_text())
+    more = subprocess.run(base + ["--resume", str(run), "--additional-epochs", "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert more.returncode == 0, more.stderr[-2000:]
+    two = json.loads((run / "train_summary.json").read_text())
+    assert two["global_step"] == 2 * one["global_step"]
+    # incremental learning: a new run on new data starts from the earlier adapter
+    t = make(tiny_model_dir, qa_file, tmp_path / "inc", max_steps=1, init_adapter=str(run))
+    from ownllm.models.load import load_model
+
+    earlier = load_model(str(run), device="cpu").model
+    t.config.max_steps = 1
+    t.train()
+    names = [n for n, _ in earlier.named_parameters() if "lora_A" in n]
+    assert names
+    start = dict(earlier.named_parameters())
+    now = dict(t.model.named_parameters())
+    # the new run's LoRA weights began from the earlier adapter (same shapes, close after 1 step)
+    assert all(now[n].shape == start[n].shape for n in names)
+    assert torch.allclose(now[names[0]], start[names[0]], atol=5e-2)

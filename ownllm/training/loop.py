@@ -31,9 +31,13 @@ def setup_model(trainer, cfg, rows: list):
     if trainer._loaded is not None:
         model, tokenizer = trainer._loaded.model, trainer._loaded.tokenizer
     else:
-        # Weights stay fp32 (mixed precision autocasts); QLoRA stores the frozen linears in 4-bit.
+        # Frozen base weights of adapter methods sit in the GPU's half precision (peft keeps the
+        # adapters in fp32); full fine-tuning and CPUs keep fp32 weights and autocast; QLoRA stores
+        # the frozen linears in 4-bit.
+        half_base = device.startswith("cuda") and cfg.method in ("lora", "dora", "prefix") and precision != "fp32"
         qcfg = methods.quantization_config(cfg.method, torch_dtype(precision) if precision != "fp32" else torch.float32)
-        model, tokenizer, _ = load_pretrained(cfg.model, device=device, dtype="fp32", quantization_config=qcfg)
+        model, tokenizer, _ = load_pretrained(cfg.model, device=device, dtype=precision if half_base else "fp32",
+                                              quantization_config=qcfg)
     new_ids = None
     if cfg.add_terms:
         new_ids, trainer.term_stats = add_terms(model, tokenizer, cfg, rows)

@@ -11,7 +11,7 @@ import os
 import time
 
 from ownllm.config import TrainConfig, save_yaml
-from ownllm.errors import ConfigError, OwnLLMError
+from ownllm.errors import ConfigError
 from ownllm.training.data import TrainData, resolve_data
 from ownllm.training.defaults import map_guide_args, resolve_defaults
 
@@ -19,23 +19,24 @@ from ownllm.training.defaults import map_guide_args, resolve_defaults
 class Trainer:
     """Fine-tune ``model`` on ``train_dataset``.
 
-    ``model``: alias / folder / .gguf / hub id, or an already loaded ``OwnModel``.
+    ``model``: alias / folder / .gguf / hub id, or an already loaded ``OwnModel`` (default:
+    ``config.model``, i.e. the embedded smollm2-135m).
     ``train_dataset``: a file or folder, a run directory prepared by ``ownllm data prepare``,
     ``prepare_dataset``'s result, a 🤗 ``Dataset``/``DatasetDict`` (a ``text`` column works, as in
     the guide) or a list of dicts. ``args``: 🤗 ``TrainingArguments`` names (learning_rate,
     per_device_train_batch_size, ...) and ownllm's own settings (method, lora_r, ...).
     """
 
-    def __init__(self, model="smollm2-135m", train_dataset=None, eval_dataset=None, args: dict | None = None,
+    def __init__(self, model=None, train_dataset=None, eval_dataset=None, args: dict | None = None,
                  config: TrainConfig | None = None, **kwargs):
         cfg = config or TrainConfig()
         updates = map_guide_args({**(args or {}), **kwargs})
-        if not isinstance(model, str):
-            self._loaded = model
+        self._loaded = None
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            self._loaded = model  # an OwnModel from load_model()
             updates.setdefault("model", getattr(model, "name", "") or cfg.model)
-        else:
-            self._loaded = None
-            updates.setdefault("model", model)
+        elif model is not None:
+            updates.setdefault("model", os.fspath(model))
         if isinstance(train_dataset, (str, os.PathLike)):
             updates.setdefault("data", os.fspath(train_dataset))
         self.config = dataclasses.replace(cfg, **updates).validate()
@@ -114,5 +115,3 @@ def _default_run_dir(cfg: TrainConfig) -> str:
         return os.path.join("runs", os.path.splitext(base)[0])
     return os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S"))
 
-
-__all__ = ["Trainer", "OwnLLMError"]
