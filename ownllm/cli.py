@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_chat)
 
-    from ownllm import cli_train
+    from ownllm import cli_plan, cli_train
 
     cli_train.register(sub)
+    cli_plan.register(sub)
     return parser
 
 

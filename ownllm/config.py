@@ -55,6 +55,8 @@ class TrainConfig:
     logging_steps: int = _f(5, "log train loss every N steps")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     split: str = _f("0.8,0.1,0.1", "train,val,test fractions when --data is a raw file")
+    time_budget: str | None = _f(None, "fit the run to a wall-clock budget (e.g. 3h, 45m): max steps from the plan, "
+                                       "then a graceful stop with a checkpoint when the budget is spent")
     hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
 
     def validate(self) -> "TrainConfig":
@@ -100,6 +102,14 @@ class TrainConfig:
 
             if self.template not in TEMPLATES:
                 p.append(f"--template must be one of {', '.join(TEMPLATES)} (got '{self.template}')")
+        if self.time_budget is not None:
+            from ownllm.planning.recommend import parse_duration
+
+            try:
+                if parse_duration(self.time_budget) <= 0:
+                    p.append(f"--time-budget must be positive (got {self.time_budget})")
+            except ConfigError as e:
+                p += e.problems
         if p:
             raise ConfigError(p)
         return self

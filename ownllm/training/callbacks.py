@@ -45,6 +45,20 @@ class SignalCallback(TrainerCallback):
         return control
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Stop gracefully (checkpoint, then the usual end of training) when the wall-clock budget is spent."""
+
+    def __init__(self, seconds: float, start: float):
+        self.seconds, self.start, self.hit = seconds, start, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.time() - self.start >= self.seconds:
+            self.hit = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
 class MetricsCallback(TrainerCallback):
     """Append every log to metrics.jsonl; keep the history for loss.png and the summary."""
 

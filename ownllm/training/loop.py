@@ -98,7 +98,7 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
     return TrainingArguments(**kwargs)
 
 
-def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision):
+def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, extra_callbacks=()):
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
@@ -113,6 +113,7 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
                  TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
     if has_val and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    callbacks += list(extra_callbacks)
     hf = HFTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
                    data_collator=pad_collator(tokenizer.pad_token_id), processing_class=tokenizer,
                    callbacks=callbacks, nan_policy=cfg.nan_policy)
@@ -151,8 +152,11 @@ def run_training(trainer, data) -> dict:
          f"{len(val_ds) if val_ds else 0} val rows; lr {cfg.lr:g}, batch {cfg.batch_size} x {cfg.grad_accum}, "
          f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}")
     start, resume = time.time(), trainer._resume
+    budget = fit_to_budget(cfg, train_ds, device, start) if cfg.time_budget else None
+    trainer.budget = budget
     while True:
-        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision)
+        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision,
+                              [budget["callback"]] if budget else [])
         hf.own_signals.install()
         try:
             hf.train(resume_from_checkpoint=resume)
@@ -175,6 +179,30 @@ def run_training(trainer, data) -> dict:
             hf.own_signals.uninstall()
     trainer.save_config()
     return _finish(trainer, hf, data, params, dropped, start, precision, device)
+
+
+def fit_to_budget(cfg, train_ds, device: str, start: float) -> dict:
+    """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget."""
+    from ownllm.cli_plan import _this_machine
+    from ownllm.planning.recommend import parse_duration, plan, spec_for
+    from ownllm.training.callbacks import TimeBudgetCallback
+
+    hours = parse_duration(cfg.time_budget)
+    lengths = [len(x) for x in train_ds["input_ids"]]
+    p = plan(spec_for(cfg.model), _this_machine(), examples=len(lengths), tokens_per_example=sum(lengths) / len(lengths),
+             epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
+             grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
+    rec, predicted = p["recommendation"], p["hours"]
+    if rec.get("max_steps") and (cfg.max_steps is None or rec["max_steps"] < cfg.max_steps):
+        cfg.max_steps = rec["max_steps"]
+        predicted = rec["hours"]
+        _log(f"ownllm: --time-budget {cfg.time_budget}: {cfg.epochs:g} epochs would take ~{p['hours']:.2f} h; "
+             f"training {cfg.max_steps} steps (~{rec['epochs']:g} epochs) instead")
+    else:
+        _log(f"ownllm: --time-budget {cfg.time_budget}: predicted {predicted:.2f} h, within the budget")
+    # keep ~3% for the final evaluation and save after the stop
+    return {"budget_hours": hours, "predicted_hours": round(predicted, 6),
+            "callback": TimeBudgetCallback(hours * 3600 * 0.97, start)}
 
 
 def _free_accelerator_memory() -> None:
@@ -201,7 +229,9 @@ def _finish(trainer, hf, data, params, dropped, start, precision, device) -> dic
 
     cfg, run_dir, state = trainer.config, trainer.run_dir, hf.state
     interrupted = hf.own_signals.requested
+    budget = getattr(trainer, "budget", None)
     stopped = ("interrupted" if interrupted else
+               "time_budget" if budget and budget["callback"].hit else
                "early_stopping" if state.global_step < state.max_steps else
                "max_steps" if cfg.max_steps else "epochs_completed")
     out_dir = save_trained(hf.model, trainer.tokenizer, run_dir, cfg)
@@ -220,6 +250,9 @@ def _finish(trainer, hf, data, params, dropped, start, precision, device) -> dic
         "best_val_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "added_terms": trainer.term_stats,
+        "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
+                                                "predicted_hours": budget["predicted_hours"],
+                                                "actual_hours": round(wall / 3600, 6)},
         "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, hf.args.world_size),
         "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k in
                      ("lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_steps")},

@@ -1,0 +1,116 @@
+"""`ownllm plan`: memory, time and cost before a run starts, fitted to a time budget."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def _from_data(path: str) -> tuple[int, float]:
+    """Training rows and mean tokens per row from a prepared run directory's data report."""
+    from ownllm.errors import DataError
+
+    report = os.path.join(path, "data", "report.json")
+    if not os.path.exists(report):
+        raise DataError(f"{path} has no data/report.json", hint=f"run: ownllm data prepare FILE --out {path}")
+    with open(report, encoding="utf-8") as f:
+        r = json.load(f)
+    return r["splits"]["train"], r["tokens"]["mean"]
+
+
+def _this_machine():
+    from ownllm.planning import hardware, profiles
+
+    hw = hardware.detect()
+    if not hw.gpus:
+        return profiles.this_cpu()
+    name = hw.gpus[0].name.lower()
+    for key, p in profiles.PROFILES.items():
+        if key.replace("rtx ", "") in name:
+            return p
+    from ownllm.errors import ConfigError
+
+    raise ConfigError(f"no profile for the GPU '{hw.gpus[0].name}'", hint="name the closest one with --gpu")
+
+
+def calibrate(model: str, data: str | None, steps: int = 6) -> float:
+    """Train a few real steps here and return the measured utilisation (MFU)."""
+    import tempfile
+
+    from ownllm.planning.estimate import Job, flops_per_token, shape_of
+    from ownllm.planning.profiles import this_cpu
+    from ownllm.planning.recommend import spec_for
+    from ownllm.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(model=model, train_dataset=data or "examples/data/support_en.jsonl",
+                args={"output_dir": tmp, "max_steps": steps, "logging_steps": 1, "early_stopping_patience": 0,
+                      "save_steps": 10_000}).train()
+        with open(os.path.join(tmp, "metrics.jsonl"), encoding="utf-8") as f:
+            rates = [json.loads(line).get("tokens_per_second") for line in f]
+    rates = [r for r in rates if r][1:]  # the first step warms up
+    tps = sum(rates) / len(rates)
+    profile = this_cpu()
+    spec = spec_for(model)
+    per_token = flops_per_token(shape_of(spec), Job(seq_len=128, precision=profile.best_precision))
+    return round(tps * per_token / (profile.peak_tflops(profile.best_precision) * 1e12), 3)
+
+
+def cmd_plan(args) -> int:
+    from ownllm.planning.profiles import get_profile
+    from ownllm.planning.recommend import format_plan, matrix, parse_duration, plan, spec_for
+
+    if args.matrix:
+        rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(format_matrix(rows))
+        return 0
+    examples, tpe = args.examples, args.tokens_per_example
+    if args.data:
+        examples, tpe = _from_data(args.data)
+    if not examples or not tpe:
+        from ownllm.errors import ConfigError
+
+        raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data RUN_DIR")
+    profile = get_profile(args.gpu) if args.gpu else _this_machine()
+    mfu = calibrate(args.model, args.data) if args.calibrate else args.mfu
+    result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
+                  method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,
+                  grad_accum=args.grad_accum, lora_r=args.lora_r, gradient_checkpointing=args.gradient_checkpointing,
+                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
+def format_matrix(rows: list[dict]) -> str:
+    out = ["| model | method | GPU | fits (with) | memory GB | hours / epoch | epochs in 3 h |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fits = ("yes" + (f" ({r['settings']})" if r["settings"] else "")) if r["fits"] else "no"
+        out.append(f"| {r['model']} | {r['method']} | {r['gpu']} | {fits} | {r['memory_gb']:.1f} | "
+                   f"{r['hours_per_epoch']:.2f} | {r['epochs_in_3h'] if r['fits'] else '—'} |")
+    return "\n".join(out)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="memory, time and cost of a run on any hardware, fitted to a time budget")
+    p.add_argument("--model", default="smollm2-135m", help="registry alias or model folder (default smollm2-135m)")
+    p.add_argument("--gpu", help="hardware profile, e.g. 'RTX 4090', A100, H100, cpu (default: this machine)")
+    p.add_argument("--data", help="a prepared run directory: examples and tokens from its data report")
+    p.add_argument("--examples", type=int, help="training examples")
+    p.add_argument("--tokens-per-example", type=float, help="mean tokens per example")
+    p.add_argument("--epochs", type=float, default=3, help="epochs (default 3)")
+    p.add_argument("--method", default="lora", choices=["lora", "qlora", "dora", "full", "prefix"])
+    p.add_argument("--time-budget", help="e.g. 3h, 90m, 1h30m")
+    p.add_argument("--micro-batch", type=int, default=8, help="micro-batch per device (default 8)")
+    p.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation (default 4)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel devices")
+    p.add_argument("--mfu", type=float, help="utilisation to assume (default: 0.40 GPU, 0.28 QLoRA, 0.45 CPU)")
+    p.add_argument("--calibrate", action="store_true", help="measure utilisation with a few real steps here")
+    p.add_argument("--price-per-hour", type=float, help="USD per device-hour (default: example cloud prices)")
+    p.add_argument("--matrix", action="store_true", help="the guide's model-selection table, corrected")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plan)

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ownllm.models.registry import MODELS
+from ownllm.planning.estimate import Job, flops_per_token, memory_gb, shape_of, train_time
+from ownllm.planning.profiles import PROFILES, get_profile
+from ownllm.planning.recommend import parse_duration, plan
+
+
+def test_lora_parameter_count_matches_peft():
+    # peft reported 19,537,920 trainable parameters for r=64 on all linear layers of SmolLM2-135M
+    assert shape_of(MODELS["smollm2-135m"]).lora_params(64) == 19_537_920
+
+
+def test_the_guides_7b_on_a_4090_claim():
+    """20 epochs of a 7B LoRA over 100k × 256 tokens ≈ 1.4e19 FLOPs ≈ 8× a 4090's bf16 peak for 3 h."""
+    shape = shape_of(MODELS["deepseek/base-7b"])
+    job = Job(method="lora", seq_len=256)
+    flops = flops_per_token(shape, job) * 100_000 * 256 * 20
+    assert flops == pytest.approx(1.4e19, rel=0.05)
+    peak_hours = flops / (PROFILES["rtx 4090"].bf16_tflops * 1e12) / 3600
+    assert peak_hours / 3 == pytest.approx(8, rel=0.1)
+    p = plan(MODELS["deepseek/base-7b"], PROFILES["rtx 4090"], examples=100_000, tokens_per_example=256, epochs=20,
+             budget_hours=3)
+    assert p["fits_in_budget"] is False and 40 < p["hours"] < 80
+    assert p["recommendation"]["epochs"] < 1 and p["recommendation"]["max_steps"] > 0
+
+
+def test_memory_parts_by_hand():
+    shape = shape_of(MODELS["deepseek/base-7b"])
+    m = memory_gb(shape, Job(method="lora", micro_batch=1, seq_len=256, lora_r=16))
+    assert m["weights"] == pytest.approx(6.91e9 * 2 / 2**30, rel=0.01)              # bf16 weights
+    assert m["trainable_and_optimizer"] == pytest.approx(shape.lora_params(16) * 16 / 2**30, rel=0.01)
+    assert m["logits"] == pytest.approx(256 * 102400 * 8 / 2**30, rel=0.01)         # fp32 logits + grad
+    q = memory_gb(shape, Job(method="qlora", micro_batch=1, seq_len=256))
+    assert q["weights"] == pytest.approx((shape.linear_params * 0.52 + (6.91e9 - shape.linear_params) * 2) / 2**30, rel=0.01)
+    ckpt = memory_gb(shape, Job(method="lora", micro_batch=8, seq_len=512, gradient_checkpointing=True))
+    full = memory_gb(shape, Job(method="lora", micro_batch=8, seq_len=512))
+    assert ckpt["activations"] < full["activations"] / 5
+
+
+@pytest.mark.parametrize("model,gpu,method,fits", [
+    ("deepseek/base-7b", "rtx 4090", "full", False),      # 16 bytes/param ≈ 110 GB
+    ("deepseek/base-7b", "h100", "full", False),
+    ("qwen2.5-0.5b", "rtx 4090", "full", True),
+    ("deepseek/base-7b", "rtx 3060", "qlora", True),       # with gradient checkpointing
+    ("llama-3.1-70b", "a100 80gb", "qlora", True),
+    ("llama-3.1-70b", "rtx 4090", "qlora", False),
+])
+def test_fit_boundaries(model, gpu, method, fits):
+    p = plan(MODELS[model], PROFILES[gpu], examples=1000, tokens_per_example=256, epochs=1, method=method)
+    rec = p["recommendation"]
+    assert (rec["fits"] and rec["method"] == method) is fits
+
+
+def test_time_scales_with_hardware_and_mfu():
+    shape, job = shape_of(MODELS["qwen2.5-1.5b"]), Job()
+    a = train_time(shape, job, 165.2, 1000, 200, 1, 0.4)
+    b = train_time(shape, job, 989.0, 1000, 200, 1, 0.4)
+    c = train_time(shape, job, 165.2, 1000, 200, 1, 0.2)
+    assert a.hours / b.hours == pytest.approx(989 / 165.2)
+    assert c.hours == pytest.approx(2 * a.hours)
+
+
+def test_durations_and_profiles():
+    assert parse_duration("3h") == 3 and parse_duration("90m") == 1.5 and parse_duration("1h30m") == 1.5
+    assert get_profile("4090").name == "RTX 4090"
+    from ownllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown GPU"):
+        get_profile("RTX 9999")
+    with pytest.raises(ConfigError):
+        parse_duration("soon")
+
+
+def test_plan_cli_json_and_matrix():
+    out = subprocess.run([sys.executable, "-m", "ownllm", "plan", "--model", "deepseek/base-7b", "--gpu", "RTX 4090",
+                          "--examples", "100000", "--tokens-per-example", "256", "--epochs", "20", "--time-budget",
+                          "3h", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    p = json.loads(out.stdout)
+    for key in ("memory_gb", "fits_in_memory", "hours", "fits_in_budget", "epochs_in_budget", "tokens_per_second",
+                "mfu_assumed", "cost_usd", "recommendation"):
+        assert key in p
+    out = subprocess.run([sys.executable, "-m", "ownllm", "plan", "--matrix"], capture_output=True, text=True)
+    assert out.returncode == 0 and "llama-3.1-70b" in out.stdout and "| deepseek/base-7b | lora | RTX 4090 | yes" in out.stdout
+
+
+def test_train_stops_at_the_time_budget(tiny_model_dir, qa_file, tmp_path):
+    from ownllm.training.trainer import Trainer
+
+    s = Trainer(model=tiny_model_dir, train_dataset=qa_file,
+                args={"output_dir": str(tmp_path / "b"), "precision": "fp32", "max_steps": 500, "batch_size": 4,
+                      "time_budget": "1s", "early_stopping_patience": 0}).train()
+    assert s["stopped_because"] == "time_budget" and s["global_step"] < 500
+    assert s["time_budget"]["budget_hours"] == pytest.approx(1 / 3600)
+    assert s["time_budget"]["predicted_hours"] > 0 and s["time_budget"]["actual_hours"] > 0
+    assert (tmp_path / "b" / "checkpoints" / f"checkpoint-{s['global_step']}").exists()
