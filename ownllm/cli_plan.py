@@ -36,7 +36,7 @@ def calibrate(model: str, data: str | None, steps: int = 6) -> float:
     """Train a few real steps here and return the measured utilisation (MFU)."""
     import tempfile
 
-    from ownllm.planning.estimate import Job, flops_per_token, shape_of
+    from ownllm.planning.estimate import Job, flops_per_token
     from ownllm.planning.profiles import this_cpu
     from ownllm.planning.recommend import spec_for
     from ownllm.training.trainer import Trainer
@@ -51,7 +51,7 @@ def calibrate(model: str, data: str | None, steps: int = 6) -> float:
     tps = sum(rates) / len(rates)
     profile = this_cpu()
     spec = spec_for(model)
-    per_token = flops_per_token(shape_of(spec), Job(seq_len=128, precision=profile.best_precision))
+    per_token = flops_per_token(spec, Job(seq_len=128, precision=profile.best_precision))
     return round(tps * per_token / (profile.peak_tflops(profile.best_precision) * 1e12), 3)
 
 

@@ -158,6 +158,9 @@ def cmd_quickstart(args) -> int:
     trainer = Trainer(config=cfg)
     print(f"[1/3] preparing data and training into {trainer.run_dir}", file=sys.stderr)
     summary = trainer.train()
+    if summary["stopped_because"] == "interrupted":  # the person asked to stop: no evaluation now
+        print(f"stopped; resume with: ownllm train --resume {trainer.run_dir}, then: ownllm eval {trainer.run_dir}")
+        return 0
     print("[2/3] evaluating base vs tuned on the held-out test split", file=sys.stderr)
     result = evaluate(trainer.run_dir, max_samples=args.max_samples)
     print("[3/3] done\n")

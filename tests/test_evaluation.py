@@ -82,3 +82,29 @@ def test_quickstart_and_compare_on_a_tiny_model(tiny_model_dir, qa_file, tmp_pat
         runs.append(str(run))
     proc = subprocess.run([sys.executable, "-m", "ownllm", "compare", *runs], capture_output=True, text=True)
     assert proc.returncode == 0 and "train_method" in proc.stdout and "dora" in proc.stdout
+
+
+def test_text_only_run_gets_perplexity_report(tiny_model_dir, tmp_path):
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.training.trainer import Trainer
+
+    src = tmp_path / "notes.txt"
+    src.write_text("\n\n".join(f"Note {i}: the ward round at {i % 12 + 1} o'clock found patient {i} stable. " * 8
+                               for i in range(40)), encoding="utf-8")
+    run = tmp_path / "run"
+    Trainer(model=tiny_model_dir, train_dataset=str(src),
+            args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4}).train()
+    result = evaluate(str(run))
+    assert "perplexity" in result["tuned"] and "contains" not in result["tuned"]
+    assert result["headline"].startswith("perplexity") and (run / "eval" / "report.html").exists()
+
+
+def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.training.trainer import Trainer
+
+    run = tmp_path / "full"
+    Trainer(model=tiny_model_dir, train_dataset=qa_file,
+            args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4, "method": "full"}).train()
+    assert (run / "model" / "config.json").exists()
+    assert evaluate(str(run), max_new_tokens=4)["tuned"]["val_loss"] > 0

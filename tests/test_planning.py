@@ -5,19 +5,19 @@ import sys
 import pytest
 
 from ownllm.models.registry import MODELS
-from ownllm.planning.estimate import Job, flops_per_token, memory_gb, shape_of, train_time
+from ownllm.planning.estimate import Job, flops_per_token, linear_params, lora_params, memory_gb, train_time
 from ownllm.planning.profiles import PROFILES, get_profile
 from ownllm.planning.recommend import parse_duration, plan
 
 
 def test_lora_parameter_count_matches_peft():
     # peft reported 19,537,920 trainable parameters for r=64 on all linear layers of SmolLM2-135M
-    assert shape_of(MODELS["smollm2-135m"]).lora_params(64) == 19_537_920
+    assert lora_params(MODELS["smollm2-135m"], 64) == 19_537_920
 
 
 def test_the_guides_7b_on_a_4090_claim():
     """20 epochs of a 7B LoRA over 100k × 256 tokens ≈ 1.4e19 FLOPs ≈ 8× a 4090's bf16 peak for 3 h."""
-    shape = shape_of(MODELS["deepseek/base-7b"])
+    shape = MODELS["deepseek/base-7b"]
     job = Job(method="lora", seq_len=256)
     flops = flops_per_token(shape, job) * 100_000 * 256 * 20
     assert flops == pytest.approx(1.4e19, rel=0.05)
@@ -30,13 +30,13 @@ def test_the_guides_7b_on_a_4090_claim():
 
 
 def test_memory_parts_by_hand():
-    shape = shape_of(MODELS["deepseek/base-7b"])
+    shape = MODELS["deepseek/base-7b"]
     m = memory_gb(shape, Job(method="lora", micro_batch=1, seq_len=256, lora_r=16))
     assert m["weights"] == pytest.approx(6.91e9 * 2 / 2**30, rel=0.01)              # bf16 weights
-    assert m["trainable_and_optimizer"] == pytest.approx(shape.lora_params(16) * 16 / 2**30, rel=0.01)
+    assert m["trainable_and_optimizer"] == pytest.approx(lora_params(shape, 16) * 16 / 2**30, rel=0.01)
     assert m["logits"] == pytest.approx(256 * 102400 * 8 / 2**30, rel=0.01)         # fp32 logits + grad
     q = memory_gb(shape, Job(method="qlora", micro_batch=1, seq_len=256))
-    assert q["weights"] == pytest.approx((shape.linear_params * 0.52 + (6.91e9 - shape.linear_params) * 2) / 2**30, rel=0.01)
+    assert q["weights"] == pytest.approx((linear_params(shape) * 0.52 + (6.91e9 - linear_params(shape)) * 2) / 2**30, rel=0.01)
     ckpt = memory_gb(shape, Job(method="lora", micro_batch=8, seq_len=512, gradient_checkpointing=True))
     full = memory_gb(shape, Job(method="lora", micro_batch=8, seq_len=512))
     assert ckpt["activations"] < full["activations"] / 5
@@ -57,7 +57,7 @@ def test_fit_boundaries(model, gpu, method, fits):
 
 
 def test_time_scales_with_hardware_and_mfu():
-    shape, job = shape_of(MODELS["qwen2.5-1.5b"]), Job()
+    shape, job = MODELS["qwen2.5-1.5b"], Job()
     a = train_time(shape, job, 165.2, 1000, 200, 1, 0.4)
     b = train_time(shape, job, 989.0, 1000, 200, 1, 0.4)
     c = train_time(shape, job, 165.2, 1000, 200, 1, 0.2)

@@ -30,9 +30,10 @@ def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[
         if not os.path.exists(path):
             raise DataError(f"{run_dir} has no test split (data/test.jsonl)", hint="pass --data FILE")
         rows = read_jsonl(path)
-    rows = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
+    chats = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
+    rows = chats or [r for r in rows if "text" in r]  # plain-text runs: loss and perplexity only
     if not rows:
-        raise DataError("no chat rows ending in an assistant answer to evaluate")
+        raise DataError("no rows to evaluate: chat rows must end in an assistant answer")
     return rows[:max_samples] if max_samples else rows
 
 
@@ -83,14 +84,15 @@ def _general_rows() -> list[dict]:
 
 
 def _side(model, tokenizer, rows, prompts, refs, template, max_new_tokens, max_seq_len) -> tuple[dict, list]:
-    answers, seconds, new = _generate(model, tokenizer, prompts, max_new_tokens)
     val_loss = _loss(model, tokenizer, rows, template, max_seq_len)
     general = _loss(model, tokenizer, _general_rows(), None, max_seq_len)
     out = {"val_loss": round(val_loss, 4), "perplexity": round(math.exp(min(val_loss, 50)), 3),
-           **M.aggregate(answers, refs),
-           "seconds_per_answer": round(seconds / max(len(prompts), 1), 3),
-           "tokens_per_second": round(new / seconds, 1) if seconds else 0.0,
            "general_perplexity": round(math.exp(min(general, 50)), 3)}
+    if not prompts:
+        return out, []
+    answers, seconds, new = _generate(model, tokenizer, prompts, max_new_tokens)
+    out.update(M.aggregate(answers, refs), seconds_per_answer=round(seconds / len(prompts), 3),
+               tokens_per_second=round(new / seconds, 1) if seconds else 0.0)
     return out, answers
 
 
@@ -107,10 +109,13 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     tuned = load_model(run_dir)
     tok = tuned.tokenizer
     template = chat_template_for(tok, cfg.get("template"))
+    chats = [r for r in rows if "messages" in r]
     prompts = [tok.apply_chat_template(r["messages"][:-1], chat_template=template, tokenize=False,
-                                       add_generation_prompt=True) for r in rows]
-    refs = [r["messages"][-1]["content"] for r in rows]
-    if max_new_tokens is None:  # room for answers a bit longer than the longest reference
+                                       add_generation_prompt=True) for r in chats]
+    refs = [r["messages"][-1]["content"] for r in chats]
+    if not refs:
+        max_new_tokens = 0
+    elif max_new_tokens is None:  # room for answers a bit longer than the longest reference
         longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
         max_new_tokens = min(256, 2 * longest + 16)
     seq = int(cfg.get("max_seq_len") or 1024)
@@ -160,6 +165,8 @@ def _base_of(tuned, run_dir: str, cfg: dict):
 
 
 def _samples(rows, refs, answers) -> list[dict]:
+    if not refs:
+        return []
     out = []
     for i, (row, ref) in enumerate(zip(rows, refs)):
         s = {"prompt": next((m["content"] for m in reversed(row["messages"][:-1]) if m["role"] == "user"), ""),
@@ -173,6 +180,10 @@ def _samples(rows, refs, answers) -> list[dict]:
 
 def headline(result: dict) -> str:
     n, t = result["samples"], result["tuned"]
+    if "contains" not in t:  # plain-text data: no answers to score
+        b = result.get("base")
+        return (f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}" if b else f"perplexity {t['perplexity']:.2f}") \
+            + f" on {n} held-out text chunks"
     if "base" not in result:
         return f"contains-accuracy {t['contains']:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
     b = result["base"]

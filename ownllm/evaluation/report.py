@@ -56,7 +56,7 @@ def _bars(result: dict) -> str:
     rows = []
     for k in ("contains", "exact_match", "token_f1", "rouge_l"):
         for side, color in (("base", "#999"), ("tuned", "#2a7")):
-            if side in result:
+            if side in result and k in result[side]:
                 v = result[side][k]
                 rows.append(f'<div class="bar"><span>{k} ({side})</span><i style="width:{v * 100:.1f}%;'
                             f'background:{color}"></i><b>{v:.0%}</b></div>')

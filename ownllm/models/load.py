@@ -211,6 +211,9 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     from ownllm.models.generation import OwnModel
 
     adapter = adapter or _adapter_in(name)
+    full = os.path.join(name, "model") if os.path.isdir(name) else ""
+    if not adapter and os.path.exists(os.path.join(full, "config.json")):
+        name = full  # a run directory of a full fine-tune holds its model in model/
     base_name = _base_of_adapter(adapter) if adapter else name
     model, tokenizer, source = load_pretrained(base_name, device=device, dtype=dtype,
                                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)

@@ -9,7 +9,7 @@ plus attention, +2N when activations are recomputed) × tokens ÷ (peak × utili
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 GB = 1024 ** 3
 NF4_BYTES = 0.52        # 4-bit NF4 with double-quantised absmax constants
@@ -17,31 +17,22 @@ ADAMW_BYTES = 16        # fp32 weight/master + gradient + two moments
 DEFAULT_MFU = {"cpu": 0.45, "gpu": 0.40, "qlora": 0.28}
 
 
-@dataclass(frozen=True)
-class Shape:
-    params: float
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
+def linear_params(spec) -> float:
+    """Parameters in the attention and MLP projections (what LoRA adapts and NF4 quantises).
 
-    @property
-    def linear_params(self) -> float:
-        kv = self.hidden * self.kv_heads // self.heads
-        per_layer = 2 * self.hidden * self.hidden + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate
-        return per_layer * self.layers
-
-    def lora_params(self, r: int) -> float:
-        kv = self.hidden * self.kv_heads // self.heads
-        h, i = self.hidden, self.intermediate
-        pairs = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q k v o gate up down
-        return self.layers * r * sum(a + b for a, b in pairs)
+    ``spec`` is a registry ModelSpec (or anything with its shape fields).
+    """
+    kv = spec.hidden * spec.kv_heads // spec.heads
+    per_layer = 2 * spec.hidden * spec.hidden + 2 * spec.hidden * kv + 3 * spec.hidden * spec.intermediate
+    return per_layer * spec.layers
 
 
-def shape_of(spec) -> Shape:
-    return Shape(spec.params, spec.layers, spec.hidden, spec.intermediate, spec.heads, spec.kv_heads, spec.vocab)
+def lora_params(spec, r: int) -> float:
+    """LoRA parameters of rank ``r`` on all seven linear layers of each block."""
+    kv = spec.hidden * spec.kv_heads // spec.heads
+    h, i = spec.hidden, spec.intermediate
+    pairs = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q k v o gate up down
+    return spec.layers * r * sum(a + b for a, b in pairs)
 
 
 @dataclass
@@ -57,19 +48,19 @@ class Job:
     cpu: bool = False             # CPUs keep fp32 weights (autocast) and a ~1.2 GB Python/torch process
 
 
-def trainable_params(shape: Shape, job: Job) -> float:
+def trainable_params(shape, job: Job) -> float:
     if job.method == "full":
         return shape.params
     if job.method == "prefix":
         return shape.layers * 2 * 20 * shape.hidden
-    return shape.lora_params(job.lora_r) * (1.01 if job.method == "dora" else 1.0)
+    return lora_params(shape, job.lora_r) * (1.01 if job.method == "dora" else 1.0)
 
 
-def memory_gb(shape: Shape, job: Job) -> dict:
+def memory_gb(shape, job: Job) -> dict:
     """Peak memory per device, in GiB, with its parts."""
     half = 2 if job.precision in ("bf16", "fp16") and not job.cpu else 4
     if job.method == "qlora":
-        weights = shape.linear_params * NF4_BYTES + (shape.params - shape.linear_params) * 2
+        weights = linear_params(shape) * NF4_BYTES + (shape.params - linear_params(shape)) * 2
     elif job.method == "full":
         weights = 0.0  # counted in the optimizer state below (fp32 master weights)
     else:
@@ -95,7 +86,7 @@ def memory_gb(shape: Shape, job: Job) -> dict:
     return {"total": round(total / GB, 3), **{k: round(v / GB, 3) for k, v in parts.items()}}
 
 
-def flops_per_token(shape: Shape, job: Job) -> float:
+def flops_per_token(shape, job: Job) -> float:
     n = shape.params
     base = 6 * n if job.method == "full" else 4 * n
     if job.gradient_checkpointing:
@@ -122,7 +113,7 @@ class TimeEstimate:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def train_time(shape: Shape, job: Job, peak_tflops: float, examples: int, tokens_per_example: float,
+def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_example: float,
                epochs: float, mfu: float, val_fraction: float = 0.1) -> TimeEstimate:
     """Hours for ``epochs`` over ``examples``; validation (forward only, val_fraction of the data) included."""
     per_token = flops_per_token(shape, job)

@@ -6,7 +6,7 @@ import math
 import re
 
 from ownllm.errors import ConfigError
-from ownllm.planning.estimate import Job, default_mfu, memory_gb, shape_of, train_time
+from ownllm.planning.estimate import Job, default_mfu, memory_gb, train_time
 from ownllm.planning.profiles import PRICES, Profile
 
 
@@ -49,7 +49,7 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
          method: str = "lora", budget_hours: float | None = None, micro_batch: int = 8, grad_accum: int = 4,
          lora_r: int = 16, gradient_checkpointing: bool = False, mfu: float | None = None, gpus: int = 1,
          price_per_hour: float | None = None) -> dict:
-    shape = shape_of(spec)
+    shape = spec  # the registry entry carries the shape the estimates need
     seq = int(min(max(tokens_per_example * 1.5, 64), spec.context))
     precision = profile.best_precision
     job = Job(method=method, micro_batch=micro_batch, seq_len=seq, lora_r=lora_r,
