@@ -96,6 +96,7 @@ def test_train_stops_at_the_time_budget(tiny_model_dir, qa_file, tmp_path):
                 args={"output_dir": str(tmp_path / "b"), "precision": "fp32", "max_steps": 500, "batch_size": 4,
                       "time_budget": "1s", "early_stopping_patience": 0}).train()
     assert s["stopped_because"] == "time_budget" and s["global_step"] < 500
+    assert s["best_val_loss"] is not None  # evaluated at the stop
     assert s["time_budget"]["budget_hours"] == pytest.approx(1 / 3600)
     assert s["time_budget"]["predicted_hours"] > 0 and s["time_budget"]["actual_hours"] > 0
     assert (tmp_path / "b" / "checkpoints" / f"checkpoint-{s['global_step']}").exists()

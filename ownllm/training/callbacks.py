@@ -55,6 +55,7 @@ class TimeBudgetCallback(TrainerCallback):
         if time.time() - self.start >= self.seconds:
             self.hit = True
             control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"  # the last checkpoint gets its val loss
             control.should_training_stop = True
         return control
 
