@@ -21,6 +21,7 @@ _LAZY = {
     "prepare_dataset": "ownllm.data.prepare",
     "Trainer": "ownllm.training.trainer",
     "evaluate": "ownllm.evaluation.compare",
+    "Quantizer": "ownllm.quantization.quantize",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -90,6 +90,27 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": answer})
 
 
+def cmd_quantize(args) -> int:
+    import os
+
+    from ownllm.errors import ConfigError
+    from ownllm.quantization.quantize import Quantizer
+
+    if os.path.isdir(args.model):
+        out = args.out or os.path.join(args.model, "export", f"q{args.bits}")
+    else:
+        out = args.out or os.path.join("runs", f"{os.path.basename(args.model.rstrip('/')).replace('/', '--')}-q{args.bits}")
+    if os.path.exists(out) and not args.overwrite:
+        raise ConfigError(f"{out} already exists", hint="pass --overwrite, or --out another folder")
+    q = Quantizer(args.model, bits=args.bits, device=args.device).quantize()
+    q.save(out)
+    r = q.report
+    print(f"{r['method']}: {r['size_mb_before']:.0f} MB → {r['size_mb_after']:.0f} MB ({r['size_change']:+.0%}); "
+          f"perplexity {r['perplexity_before']:.3f} → {r['perplexity_after']:.3f} ({r['perplexity_change']:+.2%}) "
+          f"on {r['perplexity_rows']} rows\nsaved {out} (load it with: ownllm chat {out})")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 def _print_table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -144,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gen_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("quantize", help="quantize a model or run to 8-bit or 4-bit (bitsandbytes) and measure it")
+    p.add_argument("model", help="run directory (adapter merged first), alias, HF folder, .gguf or hub id")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=4, help="4 (NF4, double quantisation) or 8 (LLM.int8)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/export/qBITS or runs/MODEL-qBITS)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_quantize)
 
     from ownllm import cli_plan, cli_train
 

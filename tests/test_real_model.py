@@ -24,3 +24,12 @@ def test_thirty_steps_lower_the_validation_loss(tmp_path):
     evals = [json.loads(line)["eval_loss"] for line in open(run / "metrics.jsonl") if "eval_loss" in line]
     assert summary["global_step"] == 30 and len(evals) == 4  # before training, then every 10 steps
     assert evals[-1] < 0.5 * evals[0]
+
+
+def test_guide_quantizer_snippet_keeps_the_answer():
+    pytest.importorskip("bitsandbytes")
+    from ownllm import Quantizer
+
+    quantized_model = Quantizer(model="smollm2-135m", bits=4).quantize()
+    assert quantized_model.report["size_change"] < -0.5
+    assert "Paris" in quantized_model.generate("What is the capital of France?", max_new_tokens=20, temperature=0)

@@ -165,8 +165,8 @@ def load_pretrained(name: str, *, device: str = "auto", dtype: str = "auto", all
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     model, tokenizer = _from_pretrained(source, folder, kwargs, trust_remote_code)
-    if quantization_config is None:
-        model.to(device)
+    if quantization_config is None and not getattr(model, "is_quantized", False):
+        model.to(device)  # bitsandbytes models are placed when loaded and refuse .to()
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

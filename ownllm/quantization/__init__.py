@@ -1,0 +1,1 @@
+"""Weight quantization (bitsandbytes 8/4-bit)."""
