@@ -111,6 +111,17 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ownllm.export.merge import export
+
+    m = export(args.run_dir, args.format, args.out, args.overwrite)
+    for c in m["checks"]:
+        print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['measured']} (tolerance {c['tolerance']})")
+    size = sum(f["bytes"] for f in m["files"]) / 2**20
+    print(f"exported {args.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 def _print_table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -173,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("export", help="export a run as merged safetensors or a standalone adapter, verified")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="merged", choices=["merged", "adapter"],
+                   help="merged: adapter folded into the base weights; adapter: the adapter alone")
+    p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=cmd_export)
 
     from ownllm import cli_plan, cli_train
 

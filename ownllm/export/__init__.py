@@ -1,0 +1,1 @@
+"""Exports that prove themselves: every folder carries a manifest of checks passed."""
