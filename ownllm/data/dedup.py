@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 _WS = re.compile(r"\s+")
 NUM_PERM = 64
@@ -30,7 +31,7 @@ def jaccard(a: set, b: set) -> float:
 
 
 def _hash32(b: bytes) -> int:
-    return hash(b) & 0xFFFFFFFF
+    return zlib.crc32(b)
 
 
 class NearDuplicateIndex:
@@ -41,6 +42,8 @@ class NearDuplicateIndex:
 
         self.num_perm, self.threshold = num_perm, threshold
         self.texts: dict = {}
+        # (Buckets tuned lower than the threshold raise recall but flood templated data with
+        # candidates: 100k rows went from 35 s to 13 min.)
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         # One set of permutations for every signature: datasketch draws new ones per MinHash otherwise.
         template = MinHash(num_perm=num_perm, seed=1)
@@ -49,8 +52,8 @@ class NearDuplicateIndex:
     def signature(self, text: str):
         from datasketch import MinHash
 
-        # Python's own bytes hash: signatures are only compared within this process, and it is
-        # an order of magnitude faster than datasketch's default SHA-1.
+        # CRC-32: deterministic across processes (Python's hash() is salted per process, which made
+        # results vary run to run) and an order of magnitude faster than datasketch's SHA-1.
         m = MinHash(num_perm=self.num_perm, permutations=self._permutations,
                     scheme=self._scheme, hashfunc=_hash32)
         m.update_batch(_shingles(text))
