@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 
 from ownllm.errors import DiskFullError
 
@@ -21,6 +23,25 @@ def atomic_write(path: str, text: str) -> None:
     except OSError as e:
         _remove(tmp)
         if e.errno == errno.ENOSPC:
+            raise DiskFullError(f"the disk is full while writing {path}", hint="free some space and retry") from e
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed,
+    so a crash or a full disk never leaves half a folder under the final name."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise DiskFullError(f"the disk is full while writing {path}", hint="free some space and retry") from e
         raise
 

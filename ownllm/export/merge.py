@@ -3,11 +3,10 @@ with plain transformers/peft, and compare its logits and greedy text with the tr
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from ownllm.errors import ConfigError, OwnLLMError
 from ownllm.export.manifest import check, write_manifest
+from ownllm.utils import atomic_dir
 
 LOGIT_TOLERANCE = 1e-3
 
@@ -67,10 +66,7 @@ def export(run_dir: str, fmt: str = "merged", out: str | None = None, overwrite:
     if fmt == "adapter" and not is_adapter:
         raise ConfigError(f"{run_dir} is a full fine-tune: there is no adapter to export", hint="use --format merged")
     prompts = _probe_prompts(run_dir, trained.tokenizer)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
+    with atomic_dir(out) as tmp:
         if fmt == "merged":
             # merge_and_unload changes the model in place, so the reference logits come from a fresh load
             reference = load_model(run_dir, device="cpu").model
@@ -90,11 +86,5 @@ def export(run_dir: str, fmt: str = "merged", out: str | None = None, overwrite:
         manifest = write_manifest(tmp, fmt, run_dir, checks, {"probe_prompts": len(prompts)})
         if not manifest["all_checks_passed"]:
             raise OwnLLMError(f"the {fmt} export failed its checks: {checks}", hint="nothing was written at " + out)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     manifest["path"] = out
     return manifest

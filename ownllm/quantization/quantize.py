@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 
 from ownllm.errors import ConfigError, require
@@ -24,20 +23,12 @@ class QuantizedModel(OwnModel):
 
     def save(self, path: str) -> str:
         """Write a folder that ``ownllm.load_model(path)`` (and transformers) load back quantized."""
-        from ownllm.utils import atomic_write
+        from ownllm.utils import atomic_dir, atomic_write
 
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-        try:
+        with atomic_dir(path) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             atomic_write(os.path.join(tmp, "quantization.json"), json.dumps(self.report, indent=2, ensure_ascii=False))
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 

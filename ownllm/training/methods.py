@@ -78,17 +78,14 @@ def adapter_folder(path: str) -> str:
 
 def save_trained(model, tokenizer, run_dir: str, cfg) -> str:
     """Save the result: ``adapter/`` for adapter methods, ``model/`` for full fine-tuning."""
-    target = os.path.join(run_dir, "model" if cfg.method == "full" else "adapter")
-    tmp = target + ".tmp"
-    import shutil
+    from ownllm.utils import atomic_dir
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "ownllm.json"), "w", encoding="utf-8") as f:
-        json.dump({"base_model": cfg.model, "method": cfg.method}, f, ensure_ascii=False, indent=2)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    target = os.path.join(run_dir, "model" if cfg.method == "full" else "adapter")
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "ownllm.json"), "w", encoding="utf-8") as f:
+            json.dump({"base_model": cfg.model, "method": cfg.method}, f, ensure_ascii=False, indent=2)
     return target
 
 
