@@ -22,6 +22,7 @@ _LAZY = {
     "Trainer": "ownllm.training.trainer",
     "evaluate": "ownllm.evaluation.compare",
     "Quantizer": "ownllm.quantization.quantize",
+    "ONNXExporter": "ownllm.export.onnx",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

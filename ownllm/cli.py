@@ -112,13 +112,19 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ownllm.export.merge import export
+    from ownllm.export.formats import export
 
-    m = export(args.run_dir, args.format, args.out, args.overwrite)
+    m = export(args.source, args.format, args.out, args.overwrite, quant=args.quant)
     for c in m["checks"]:
         print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['measured']} (tolerance {c['tolerance']})")
     size = sum(f["bytes"] for f in m["files"]) / 2**20
     print(f"exported {args.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
+    if args.format == "onnx":
+        print(f"run it: ownllm generate {m['path']}/model.onnx \"你好\"")
+    elif args.format == "gguf":
+        gguf_file = next(f["name"] for f in m["files"] if f["name"].endswith(".gguf"))
+        print(f"use it: cd {m['path']} && ollama create {gguf_file.rsplit('-', 1)[0]} -f Modelfile "
+              "(README.md there has the llama.cpp commands)")
     return 0
 
 
@@ -185,11 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("export", help="export a run as merged safetensors or a standalone adapter, verified")
-    p.add_argument("run_dir")
-    p.add_argument("--format", default="merged", choices=["merged", "adapter"],
-                   help="merged: adapter folded into the base weights; adapter: the adapter alone")
-    p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT)")
+    p = sub.add_parser("export", help="export a run or model as merged safetensors, adapter, ONNX or GGUF, verified")
+    p.add_argument("source", metavar="RUN_DIR|MODEL", help="run directory (or, for onnx/gguf, any model name)")
+    p.add_argument("--format", default="merged", choices=["merged", "adapter", "onnx", "gguf"],
+                   help="merged: adapter folded into the base weights; adapter: the adapter alone; "
+                        "onnx: model.onnx with past key/values for onnxruntime; gguf: llama.cpp/Ollama file "
+                        "with a Modelfile")
+    p.add_argument("--quant", default="q8_0", choices=["f16", "q8_0", "q4_0"], help="GGUF weight format (default q8_0)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT, gguf-QUANT for gguf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=cmd_export)
 

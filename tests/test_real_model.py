@@ -33,3 +33,32 @@ def test_guide_quantizer_snippet_keeps_the_answer():
     quantized_model = Quantizer(model="smollm2-135m", bits=4).quantize()
     assert quantized_model.report["size_change"] < -0.5
     assert "Paris" in quantized_model.generate("What is the capital of France?", max_new_tokens=20, temperature=0)
+
+
+def test_embedded_model_exports_keep_the_answer(tmp_path):
+    """ONNX greedy text equals torch's; q4_0 GGUF stays within its documented perplexity tolerance
+    and still answers the question."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ownllm.export.formats import GGUF_PERPLEXITY_TOLERANCE, export
+    from ownllm.models.load import load_model
+
+    question = "What is the capital of France?"
+    reference = load_model("smollm2-135m", device="cpu")
+    expected = reference.generate(question, temperature=0, max_new_tokens=20)
+    assert "Paris" in expected
+
+    export("smollm2-135m", "onnx", str(tmp_path / "onnx"))
+    assert load_model(str(tmp_path / "onnx" / "model.onnx")).generate(question, temperature=0,
+                                                                       max_new_tokens=20) == expected
+
+    m = export("smollm2-135m", "gguf", str(tmp_path / "gguf"), quant="q4_0")
+    ppl = next(c for c in m["checks"] if "perplexity" in c["name"])
+    assert m["all_checks_passed"] and ppl["measured"] <= GGUF_PERPLEXITY_TOLERANCE["q4_0"]
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "gguf"), gguf_file="smollm2-135m-q4_0.gguf",
+                                                 dtype=torch.float32)
+    from ownllm.models.generation import OwnModel
+
+    answer = OwnModel(model, reference.tokenizer).generate(question, temperature=0, max_new_tokens=20)
+    assert "Paris" in answer

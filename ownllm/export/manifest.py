@@ -32,7 +32,7 @@ def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra
                 continue
             p = os.path.join(root, n)
             files.append({"name": os.path.relpath(p, folder), "bytes": os.path.getsize(p), "sha256": sha256_file(p)})
-    manifest = {"format": fmt, "source": os.path.abspath(source),
+    manifest = {"format": fmt, "source": os.path.abspath(source) if os.path.exists(source) else source,
                 "config_sha256": sha256_file(config) if os.path.exists(config) else None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, "checks": checks,
                 "all_checks_passed": all(c["passed"] for c in checks), **(extra or {})}

@@ -206,10 +206,15 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     """Load a model for generation: ``load_model("smollm2-135m").generate("...")``.
 
     ``name`` is a registry alias, a local Hugging Face folder, a ``.gguf`` file or a hub id;
-    a run directory or an adapter folder loads its base model with the adapter on top.
+    a run directory or an adapter folder loads its base model with the adapter on top; a
+    ``.onnx`` export (or its folder) runs with onnxruntime.
     """
     from ownllm.models.generation import OwnModel
 
+    if _is_onnx(name):
+        from ownllm.export.onnx import load_onnx
+
+        return load_onnx(name)
     adapter = adapter or _adapter_in(name)
     full = os.path.join(name, "model") if os.path.isdir(name) else ""
     if not adapter and os.path.exists(os.path.join(full, "config.json")):
@@ -228,6 +233,15 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
         model = PeftModel.from_pretrained(model, adapter)
         model.eval()
     return OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
+
+
+def _is_onnx(name) -> bool:
+    """A .onnx file, or a folder with model.onnx and no transformers config (an ONNX export)."""
+    name = os.fspath(name)
+    if name.endswith(".onnx"):
+        return True
+    return os.path.isdir(name) and os.path.exists(os.path.join(name, "model.onnx")) \
+        and not os.path.exists(os.path.join(name, "config.json"))
 
 
 def _adapter_in(name: str) -> str | None:
