@@ -5,6 +5,7 @@ Nothing heavy is imported at module level, so `ownllm --help` starts without tor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ownllm.errors import OwnLLMError
@@ -128,6 +129,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from ownllm.errors import ConfigError, require
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535 (got {args.port})")
+    for name in ("max_concurrency", "max_queue"):
+        if getattr(args, name) < (1 if name == "max_concurrency" else 0):
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {1 if name == 'max_concurrency' else 0}")
+    if args.request_timeout <= 0:
+        raise ConfigError("--request-timeout must be positive (seconds)")
+    require("fastapi", "ownllm serve", extra="serve")
+    require("uvicorn", "ownllm serve", extra="serve")
+    from ownllm.serving.app import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key or None,
+          max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout=args.request_timeout,
+          system=args.system, device=args.device)
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 def _print_table(rows) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -201,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT, gguf-QUANT for gguf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API with a web chat page")
+    p.add_argument("model", metavar="RUN_DIR|MODEL|EXPORT",
+                   help="run directory, merged or quantized export folder, model.onnx, or any model name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("OWNLLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on the API (default $OWNLLM_API_KEY)")
+    p.add_argument("--max-concurrency", type=int, default=4, help="generations at once (default 4)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait; more get 429 (default 32)")
+    p.add_argument("--request-timeout", type=float, default=120, help="seconds before a request is ended (default 120)")
+    p.add_argument("--system", default=None, help="system prompt for chats that bring none")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=cmd_serve)
 
     from ownllm import cli_plan, cli_train
 

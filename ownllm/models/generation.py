@@ -5,6 +5,7 @@ temperature 0 means greedy decoding. Every value is checked before anything runs
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, fields
 from typing import Iterator
@@ -106,7 +107,8 @@ class OwnModel:
 
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        device = getattr(self.model, "device", None)  # an ONNX model has a device but no parameters
+        return device if device is not None else next(self.model.parameters()).device
 
     @property
     def context_length(self) -> int | None:
@@ -136,7 +138,7 @@ class OwnModel:
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _prepare(self, text: str, chat: bool, kwargs: dict, user_text: str | None = None):
+    def _prepare(self, text: str, chat: bool, kwargs: dict, user_text: str | None = None, cancel=None):
         import torch
 
         settings = GenerationSettings.build(**kwargs)
@@ -148,6 +150,10 @@ class OwnModel:
         gen["pad_token_id"] = self.tokenizer.pad_token_id
         if settings.stop:
             gen.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        if cancel is not None:
+            from transformers import StoppingCriteriaList
+
+            gen["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
         return enc, gen, settings
 
     def _count(self, text: str) -> int:
@@ -187,16 +193,19 @@ class OwnModel:
         return self._complete(self.render_chat(messages, system_prompt), True, kwargs, _user_text(messages))
 
     def stream(self, prompt_or_messages, system_prompt: str | None = None, chat: bool | None = None,
-               **kwargs) -> Iterator[str]:
-        """Yield the answer piece by piece. A list of messages (or chat=True) uses the chat template."""
-        from transformers import TextIteratorStreamer
+               cancel=None, stats: dict | None = None, **kwargs) -> Iterator[str]:
+        """Yield the answer piece by piece. A list of messages (or chat=True) uses the chat template.
 
+        ``cancel``: a ``threading.Event``; setting it ends generation after the current token.
+        ``stats``: a dict filled with prompt_tokens, completion_tokens and finish_reason
+        ("stop": end of answer or a stop string, "length": the token limit, "cancelled").
+        """
         use_chat = chat if chat is not None else (
             not isinstance(prompt_or_messages, str) or bool(system_prompt) or self.is_instruct)
         text = self.render_chat(prompt_or_messages, system_prompt) if use_chat else prompt_or_messages
         user_text = _user_text(prompt_or_messages) if use_chat else None
-        enc, gen, settings = self._prepare(text, use_chat, kwargs, user_text)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        enc, gen, settings = self._prepare(text, use_chat, kwargs, user_text, cancel)
+        streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
         def run():
@@ -211,10 +220,56 @@ class OwnModel:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from _hold_back_stops(streamer, settings.stop)
+        hit_stop = []
+        yield from _hold_back_stops(streamer, settings.stop, hit_stop)
         thread.join()
         if errors:
             raise errors[0]
+        if stats is not None:
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+            elif hit_stop or streamer.generated < gen["max_new_tokens"]:
+                reason = "stop"
+            else:
+                reason = "length"
+            stats.update(prompt_tokens=int(enc["input_ids"].shape[1]), completion_tokens=streamer.generated,
+                         finish_reason=reason)
+
+
+@functools.cache
+def _counting_streamer_class():  # built on first use: importing transformers is slow
+    from transformers import TextIteratorStreamer
+
+    class CountingStreamer(TextIteratorStreamer):
+        """TextIteratorStreamer that also counts the generated tokens."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.generated, self._seen_prompt = 0, False
+
+        def put(self, value):
+            if self._seen_prompt:
+                self.generated += int(value.numel())
+            self._seen_prompt = True
+            super().put(value)
+
+    return CountingStreamer
+
+
+def _CountingStreamer(*args, **kwargs):
+    return _counting_streamer_class()(*args, **kwargs)
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation once ``event`` is set (client gone, timeout)."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _user_text(messages) -> str:
@@ -223,8 +278,9 @@ def _user_text(messages) -> str:
     return "".join(str(m.get("content", "")) for m in messages)
 
 
-def _hold_back_stops(pieces, stop: list[str] | None) -> Iterator[str]:
-    """Pass text through, holding back what could be the start of a stop string; end at a stop."""
+def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None) -> Iterator[str]:
+    """Pass text through, holding back what could be the start of a stop string; end at a stop
+    (and append True to ``hit`` when one was found)."""
     if not stop:
         yield from (p for p in pieces if p)
         return
@@ -234,6 +290,8 @@ def _hold_back_stops(pieces, stop: list[str] | None) -> Iterator[str]:
         buffer += piece
         text, found = cut_at_stop(buffer, stop)
         if found:
+            if hit is not None:
+                hit.append(True)
             if text:
                 yield text
             for _ in pieces:  # drain so the generating thread can finish

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible API and a web chat page (`ownllm serve`)."""

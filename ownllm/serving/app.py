@@ -1,0 +1,447 @@
+"""`ownllm serve`: an OpenAI-compatible API (FastAPI) and a web chat page for one model.
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with
+``stream``: server-sent events in OpenAI's shape, ending in ``data: [DONE]``), ``GET /health`` and
+the chat page at ``/``. Every field is checked; a client's mistake gets a 400 in OpenAI's error
+JSON naming the field. A bounded queue sits in front of ``max_concurrency`` generations; past it a
+request gets a fast 429 with ``Retry-After``. A client that disconnects, or a request that runs
+past ``request_timeout``, stops its generation and frees its slot.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+log = logging.getLogger("ownllm.serve")
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # no API key needed: the page itself and the health check
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                           "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+@dataclass
+class ServeSettings:
+    model_id: str
+    api_key: str | None = None
+    max_concurrency: int = 4
+    max_queue: int = 32
+    request_timeout: float = 120.0
+    system: str | None = None
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's JSON shape: {"error": {message, type, param, code}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# -- requests ----------------------------------------------------------------------------------------
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as OpenAI-compatible servers do
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)                       # ownllm extension
+    repetition_penalty: float | None = Field(None, gt=0, le=5)  # ownllm extension
+    presence_penalty: float = Field(0, ge=-2, le=2)
+    frequency_penalty: float = Field(0, ge=-2, le=2)
+    stop: Union[str, list[str], None] = None
+    seed: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1)
+    stream: StrictBool = False
+    stream_options: dict | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+
+
+# fields we refuse instead of silently ignoring: each would change what the client gets back
+_REFUSED = {
+    "chat_template": "a chat template sent in a request is refused: the server uses the model's own",
+    "chat_template_kwargs": "chat template arguments are refused: the server uses the model's own template",
+    "tools": "tool calling is not supported by this server", "functions": "function calling is not supported",
+    "suffix": "suffix (fill-in-the-middle) is not supported", "top_logprobs": "logprobs are not supported",
+}
+
+
+def _refuse_unsupported(req: _Sampling) -> None:
+    extra = req.model_extra or {}
+    for name, why in _REFUSED.items():
+        if extra.get(name) not in (None, [], {}):
+            raise APIError(400, why, param=name, code="unsupported_parameter")
+    for name in ("logprobs", "echo"):
+        if extra.get(name) not in (None, False, 0):
+            raise APIError(400, f"{name} is not supported by this server", param=name, code="unsupported_parameter")
+    if req.n != 1 or extra.get("best_of") not in (None, 1):
+        raise APIError(400, "only n=1 (one choice per request) is supported", param="n", code="unsupported_parameter")
+    fmt = extra.get("response_format")
+    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise APIError(400, "response_format other than text is not supported", param="response_format")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise APIError(400, f"{name} is not supported (transformers has no additive penalty); use "
+                                "repetition_penalty (1.0 = off, 1.1 = the guide's default) instead", param=name,
+                           code="unsupported_parameter")
+    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    if len(stops) > 4 or not all(stops):
+        raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
+
+
+def _message_text(m: Message) -> str:
+    return m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+
+
+# -- the engine: slots, queue, cancellation ----------------------------------------------------------
+class Engine:
+    """Runs generations in threads: at most ``max_concurrency`` at once, ``max_queue`` waiting."""
+
+    def __init__(self, model, settings: ServeSettings):
+        self.model, self.settings = model, settings
+        self.active = self.waiting = 0
+        self._slots: asyncio.Semaphore | None = None
+
+    async def acquire(self, deadline: float) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        if self.active >= self.settings.max_concurrency and self.waiting >= self.settings.max_queue:
+            raise APIError(429, f"the server is busy ({self.active} generating, {self.waiting} waiting); retry soon",
+                           code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise APIError(504, f"the request waited past --request-timeout ({self.settings.request_timeout:g} s)",
+                           code="timeout", kind="server_error") from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def _release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+    def start(self, prompt, chat: bool, kwargs: dict, deadline: float):
+        """Start generating in a thread; returns (queue of events, cancel event, stats, timed-out flag).
+
+        The slot is released when the generating thread has really finished, so a client that
+        disconnects frees its slot only once its generation has stopped.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel, stats, timed_out = threading.Event(), {}, threading.Event()
+
+        def put(kind, value=None):
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        def work():
+            try:
+                for piece in self.model.stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs):
+                    put("text", piece)
+                put("end")
+            except BaseException as e:  # handed to the request's coroutine, which answers it
+                put("error", e)
+            finally:
+                timer.cancel()
+                loop.call_soon_threadsafe(self._release)
+
+        def expire():
+            timed_out.set()
+            cancel.set()
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+        threading.Thread(target=work, daemon=True, name="ownllm-generate").start()
+        return events, cancel, stats, timed_out
+
+
+# -- the app ------------------------------------------------------------------------------------------
+def create_app(model, settings: ServeSettings):
+    """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
+    engine = Engine(model, settings)
+    app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            return JSONResponse(APIError(400, "the request body is not valid JSON").body(), status_code=400)
+        param = ".".join(loc) or None
+        return JSONResponse(APIError(400, f"{param or 'body'}: {err.get('msg')}", param=param).body(), status_code=400)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if settings.api_key and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/static/"):
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                err = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
+                               code="invalid_api_key")
+                return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.get("/")
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in ("chat.js", "chat.css"):
+            raise APIError(404, f"no static file '{name}'", kind="not_found_error")
+        return FileResponse(os.path.join(STATIC, name), headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_id, "generating": engine.active, "waiting": engine.waiting}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": int(time.time()),
+                                            "owned_by": "ownllm"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
+                    for m in req.messages]
+        if settings.system and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": settings.system})
+        if not any(m["role"] == "user" for m in messages):
+            raise APIError(400, "messages must hold at least one user message", param="messages")
+        return await _respond(req, request, messages, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "prompt must be a string or a list of exactly one string", param="prompt")
+            prompt = prompt[0]
+        if not prompt:
+            raise APIError(400, "prompt is empty", param="prompt")
+        return await _respond(req, request, prompt, chat=False)
+
+    async def _respond(req: _Sampling, request, prompt, chat: bool):
+        _refuse_unsupported(req)
+        if req.model != settings.model_id:
+            raise APIError(400, f"unknown model '{req.model}'; this server serves '{settings.model_id}'",
+                           param="model", code="model_not_found")
+        kwargs = _generation_kwargs(model, req, prompt, chat)
+        arrived = time.monotonic()
+        deadline = arrived + settings.request_timeout
+        await engine.acquire(deadline)
+        try:
+            events, cancel, stats, timed_out = engine.start(prompt, chat, kwargs, deadline)
+        except BaseException:
+            engine._release()
+            raise
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        info = {"id": rid, "created": int(time.time()), "model": settings.model_id,
+                "object": "chat.completion" if chat else "text_completion"}
+        if req.stream:
+            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text, first = [], None
+        try:
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    first = first or time.monotonic()
+                    text.append(value)
+                elif kind == "error":
+                    raise _as_api_error(value)
+                else:
+                    break
+                if await request.is_disconnected():
+                    break
+        finally:
+            cancel.set()
+        if timed_out.is_set():
+            raise APIError(504, f"the request ran past --request-timeout ({settings.request_timeout:g} s)",
+                           code="timeout", kind="server_error")
+        answer = "".join(text)
+        _log_latency(info, stats, arrived, first)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
+                   "finish_reason": _finish(stats)} if chat else
+                  {"index": 0, "text": answer, "logprobs": None, "finish_reason": _finish(stats)})
+        return {**info, "choices": [choice], "usage": _usage(stats)}
+
+    async def _sse(events, cancel, stats, timed_out, info, chat: bool, include_usage: bool, arrived: float):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {"id": info["id"], "object": obj, "created": info["created"], "model": info["model"]}
+
+        def chunk(delta=None, finish=None, **extra):
+            if chat:
+                choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": (delta or {}).get("content", ""), "logprobs": None, "finish_reason": finish}
+            return "data: " + json.dumps({**base, "choices": [choice], **extra}, ensure_ascii=False) + "\n\n"
+
+        first = None
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""})
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    first = first or time.monotonic()
+                    yield chunk({"content": value})
+                elif kind == "error":
+                    yield "data: " + json.dumps(_as_api_error(value).body(), ensure_ascii=False) + "\n\n"
+                    break
+                else:
+                    if timed_out.is_set():
+                        err = APIError(504, "the request ran past --request-timeout "
+                                            f"({settings.request_timeout:g} s)", code="timeout", kind="server_error")
+                        yield "data: " + json.dumps(err.body()) + "\n\n"
+                        break
+                    yield chunk({}, _finish(stats))
+                    if include_usage:
+                        yield "data: " + json.dumps({**base, "choices": [], "usage": _usage(stats)}) + "\n\n"
+                    _log_latency(info, stats, arrived, first)
+                    break
+            yield "data: [DONE]\n\n"
+        finally:  # also reached when the client disconnects: stop generating, free the slot
+            cancel.set()
+
+    return app
+
+
+def _generation_kwargs(model, req: _Sampling, prompt, chat: bool) -> dict:
+    """OwnModel generation settings from the request, with the context checked up front."""
+    from ownllm.errors import ConfigError
+
+    text = model.render_chat(prompt) if chat else prompt
+    prompt_tokens = len(model.tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    context = model.context_length
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    if context and prompt_tokens >= context:
+        raise APIError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
+                       param="messages" if chat else "prompt", code="context_length_exceeded")
+    if context and max_tokens and prompt_tokens + max_tokens > context:
+        raise APIError(400, f"the prompt ({prompt_tokens} tokens) plus {param} ({max_tokens}) is "
+                            f"{prompt_tokens + max_tokens}, beyond the model's context of {context}",
+                       param=param, code="context_length_exceeded")
+    kwargs = {"max_new_tokens": max_tokens or (min(256, context - prompt_tokens) if context else 256),
+              "temperature": 0.7 if req.temperature is None else req.temperature,
+              "top_p": 0.9 if req.top_p is None else req.top_p, "top_k": 50 if req.top_k is None else req.top_k,
+              "repetition_penalty": 1.1 if req.repetition_penalty is None else req.repetition_penalty,
+              "seed": req.seed, "stop": req.stop}
+    try:
+        from ownllm.models.generation import GenerationSettings
+
+        GenerationSettings.build(**kwargs)
+    except ConfigError as e:
+        raise APIError(400, str(e)) from None
+    return kwargs
+
+
+def _as_api_error(e: BaseException) -> APIError:
+    from ownllm.errors import OwnLLMError
+
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, OwnLLMError):
+        return APIError(400, str(e))
+    log.exception("generation failed", exc_info=e)
+    return APIError(500, f"generation failed: {type(e).__name__}", kind="server_error")
+
+
+def _finish(stats: dict) -> str:
+    return "length" if stats.get("finish_reason") == "length" else "stop"
+
+
+def _usage(stats: dict) -> dict:
+    p, c = stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _log_latency(info: dict, stats: dict, arrived: float, first: float | None) -> None:
+    now = time.monotonic()
+    ttft = (first - arrived) if first else float("nan")
+    new = stats.get("completion_tokens", 0)
+    rate = new / (now - first) if first and now > first and new > 1 else float("nan")
+    log.info("%s %s: prompt %d tokens, %d new, time to first token %.3f s, %.1f tokens/s, finish %s",
+             info["object"], info["id"], stats.get("prompt_tokens", 0), new, ttft, rate, stats.get("finish_reason"))
+
+
+def model_id_for(source: str) -> str:
+    """The name clients use in ``model``: the run's folder name, or the alias."""
+    path = os.path.abspath(source) if os.path.exists(source) else source
+    if os.path.exists(path):
+        parts = path.rstrip("/").split(os.sep)
+        if parts[-1] == "model.onnx":
+            parts = parts[:-1]
+        if "export" in parts:  # runs/clinic/export/onnx → clinic-onnx
+            i = parts.index("export")
+            return "-".join([parts[i - 1]] + parts[i + 1:]).removesuffix(".onnx")
+        return parts[-1].removesuffix(".onnx")
+    return source
+
+
+def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
+          system: str | None = None, device: str = "auto") -> None:
+    """Load ``source`` and serve it until Ctrl-C."""
+    import uvicorn
+
+    from ownllm.models.load import load_model
+
+    model = load_model(source, device=device)
+    settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
+                             max_queue=max_queue, request_timeout=request_timeout, system=system)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
+          f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this machine can use it",
+              flush=True)
+    uvicorn.run(create_app(model, settings), host=host, port=port, log_level="warning")
