@@ -280,3 +280,70 @@ def test_cli_resume_with_additional_epochs_and_init_adapter(tiny_model_dir, qa_f
     # the new run's LoRA weights began from the earlier adapter (same shapes, close after 1 step)
     assert all(now[n].shape == start[n].shape for n in names)
     assert torch.allclose(now[names[0]], start[names[0]], atol=5e-2)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_trained_positions_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, monkeypatch, chunked):
+    """The loss computed only at labelled positions (and, chunked, recomputed in backward) has the
+    same value and the same LoRA gradients as transformers' loss over full logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ownllm.training import hf
+
+    if chunked:
+        monkeypatch.setattr(hf, "CE_UNCHUNKED_LIMIT", 0)
+        monkeypatch.setattr(hf, "CE_CHUNK_ROWS", 3)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    assert hf.supports_trained_positions_loss(model)
+    ids = torch.randint(3, 1000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100           # prompt tokens
+    labels[mask == 0] = -100       # padding
+    loss_fn = hf.trained_positions_loss(model)
+    for num_items in (None, torch.tensor(40)):
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, output_hidden_states=True)
+        ours = loss_fn(out, labels, num_items)
+        ours.backward()
+        ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        reference = model(input_ids=ids, attention_mask=mask, labels=labels,
+                          **({"num_items_in_batch": num_items} if num_items is not None else {})).loss
+        reference.backward()
+        assert abs(float(ours) - float(reference)) < 1e-5
+        for a, p in zip(ours_grads, [p for p in model.parameters() if p.requires_grad]):
+            assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_lora_dropout_keeps_dropout_statistics(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ownllm.config import TrainConfig
+    from ownllm.training.methods import apply
+
+    model = apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1))
+    drops = [m for m in model.modules() if type(m).__name__ == "UniformDropout"]
+    assert len(drops) == 2 * 7  # every adapted linear layer of both blocks
+    d = drops[0].train()
+    torch.manual_seed(0)
+    y = d(torch.ones(1000, 1000))
+    assert abs(float((y > 0).float().mean()) - 0.9) < 0.002 and abs(float(y.mean()) - 1.0) < 0.003
+    values = sorted(y.unique().tolist())
+    assert values[0] == 0.0 and values[1] == pytest.approx(1 / 0.9) and len(values) == 2
+    x = torch.randn(4, 8)
+    assert torch.equal(d.eval()(x), x)
+
+
+def test_length_grouping_only_where_random_batches_waste_padding():
+    from ownllm.training.loop import sampling_strategy
+
+    assert sampling_strategy([50, 55, 60, 52, 58, 61, 49, 57] * 10, 8) == "random"
+    assert sampling_strategy([20, 400, 35, 250, 60, 900, 15, 120] * 10, 8) == "group_by_length"
+    assert sampling_strategy([10, 20], 8) == "random"

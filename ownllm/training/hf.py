@@ -40,6 +40,50 @@ def pad_collator(pad_id: int):
     return collate
 
 
+# Model types whose logits are exactly lm_head(final hidden state): no soft-capping or logit scale.
+TRAINED_POSITIONS_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+CE_CHUNK_ROWS = 2048            # rows of logits materialised at once when the batch has many trained tokens
+CE_UNCHUNKED_LIMIT = 64 << 20   # logits elements above which the loss is chunked and recomputed in backward
+
+
+def supports_trained_positions_loss(model) -> bool:
+    """Whether the loss may be computed from the final hidden states at trained positions only."""
+    config = getattr(model, "config", None)
+    peft = getattr(model, "peft_config", None) or {}
+    if any(c.peft_type.value == "PREFIX_TUNING" for c in peft.values()):
+        return False  # prefix tuning feeds past key/values, not a plain forward
+    return getattr(config, "model_type", None) in TRAINED_POSITIONS_TYPES and model.get_output_embeddings() is not None
+
+
+def trained_positions_loss(model):
+    """A ``compute_loss_func`` for transformers' Trainer: the output layer and the cross-entropy run
+    only at positions with a label (assistant tokens), instead of over every position as the model's
+    own loss does; with many trained tokens the logits are made in chunks that are recomputed in the
+    backward pass, so at most ``CE_CHUNK_ROWS`` x vocabulary logits exist at once. Same value as
+    transformers' causal-LM loss (shifted labels, sum / num_items_in_batch, else mean)."""
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    def ce_sum(hidden, targets):
+        return F.cross_entropy(model.get_output_embeddings()(hidden).float(), targets, reduction="sum")
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        hidden = outputs.hidden_states[-1][:, :-1][keep]
+        targets = targets[keep]
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if hidden.shape[0] * vocab <= CE_UNCHUNKED_LIMIT or not torch.is_grad_enabled():
+            total = ce_sum(hidden, targets)
+        else:
+            total = sum(checkpoint(ce_sum, hidden[i:i + CE_CHUNK_ROWS], targets[i:i + CE_CHUNK_ROWS],
+                                   use_reentrant=False) for i in range(0, hidden.shape[0], CE_CHUNK_ROWS))
+        count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+    return loss_fn
+
+
 class HFTrainer(transformers.Trainer):
     def __init__(self, *args, nan_policy: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,6 +92,11 @@ class HFTrainer(transformers.Trainer):
         self.trained_tokens = 0       # tokens with a label
         self.skipped_nonfinite = 0
         self._since_log = (time.perf_counter(), 0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.compute_loss_func is not None:  # the loss needs hidden states, not full-vocabulary logits
+            inputs = {**inputs, "logits_to_keep": 1, "output_hidden_states": True}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())
@@ -81,8 +130,11 @@ class HFTrainer(transformers.Trainer):
         run_dir = self.args.output_dir
         staging = os.path.join(run_dir, ".staging")
         name = f"checkpoint-{self.state.global_step}"
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging, exist_ok=True)
+        main = self.args.should_save  # with several processes each writes its RNG state; the main one renames
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging, exist_ok=True)
+        self.accelerator.wait_for_everyone()
         self.args.output_dir = staging
         try:
             super()._save_checkpoint(model, trial)
@@ -95,17 +147,21 @@ class HFTrainer(transformers.Trainer):
             raise
         finally:
             self.args.output_dir = run_dir
+        self.accelerator.wait_for_everyone()
         final = os.path.join(run_dir, name)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(os.path.join(staging, name), final)
-        shutil.rmtree(staging, ignore_errors=True)
-        best = self.state.best_global_step
+        if main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        best = self.state.best_global_step  # transformers recorded it under the staging path
         if best and os.path.exists(os.path.join(run_dir, f"checkpoint-{best}")):
             self.state.best_model_checkpoint = os.path.join(run_dir, f"checkpoint-{best}")
-        if self.args.should_save:
+        if main:
             self.state.save_to_json(os.path.join(final, "trainer_state.json"))
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
 
 def last_checkpoint(folder: str) -> str | None:

@@ -55,9 +55,44 @@ def apply(model, cfg, trainable_tokens: list[int] | None = None):
                               lora_dropout=cfg.lora_dropout, target_modules=_targets(cfg.target_modules),
                               use_dora=cfg.method == "dora", **extra)
     try:
-        return get_peft_model(model, peft_cfg)
+        wrapped = get_peft_model(model, peft_cfg)
     except ValueError as e:
         raise ConfigError(f"--target-modules {cfg.target_modules!r} does not fit this model: {e}") from None
+    if next(wrapped.parameters()).device.type == "cpu":
+        use_uniform_dropout(wrapped)
+    return wrapped
+
+
+def _uniform_dropout_class():
+    import torch
+
+    class UniformDropout(torch.nn.Dropout):
+        """nn.Dropout with the mask drawn as uniform < keep: the same Bernoulli(1 - p) mask and 1/(1 - p)
+        scale, but torch's CPU bernoulli_ is about 2x slower than a uniform draw (measured: 4.4 vs 2.8 ms
+        for 480 x 1536), and LoRA draws one mask per adapted layer per step."""
+
+        def forward(self, x):
+            if not self.training or self.p == 0:
+                return x
+            keep = 1.0 - self.p
+            return x * ((torch.rand_like(x) < keep).to(x.dtype) * (1.0 / keep))
+
+    return UniformDropout
+
+
+def use_uniform_dropout(model) -> int:
+    """Swap peft's LoRA dropout layers for ``UniformDropout`` (CPU training); returns how many."""
+    import torch
+
+    cls, swapped = _uniform_dropout_class(), 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, layer in list(drops.items()):
+                if type(layer) is torch.nn.Dropout and layer.p > 0:
+                    drops[name] = cls(layer.p)
+                    swapped += 1
+    return swapped
 
 
 def trainable_report(model) -> dict:
