@@ -97,6 +97,8 @@ def cmd_train(args) -> int:
         from ownllm.errors import ConfigError
 
         raise ConfigError(f"'{args.config}' is not a .yaml config", hint="use --data FILE for a dataset")
+    if (args.num_processes > 1 or args.num_machines > 1) and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     if args.resume:
         return _resume(args)
     cfg = config_from_args(args)
@@ -107,6 +109,31 @@ def cmd_train(args) -> int:
     summary = Trainer(config=cfg).train()
     _print_summary(summary)
     return 0
+
+
+LAUNCH_FLAGS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
+
+
+def _launch(args) -> int:
+    """Run this same command in N processes per machine (torchrun), without the launch flags."""
+    from ownllm.errors import ConfigError
+    from ownllm.training.distributed import launch
+
+    if args.num_processes < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise ConfigError("--num-processes and --num-machines must be >= 1 and --machine-rank in "
+                          f"0..{args.num_machines - 1}")
+    if args.num_machines > 1 and not args.main_process_ip:
+        raise ConfigError("several machines need --main-process-ip (the address of machine rank 0)")
+    argv, skip = [], False
+    for token in args.raw_argv:
+        if skip:
+            skip = False
+        elif token in LAUNCH_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
+            argv.append(token)
+    return launch(argv, args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip,
+                  args.main_process_port)
 
 
 def _resume(args) -> int:
@@ -128,6 +155,8 @@ def _resume(args) -> int:
 
 
 def _print_summary(s: dict) -> None:
+    if "run_dir" not in s:  # a non-main process of a multi-process run: the main one reports
+        return
     print(json.dumps({k: s[k] for k in ("run_dir", "output", "stopped_because", "global_step", "final_train_loss",
                                         "best_val_loss", "tokens_per_second", "wall_seconds")}, indent=2))
 
@@ -193,6 +222,12 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", help="with --resume: e.g. checkpoint-100")
     p.add_argument("--additional-epochs", type=float, help="with --resume: this many more epochs")
     add_config_flags(p)
+    g = p.add_argument_group("several processes (data parallel; torchrun underneath, gloo on CPUs, NCCL on GPUs)")
+    g.add_argument("--num-processes", type=int, default=1, help="processes on this machine, e.g. one per GPU")
+    g.add_argument("--num-machines", type=int, default=1, help="machines taking part")
+    g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank, 0 .. num-machines - 1")
+    g.add_argument("--main-process-ip", help="address of the rank-0 machine (several machines)")
+    g.add_argument("--main-process-port", type=int, default=29500, help="its port (default 29500)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="before/after report card of a run on its held-out test split")

@@ -98,13 +98,32 @@ class Trainer:
 
     # -- setup helpers -----------------------------------------------------------------------
     def _data(self) -> TrainData:
-        data = resolve_data(self._train_dataset, self._eval_dataset, self.config, self.run_dir)
+        from ownllm.training import distributed
+
+        if distributed.is_main():
+            data = resolve_data(self._train_dataset, self._eval_dataset, self.config, self.run_dir)
+            distributed.barrier()
+        else:  # the main process prepares the data into the run directory; the others read it
+            distributed.barrier()
+            data = resolve_data(self.run_dir if not _prepared_input(self._train_dataset) else self._train_dataset,
+                                None, self.config, self.run_dir)
         self.config = resolve_defaults(self.config, len(data.train))
         return data
 
     def save_config(self) -> None:
+        from ownllm.training import distributed
+
+        if not distributed.is_main():
+            return
         header = f"# Reproduce this run: ownllm train {os.path.join(self.run_dir, 'config.yaml')}\n"
         save_yaml(self.config, os.path.join(self.run_dir, "config.yaml"), header)
+
+
+def _prepared_input(train) -> bool:
+    from ownllm.data.prepare import PreparedData
+
+    return isinstance(train, PreparedData) or (
+        isinstance(train, (str, os.PathLike)) and os.path.exists(os.path.join(train, "data", "train.jsonl")))
 
 
 def _default_run_dir(cfg: TrainConfig) -> str:
