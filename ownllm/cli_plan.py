@@ -78,7 +78,7 @@ def cmd_plan(args) -> int:
     result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
                   method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,
                   grad_accum=args.grad_accum, lora_r=args.lora_r, gradient_checkpointing=args.gradient_checkpointing,
-                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour)
+                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 
@@ -107,7 +107,9 @@ def register(sub) -> None:
     p.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation (default 4)")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--gpus", type=int, default=1, help="data-parallel devices")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel devices (memory is per device, time for all)")
+    p.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3],
+                   help="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights")
     p.add_argument("--mfu", type=float, help="utilisation to assume (default: 0.40 GPU, 0.28 QLoRA, 0.45 CPU)")
     p.add_argument("--calibrate", action="store_true", help="measure utilisation with a few real steps here")
     p.add_argument("--price-per-hour", type=float, help="USD per device-hour (default: example cloud prices)")

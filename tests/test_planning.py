@@ -100,3 +100,21 @@ def test_train_stops_at_the_time_budget(tiny_model_dir, qa_file, tmp_path):
     assert s["time_budget"]["budget_hours"] == pytest.approx(1 / 3600)
     assert s["time_budget"]["predicted_hours"] > 0 and s["time_budget"]["actual_hours"] > 0
     assert (tmp_path / "b" / "checkpoints" / f"checkpoint-{s['global_step']}").exists()
+
+
+def test_zero_stages_shard_memory_across_gpus_and_time_divides():
+    from ownllm.planning.profiles import get_profile
+    from ownllm.planning.recommend import format_plan, plan, spec_for
+
+    kw = dict(examples=100_000, tokens_per_example=256, epochs=1, method="full", micro_batch=1,
+              gradient_checkpointing=True)
+    a100 = get_profile("A100")
+    one = plan(spec_for("qwen2.5-7b"), a100, **kw)
+    eight = {z: plan(spec_for("qwen2.5-7b"), a100, gpus=8, zero_stage=z, **kw) for z in (0, 1, 2, 3)}
+    mem = {z: p["memory_gb"] for z, p in eight.items()}
+    assert mem[0]["total"] == one["memory_gb"]["total"]            # plain DDP: every device holds everything
+    assert mem[0]["trainable_and_optimizer"] > mem[1]["trainable_and_optimizer"] > mem[2]["trainable_and_optimizer"]
+    assert mem[3]["weights"] < mem[2]["weights"] or mem[3]["weights"] == 0
+    assert not one["fits_in_memory"] and eight[3]["fits_in_memory"]  # a full 7B fine-tune needs ZeRO on 8 x 80 GB
+    assert eight[3]["hours"] * 8 == pytest.approx(one["hours"], rel=1e-3)
+    assert "ZeRO-3" in format_plan(eight[3]) and "8 data-parallel" in format_plan(eight[3])

@@ -66,9 +66,15 @@ def memory_gb(shape, job: Job) -> dict:
     else:
         weights = shape.params * half
     trainable = trainable_params(shape, job)
-    optimizer = trainable * ADAMW_BYTES
-    if job.method == "full" and job.zero_stage:
-        optimizer /= job.gpus if job.zero_stage >= 1 else 1
+    # AdamW: fp32 master/weight + two moments (12 bytes), and the fp32 gradient (4 bytes). DeepSpeed ZeRO
+    # shards the first across the data-parallel devices from stage 1, the gradients from stage 2 and the
+    # (half-precision) weights from stage 3.
+    shards = max(1, job.gpus)
+    states = trainable * (ADAMW_BYTES - 4) / (shards if job.zero_stage >= 1 else 1)
+    grads = trainable * 4 / (shards if job.zero_stage >= 2 else 1)
+    optimizer = states + grads
+    if job.zero_stage >= 3:
+        weights /= shards
     tokens = job.micro_batch * job.seq_len
     # Per token and layer (Korthikanti et al. 2022, with SwiGLU and fused/flash attention):
     # attention ≈ 15h values, MLP ≈ 2h + 8i values, two norms ≈ 4h, each `half` bytes / 2 per value pair.

@@ -48,13 +48,13 @@ def _fit_memory(shape, job: Job, limit_gb: float) -> tuple[Job, list[str]]:
 def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, epochs: float = 3,
          method: str = "lora", budget_hours: float | None = None, micro_batch: int = 8, grad_accum: int = 4,
          lora_r: int = 16, gradient_checkpointing: bool = False, mfu: float | None = None, gpus: int = 1,
-         price_per_hour: float | None = None) -> dict:
+         price_per_hour: float | None = None, zero_stage: int = 0) -> dict:
     shape = spec  # the registry entry carries the shape the estimates need
     seq = int(min(max(tokens_per_example * 1.5, 64), spec.context))
     precision = profile.best_precision
     job = Job(method=method, micro_batch=micro_batch, seq_len=seq, lora_r=lora_r,
               gradient_checkpointing=gradient_checkpointing, precision=precision, gpus=gpus,
-              cpu=profile.kind == "cpu")
+              zero_stage=zero_stage, cpu=profile.kind == "cpu")
     mem = memory_gb(shape, job)
     fits = mem["total"] <= profile.memory_gb
     mfu = mfu or default_mfu(profile.kind, method)
@@ -69,6 +69,7 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
         "flops": est.flops, "hours": round(est.hours, 5), "hours_per_epoch": round(per_epoch, 5),
         "tokens_per_second": round(est.tokens_per_second, 1), "mfu_assumed": mfu,
         "cost_usd": round(est.hours * price * gpus, 2), "price_per_hour_usd": price,
+        "gpus": gpus, "zero_stage": zero_stage,
         "budget_hours": budget_hours,
         "fits_in_budget": None if budget_hours is None else est.hours <= budget_hours,
         "epochs_in_budget": None if budget_hours is None else round(budget_hours / per_epoch, 2),
@@ -159,16 +160,18 @@ def spec_for(name: str):
 
 def format_plan(p: dict) -> str:
     mem, rec = p["memory_gb"], p["recommendation"]
-    lines = [
+    lines = [line for line in [
         f"{p['model']} · {p['method']} · {p['hardware']} ({p['precision']}, peak {p['peak_tflops']:g} TFLOP/s — {p['hardware_source']})",
         f"data: {p['examples']:,} examples × {p['tokens_per_example']:g} tokens × {p['epochs']:g} epochs",
+        (f"devices: {p['gpus']} data-parallel" + (f", DeepSpeed ZeRO-{p['zero_stage']}" if p["zero_stage"] else "")
+         + " (memory per device; time for all; communication not modelled)") if p.get("gpus", 1) > 1 else "",
         f"memory: {mem['total']:.1f} GB of {p['memory_available_gb']:g} GB — "
         f"{'fits' if p['fits_in_memory'] else 'DOES NOT FIT'} (weights {mem['weights']}, trainable+AdamW "
         f"{mem['trainable_and_optimizer']}, activations {mem['activations']}, logits {mem['logits']}, overhead {mem['overhead']})",
         f"time: {p['flops']:.2e} FLOPs at {p['mfu_assumed']:.0%} utilisation ≈ {p['tokens_per_second']:,.0f} tokens/s → "
         f"{p['hours']:.2f} h ({p['hours_per_epoch']:.2f} h per epoch); cost ≈ ${p['cost_usd']:.2f} "
         f"at ${p['price_per_hour_usd']:.2f}/h (example price)",
-    ]
+    ] if line]
     if p["budget_hours"] is not None:
         lines.append(f"budget: {p['budget_hours']:g} h — {'fits' if p['fits_in_budget'] else 'does NOT fit'}; "
                      f"{p['epochs_in_budget']:g} epochs fit in the budget")
