@@ -111,3 +111,30 @@ def test_shipped_deepspeed_configs_parse(name, stage, offload):
 
     cfg = HfDeepSpeedConfig(os.path.join(CONFIGS, name))
     assert cfg.get_value("zero_optimization.stage") == stage and cfg.is_offload() == offload
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes_train_and_resume_exactly(runs, tiny_model_dir):
+    """DeepSpeed's own engine (ZeRO-2, the shipped config) on two CPU processes; .ci/run installs
+    deepspeed where it can, else this skips."""
+    pytest.importorskip("deepspeed", reason="pip install deepspeed (.ci/run tries)")
+    import shutil
+
+    run = runs / "zero2"
+    _train(["--data", str(runs / "qa.jsonl"), "--model", tiny_model_dir, "--max-steps", "4", "--precision", "fp32",
+            "--logging-steps", "1", "--save-steps", "2", "--early-stopping-patience", "0", "--lora-dropout", "0",
+            "--out", str(run), "--deepspeed", os.path.join(CONFIGS, "ds_zero2.json"), "--num-processes", "2"], runs)
+    assert (run / "checkpoints" / "checkpoint-2" / "global_step2").is_dir()  # ZeRO's sharded optimizer state
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    resumed = runs / "zero2-resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "checkpoint-4")
+    (resumed / "metrics.jsonl").unlink()
+    cfg = yaml.safe_load((resumed / "config.yaml").read_text())
+    cfg["out"] = str(resumed)
+    (resumed / "config.yaml").write_text(yaml.safe_dump(cfg))
+    _train(["--resume", str(resumed), "--checkpoint", "checkpoint-2", "--num-processes", "2"], runs)
+    original, after = _losses(run), _losses(resumed)
+    assert sorted(after) == [3, 4]
+    for step in after:
+        assert after[step] == pytest.approx(original[step], rel=1e-4)
