@@ -134,9 +134,10 @@ def cmd_serve(args) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535 (got {args.port})")
-    for name in ("max_concurrency", "max_queue"):
-        if getattr(args, name) < (1 if name == "max_concurrency" else 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least {1 if name == 'max_concurrency' else 0}")
+    if args.max_concurrency < 1:
+        raise ConfigError(f"--max-concurrency must be at least 1 (got {args.max_concurrency})")
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be at least 0 (got {args.max_queue})")
     if args.request_timeout <= 0:
         raise ConfigError("--request-timeout must be positive (seconds)")
     require("fastapi", "ownllm serve", extra="serve")

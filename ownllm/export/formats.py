@@ -53,9 +53,8 @@ def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: 
         if fmt == "onnx":
             from ownllm.export.onnx import ONNXExporter
 
-            exporter = ONNXExporter(trained)
-            exporter.name = source
-            manifest = exporter.export(os.path.join(tmp, "model.onnx"), manifest_name="manifest.json")
+            manifest = ONNXExporter(trained, source=source).export(os.path.join(tmp, "model.onnx"),
+                                                                   manifest_name="manifest.json")
         elif fmt == "gguf":
             manifest = _gguf(trained, source, tmp, quant)
         else:

@@ -71,13 +71,14 @@ class ONNXExporter:
     manifest beside it and returns that manifest.
     """
 
-    def __init__(self, model, opset: int = 18):
+    def __init__(self, model, opset: int = 18, *, source: str | None = None):
         from ownllm.export.common import source_of
 
         require("onnx", "ONNX export", extra="onnx")
         require("onnxscript", "ONNX export", extra="onnx")
         require("onnxruntime", "ONNX export", extra="onnx")
         self.own, self.name = source_of(model)
+        self.name = source or self.name  # the run directory or name the manifest records, when the caller knows it
         self.opset = opset
 
     def export(self, path: str = "model.onnx", overwrite: bool = False, manifest_name: str | None = None) -> dict:

@@ -205,7 +205,7 @@ class OwnModel:
         text = self.render_chat(prompt_or_messages, system_prompt) if use_chat else prompt_or_messages
         user_text = _user_text(prompt_or_messages) if use_chat else None
         enc, gen, settings = self._prepare(text, use_chat, kwargs, user_text, cancel)
-        streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _counting_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
         def run():
@@ -254,10 +254,6 @@ def _counting_streamer_class():  # built on first use: importing transformers is
             super().put(value)
 
     return CountingStreamer
-
-
-def _CountingStreamer(*args, **kwargs):
-    return _counting_streamer_class()(*args, **kwargs)
 
 
 class _Cancelled:

@@ -155,7 +155,7 @@ class Engine:
             self.waiting -= 1
         self.active += 1
 
-    def _release(self) -> None:
+    def release(self) -> None:
         self.active -= 1
         self._slots.release()
 
@@ -181,7 +181,7 @@ class Engine:
                 put("error", e)
             finally:
                 timer.cancel()
-                loop.call_soon_threadsafe(self._release)
+                loop.call_soon_threadsafe(self.release)
 
         def expire():
             timed_out.set()
@@ -277,7 +277,7 @@ def create_app(model, settings: ServeSettings):
         try:
             events, cancel, stats, timed_out = engine.start(prompt, chat, kwargs, deadline)
         except BaseException:
-            engine._release()
+            engine.release()
             raise
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         info = {"id": rid, "created": int(time.time()), "model": settings.model_id,
