@@ -129,6 +129,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_studio(args) -> int:
+    from ownllm.errors import ConfigError, require
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535 (got {args.port})")
+    if os.path.exists(args.runs) and not os.path.isdir(args.runs):
+        raise ConfigError(f"--runs {args.runs} is a file, not a folder")
+    require("fastapi", "ownllm studio", extra="serve")
+    require("uvicorn", "ownllm studio", extra="serve")
+    from ownllm.studio.app import studio
+
+    studio(args.runs, host=args.host, port=args.port, api_key=args.api_key or None,
+           parallel_training=args.parallel_training)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from ownllm.errors import ConfigError, require
 
@@ -237,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt for chats that bring none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("studio", help="the whole flow in a web page: data, plan, train, report and chat, export",
+                       description="Opens a page where you upload data, see the data doctor's report, plan, train "
+                                   "(live curves, stop and resume), compare base and tuned, and export. Runs are "
+                                   "the same run directories the CLI makes; training goes on if the page closes.")
+    p.add_argument("--runs", default="runs", help="folder of run directories (default runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--api-key", default=os.environ.get("OWNLLM_API_KEY"),
+                   help="require this key in the page's API calls (default $OWNLLM_API_KEY)")
+    p.add_argument("--parallel-training", action="store_true", help="allow more than one training at a time")
+    p.set_defaults(func=cmd_studio)
 
     from ownllm import cli_plan, cli_train
 

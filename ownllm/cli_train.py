@@ -158,7 +158,8 @@ def _print_summary(s: dict) -> None:
     if "run_dir" not in s:  # a non-main process of a multi-process run: the main one reports
         return
     print(json.dumps({k: s[k] for k in ("run_dir", "output", "stopped_because", "global_step", "final_train_loss",
-                                        "best_val_loss", "tokens_per_second", "wall_seconds")}, indent=2))
+                                        "best_val_loss", "tokens_per_second", "wall_seconds")}, indent=2,
+                     ensure_ascii=False))
 
 
 # -- eval and quickstart ---------------------------------------------------------------------

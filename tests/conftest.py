@@ -1,10 +1,17 @@
 """Shared fixtures: a tiny Llama (2 layers, width 64) with the embedded model's tokenizer."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
+import threading
+import time
 
 import pytest
+
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "test-artifacts")  # screenshots, kept by CI
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,3 +63,45 @@ def qa_file(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """Serve an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serving():
+    """``with serving(app) as url:`` — a live server for an app (the openai client and browsers need one)."""
+    return _serving
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium, driven by Playwright (its own browser download is not reachable here)."""
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("no chromium here: apt-get install chromium (.ci/run does)")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    return path

@@ -213,6 +213,27 @@ def test_render_labels_only_assistant_tokens(tokenizer_dir):
     assert short.truncated and len(short.input_ids) == 10
 
 
+def test_marked_example_keeps_chinese_whole_and_marks_the_answer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from ownllm.data.render import marked_example
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    row = {"messages": [{"role": "user", "content": "订单 4 的取件码是多少？"},
+                        {"role": "assistant", "content": "订单 4 的取件码是 1028。"}]}
+    text = marked_example(render_row(row, tok, max_seq_len=512), tok)
+    assert "\ufffd" not in text  # decoded token by token, each Chinese character came out as two �
+    assert "订单 4 的取件码是多少？" in text and "⟦订单 4 的取件码是 1028。<|im_end|>" in text
+
+
+def test_length_histogram_counts_every_row():
+    from ownllm.data.report import length_histogram
+
+    h = length_histogram([1, 5, 5, 39, 40, 300], max_seq_len=256, bins=20)
+    assert sum(h["counts"]) == 6 and h["edges"][0] == 0 and h["edges"][-1] > 300 and h["truncated"] == 1
+    assert h["counts"][0] == 3 and h["counts"][300 // 16] == 1  # bins 16 wide: 1, 5, 5 in the first
+
+
 def test_parquet_and_in_memory_rows(prep, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
 import threading
 import time
 
@@ -26,32 +24,19 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def live_server(serving):
+    """``with live_server(model, **settings) as (url, app)``: the serve app for ``model``, live on loopback."""
 
+    @contextlib.contextmanager
+    def start(model, **settings):
+        from ownllm.serving.app import ServeSettings, create_app
 
-@contextlib.contextmanager
-def live_server(model, **settings):
-    import uvicorn
+        app = create_app(model, ServeSettings(model_id="tiny", **settings))
+        with serving(app) as url:
+            yield url, app
 
-    from ownllm.serving.app import ServeSettings, create_app
-
-    port = _free_port()
-    app = create_app(model, ServeSettings(model_id="tiny", **settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return start
 
 
 @contextlib.contextmanager
@@ -71,7 +56,7 @@ def slowed(model, seconds: float):
         inner.forward = original
 
 
-def test_openai_client_chat_and_completions_streaming_and_not(tiny):
+def test_openai_client_chat_and_completions_streaming_and_not(tiny, live_server):
     openai = pytest.importorskip("openai")
     with live_server(tiny) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
@@ -104,7 +89,7 @@ def test_openai_client_chat_and_completions_streaming_and_not(tiny):
         assert seeded[0] == seeded[1]
 
 
-def test_raw_sse_shape_ends_with_done(tiny):
+def test_raw_sse_shape_ends_with_done(tiny, live_server):
     import httpx
 
     with live_server(tiny) as (url, _):
@@ -200,7 +185,7 @@ def test_api_key_guards_every_route_but_health_and_page(tiny):
         "/v1/models", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}).headers
 
 
-def test_burst_past_the_queue_gets_429_with_retry_after(tiny):
+def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
@@ -227,7 +212,7 @@ def test_burst_past_the_queue_gets_429_with_retry_after(tiny):
         assert [x.status_code for x in results] == [200, 200]
 
 
-def test_disconnect_mid_stream_frees_the_slot(tiny):
+def test_disconnect_mid_stream_frees_the_slot(tiny, live_server):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True,
@@ -244,7 +229,7 @@ def test_disconnect_mid_stream_frees_the_slot(tiny):
         assert r.status_code == 200
 
 
-def test_request_timeout_ends_the_request(tiny):
+def test_request_timeout_ends_the_request(tiny, live_server):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}
@@ -271,16 +256,10 @@ def test_serve_cli_rejects_bad_flags():
     assert proc.returncode == 2 and "no/such/model" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def test_chat_page_in_a_real_browser(tiny, live_server, chromium):
+    from playwright import sync_api
 
-
-def test_chat_page_in_a_real_browser(tiny):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    browser_path = _chromium()
-    if not browser_path:
-        pytest.skip("no chromium here: apt-get install chromium (.ci/run does)")
-    os.makedirs(ARTIFACTS, exist_ok=True)
+    browser_path = chromium
     injected = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
     with live_server(tiny) as (url, _), sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])

@@ -6,7 +6,6 @@ The canonical row is ``{"messages": [{"role", "content"}, ...]}`` or ``{"text": 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from dataclasses import dataclass

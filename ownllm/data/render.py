@@ -87,17 +87,19 @@ def render_row(row: dict, tokenizer, *, template: str | None = None, max_seq_len
 
 
 def marked_example(rendered: Rendered, tokenizer) -> str:
-    """The rendered text with trained tokens wrapped in ⟦ ⟧, for the data report."""
-    out, inside = [], False
+    """The rendered text with trained tokens wrapped in ⟦ ⟧, for the data report.
+
+    Runs of tokens are decoded together: one Chinese character often spans two byte-level tokens,
+    and decoding them one by one would show replacement characters.
+    """
+    out, run, inside = [], [], False
     for tok, lab in zip(rendered.input_ids, rendered.labels):
-        piece = tokenizer.decode([tok])
         trained = lab != IGNORE
-        if trained and not inside:
-            out.append("⟦")
-        if not trained and inside:
-            out.append("⟧")
+        if trained != inside and run:
+            out.append(("⟦" if inside else "") + tokenizer.decode(run) + ("⟧" if inside else ""))
+            run = []
         inside = trained
-        out.append(piece)
-    if inside:
-        out.append("⟧")
+        run.append(tok)
+    if run:
+        out.append(("⟦" if inside else "") + tokenizer.decode(run) + ("⟧" if inside else ""))
     return "".join(out)

@@ -64,9 +64,20 @@ def build_report(cfg, schema, files, skipped, total, kept, rejected, stats, trai
         "settings": {"split": list(cfg.split), "seed": cfg.seed, "dedup": cfg.dedup, "pii": cfg.pii,
                      "system": cfg.system, "template": cfg.template},
     }
+    report["length_histogram"] = length_histogram(every, cfg.max_seq_len)
+    report["marked_examples"] = _marked_examples(train[:2], tokenizer, cfg)
     report["_lengths"] = every
-    report["_examples"] = _marked_examples(train[:2], tokenizer, cfg)
     return report
+
+
+def length_histogram(lengths: list[int], max_seq_len: int, bins: int = 20) -> dict:
+    """Token-length counts in ``bins`` equal bins from 0 to the longest row; ``truncated`` rows pass the limit."""
+    width = max(1, -(-(max(lengths, default=0) + 1) // bins))  # ceil: the longest row falls in the last bin
+    counts = [0] * bins
+    for n in lengths:
+        counts[min(bins - 1, n // width)] += 1
+    return {"edges": [i * width for i in range(bins + 1)], "counts": counts, "max_seq_len": max_seq_len,
+            "truncated": sum(n > max_seq_len for n in lengths)}
 
 
 def _marked_examples(rows, tokenizer, cfg) -> list[str]:
@@ -106,7 +117,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {reason} | {n} | {REASONS.get(reason, '')} | {_md_escape(ex)} |")
         lines.append("")
     lines += ["## Token lengths", "", "![token length histogram](length_histogram.png)", ""]
-    for i, ex in enumerate(report.get("_examples", []), 1):
+    for i, ex in enumerate(report.get("marked_examples", []), 1):
         lines += [f"## Example {i} (trained tokens between ⟦ ⟧)", "", "```text", ex, "```", ""]
     return "\n".join(lines)
 

@@ -166,7 +166,8 @@ class OwnModel:
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen)
         answer = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return cut_at_stop(answer, settings.stop)[0]
+        # the token limit can cut a character's bytes in two (a Chinese character is often two tokens)
+        return cut_at_stop(answer.rstrip("\ufffd"), settings.stop)[0]
 
     # -- public API --------------------------------------------------------------------------
     @property

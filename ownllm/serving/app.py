@@ -194,12 +194,8 @@ class Engine:
         return events, cancel, stats, timed_out
 
 
-# -- the app ------------------------------------------------------------------------------------------
-def create_app(model, settings: ServeSettings):
-    """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
-    engine = Engine(model, settings)
-    app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = engine
+def install_errors_and_auth(app, api_key: str | None, is_open) -> None:
+    """Errors answered as {"error": {...}} JSON, and ``Authorization: Bearer KEY`` on every path not ``is_open``."""
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -216,14 +212,24 @@ def create_app(model, settings: ServeSettings):
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if settings.api_key and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/static/"):
+        if api_key and not is_open(request.url.path):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            if not hmac.compare_digest(token.encode(), api_key.encode()):
                 err = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
                                code="invalid_api_key")
                 return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
+
+
+# -- the app ------------------------------------------------------------------------------------------
+def create_app(model, settings: ServeSettings):
+    """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
+    engine = Engine(model, settings)
+    app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    install_errors_and_auth(app, settings.api_key, lambda path: path in OPEN_PATHS or path.startswith("/static/"))
 
     @app.get("/")
     async def page():

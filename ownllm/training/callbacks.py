@@ -108,6 +108,69 @@ class ProgressCallback(TrainerCallback):
             self.bar = None
 
 
+class StatusFileCallback(TrainerCallback):
+    """status.json in the run directory: what a watcher (the studio, a script) needs while training runs.
+
+    pid, step of max steps, tokens/s, time left and memory now, rewritten atomically at most once a
+    second; ``state`` is "training" until the end, then "ended". A status that says "training" with a
+    pid that no longer runs means the process died.
+    """
+
+    def __init__(self, path: str, device: str):
+        self.path, self.device = path, device
+        self.start = self.last_write = 0.0
+        self.first_step = 0
+        self.rate = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.time(), state.global_step
+        self._write(state, "training", force=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "tokens_per_second" in logs:
+            self.rate = float(logs["tokens_per_second"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._write(state, "training")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write(state, "ended", force=True)
+
+    def _write(self, state, phase: str, force: bool = False) -> None:
+        now = time.time()
+        if not state.is_world_process_zero or (not force and now - self.last_write < 1.0):
+            return
+        self.last_write = now
+        done = state.global_step - self.first_step
+        left = max(0, state.max_steps - state.global_step)
+        eta = (now - self.start) / done * left if done > 0 else None
+        status = {"state": phase, "pid": os.getpid(), "step": state.global_step, "max_steps": state.max_steps,
+                  "epoch": round(state.epoch or 0, 3), "started": round(self.start, 1), "updated": round(now, 1),
+                  "tokens_per_second": self.rate, "eta_seconds": None if eta is None else round(eta, 1),
+                  "memory_mb": _memory_now_mb(self.device)}
+        from ownllm.utils import atomic_write
+
+        atomic_write(self.path, json.dumps(status))
+
+
+def _memory_now_mb(device: str) -> dict:
+    """Resident memory of this process now and, on a GPU, the memory allocated there."""
+    out = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["cpu_rss"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:  # not Linux: the peak is what the standard library offers
+        import resource
+
+        out["cpu_rss_peak"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if device.startswith("cuda"):
+        import torch
+
+        out["gpu_allocated"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+        out["gpu_reserved"] = round(torch.cuda.memory_reserved() / 2**20, 1)
+    return out
+
+
 def plot_losses(history: list[dict], path: str) -> None:
     """loss.png: train and validation loss against steps."""
     import matplotlib

@@ -120,14 +120,14 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
 
-    from ownllm.training.callbacks import MetricsCallback, ProgressCallback, SignalCallback
+    from ownllm.training.callbacks import MetricsCallback, ProgressCallback, SignalCallback, StatusFileCallback
     from ownllm.training.hf import HFTrainer, pad_collator, supports_trained_positions_loss, trained_positions_loss
 
     has_val = val_ds is not None and len(val_ds) > 0
     args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision,
                               [len(x) for x in train_ds["input_ids"]])
     signals, metrics = SignalCallback(), MetricsCallback(os.path.join(run_dir, "metrics.jsonl"))
-    callbacks = [signals, metrics, ProgressCallback(),
+    callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(os.path.join(run_dir, "status.json"), device),
                  TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
     if has_val and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))

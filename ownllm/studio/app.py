@@ -1,0 +1,494 @@
+"""`ownllm studio`: the whole flow in a web page — data → plan → train → report and chat → export.
+
+Every action calls what the CLI calls: ``prepare_dataset`` and ``plan`` in the server, and
+``ownllm train|eval|export`` as background jobs (``ownllm.studio.jobs``) that outlive the page
+and the server. State lives in the run directories under ``--runs`` (default ``runs/``), so runs
+made in a terminal show up here and the other way round.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ownllm.serving.app import PAGE_HEADERS, APIError, install_errors_and_auth
+from ownllm.studio import jobs
+
+log = logging.getLogger("ownllm.studio")
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+STATIC_FILES = ("studio.js", "studio.css")
+RUN_NAME = re.compile(r"^\w[\w.\-]{0,63}$")  # \w includes Chinese characters
+MAX_UPLOAD = 1 << 30
+DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
+
+
+# -- requests ----------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataOptions(_Body):
+    inputs: list[str] = Field(min_length=1)
+    format: str = "auto"
+    columns: str | None = None
+    dedup: str = "near"
+    pii: str = "keep"
+    system: str | None = None
+    model: str | None = None
+    max_seq_len: int = Field(1024, ge=16)
+
+
+class NewRun(DataOptions):
+    name: str
+
+
+class PlanRequest(_Body):
+    model: str = "smollm2-135m"
+    method: str = "lora"
+    time_budget: str | None = "3h"
+    epochs: float = Field(3, gt=0)
+
+
+class TrainRequest(PlanRequest):
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0, lt=1)
+    logging_steps: int | None = Field(None, ge=1)
+    save_steps: int | None = Field(None, ge=1)
+
+
+class EvalRequest(_Body):
+    max_samples: int | None = Field(None, ge=1)
+
+
+class ChatRequest(_Body):
+    message: str = Field(min_length=1, max_length=8000)
+    system: str | None = None
+    max_tokens: int = Field(128, ge=1, le=2048)
+
+
+class ExportRequest(_Body):
+    format: str = "merged"
+    quant: str = "q8_0"
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare_options(o: DataOptions) -> dict:
+    return dict(format=o.format, columns=o.columns or None, dedup=o.dedup, pii=o.pii, system=o.system or None,
+                model=o.model or None, max_seq_len=o.max_seq_len)
+
+
+def _report_view(report: dict) -> dict:
+    return {k: v for k, v in report.items() if not k.startswith("_")}
+
+
+async def _call(fn, *args, **kwargs):
+    """Run a library call in a thread; a person's mistake (OwnLLMError) becomes a 400 naming it."""
+    from ownllm.errors import OwnLLMError
+
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except OwnLLMError as e:
+        raise APIError(400, str(e)) from None
+
+
+class Studio:
+    """The runs folder and what the server holds in memory: chat models and a lock per action."""
+
+    def __init__(self, runs: str, parallel_training: bool = False):
+        self.runs = os.path.abspath(runs)
+        self.parallel_training = parallel_training
+        self.uploads = os.path.join(self.runs, ".uploads")
+        self.chat_models: dict = {}
+        self.chat_lock = threading.Lock()
+        self.start_lock = threading.Lock()
+
+    def run_dir(self, name: str, must_exist: bool = True) -> str:
+        if not RUN_NAME.match(name):
+            raise APIError(400, f"'{name}' is not a run name: letters, digits, Chinese characters, - _ . "
+                                "(up to 64, not starting with a dot)", param="name")
+        path = os.path.join(self.runs, name)
+        if must_exist and not os.path.isdir(path):
+            raise APIError(404, f"no run '{name}' in {self.runs}", kind="not_found_error")
+        return path
+
+    def names(self) -> list[str]:
+        if not os.path.isdir(self.runs):
+            return []
+        return sorted((n for n in os.listdir(self.runs) if RUN_NAME.match(n) and _is_run(os.path.join(self.runs, n))),
+                      key=lambda n: -os.path.getmtime(os.path.join(self.runs, n)))
+
+    def training_elsewhere(self) -> str | None:
+        """The name of a run training now (this studio's job or a terminal's), if any."""
+        for name in self.names():
+            if training_state(os.path.join(self.runs, name))["state"] == "running":
+                return name
+        return None
+
+
+def _is_run(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, p)) for p in ("config.yaml", "data/report.json", "status.json"))
+
+
+def training_state(run_dir: str) -> dict:
+    """running | stopped | finished | failed | died | not_started, from the job, status.json and the summary."""
+    job = jobs.state(run_dir, "train")
+    status = _json(os.path.join(run_dir, "status.json"))
+    summary = _json(os.path.join(run_dir, "train_summary.json"))
+    ckpts = os.path.join(run_dir, "checkpoints")
+    checkpoints = sorted((c for c in os.listdir(ckpts) if c.startswith("checkpoint-")),
+                         key=lambda c: int(c.split("-")[1]) if c.split("-")[1].isdigit() else 0) \
+        if os.path.isdir(ckpts) else []
+    out = {"job": job, "status": status, "summary": summary, "checkpoints": checkpoints}
+    if job and job["state"] == "running":
+        out["state"], out["pid"], out["own_session"] = "running", job["pid"], True
+    elif status and status.get("state") == "training" and jobs.pid_alive(status.get("pid")):
+        out["state"], out["pid"], out["own_session"] = "running", status["pid"], False  # started in a terminal
+    elif job and job["state"] == "failed":
+        out["state"] = "failed"
+    elif summary and (not job or summary_is_newer(run_dir, job)):
+        out["state"] = "stopped" if summary.get("stopped_because") == "interrupted" else "finished"
+    elif job or (status and status.get("state") == "training"):
+        out["state"] = "died"  # killed without a word (power cut, kill -9): the last checkpoint remains
+    else:
+        out["state"] = "not_started"
+    out["resumable"] = out["state"] in ("stopped", "died", "failed") and bool(checkpoints)
+    return out
+
+
+def summary_is_newer(run_dir: str, job: dict) -> bool:
+    path = os.path.join(run_dir, "train_summary.json")
+    return os.path.exists(path) and os.path.getmtime(path) >= job.get("started", 0) - 1
+
+
+def read_metrics(run_dir: str, since: int = 0) -> list[dict]:
+    rows = []
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if i >= since and line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:  # a line being written right now
+                        break
+    except OSError:
+        pass
+    return rows
+
+
+def exports_of(run_dir: str) -> list[dict]:
+    folder = os.path.join(run_dir, "export")
+    out = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        manifest = _json(os.path.join(folder, name, "manifest.json"))
+        if manifest is not None:
+            out.append({"name": name, "manifest": manifest})
+    return out
+
+
+def run_view(studio: Studio, name: str) -> dict:
+    run = studio.run_dir(name)
+    report = _json(os.path.join(run, "data", "report.json"))
+    config = None
+    if os.path.exists(os.path.join(run, "config.yaml")):
+        import yaml
+
+        with open(os.path.join(run, "config.yaml"), encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    return {"name": name, "path": run, "report": report, "plan": _json(os.path.join(run, "plan.json")),
+            "config": config, "training": training_state(run), "eval": _json(os.path.join(run, "eval", "metrics.json")),
+            "eval_job": jobs.state(run, "eval"), "export_job": jobs.state(run, "export"), "exports": exports_of(run),
+            "adapter": os.path.isdir(os.path.join(run, "adapter")) or os.path.isdir(os.path.join(run, "model"))}
+
+
+def models_view(studio: Studio, name: str | None) -> list[dict]:
+    """Registry models with what fits this machine for the run's data (or a 1,000-row guess)."""
+    from ownllm.cli_plan import _this_machine
+    from ownllm.models.registry import MODELS, is_available_here
+    from ownllm.planning.recommend import plan
+
+    examples, tpe = 1000, 256.0
+    report = _json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
+    if report:
+        examples, tpe = report["splits"]["train"], report["tokens"]["mean"] or 256.0
+    machine = _this_machine()
+    out = []
+    for spec in MODELS.values():
+        p = plan(spec, machine, examples=examples, tokens_per_example=tpe, epochs=3)
+        out.append({"alias": spec.alias, "params": spec.params, "licence": spec.licence, "note": spec.note,
+                    "available": is_available_here(spec), "fits": p["recommendation"]["fits"],
+                    "memory_gb": p["recommendation"].get("memory_gb"), "hours": p["recommendation"].get("hours"),
+                    "method": p["recommendation"].get("method")})
+    return out
+
+
+def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
+    from ownllm.cli_plan import _from_data, _this_machine
+    from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
+    from ownllm.utils import atomic_write
+
+    run = studio.run_dir(name)
+    examples, tpe = _from_data(run)
+    result = plan(spec_for(req.model), _this_machine(), examples=examples, tokens_per_example=tpe,
+                  epochs=req.epochs, method=req.method, budget_hours=parse_duration(req.time_budget or None))
+    result["text"] = format_plan(result)
+    atomic_write(os.path.join(run, "plan.json"), json.dumps(result, ensure_ascii=False, indent=2))
+    return result
+
+
+def train_argv(run: str, req: TrainRequest) -> list[str]:
+    """The `ownllm train` command line for the page's choices."""
+    from ownllm.config import TrainConfig
+
+    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method,
+            "--epochs", f"{req.epochs:g}"]
+    for flag, value in (("--time-budget", req.time_budget), ("--max-steps", req.max_steps), ("--lr", req.lr),
+                        ("--logging-steps", req.logging_steps), ("--save-steps", req.save_steps),
+                        ("--eval-steps", req.save_steps)):
+        if value:
+            argv += [flag, str(value)]
+    TrainConfig(data=run, model=req.model, method=req.method, epochs=req.epochs, time_budget=req.time_budget or None,
+                max_steps=req.max_steps, lr=req.lr).validate()  # every mistake now, not in the job's log
+    return argv
+
+
+def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
+    """Start a job unless one of its kind runs for this run (or, for training, anywhere here)."""
+    run = studio.run_dir(name)
+    with studio.start_lock:
+        if kind == "train":
+            busy = studio.training_elsewhere()
+            if busy == name or (busy and not studio.parallel_training):
+                raise APIError(409, f"run '{busy}' is training now; stop it first (or start the studio with "
+                                    "--parallel-training)", code="busy")
+        elif (jobs.state(run, kind) or {}).get("state") == "running":
+            raise APIError(409, f"an {kind} of '{name}' is running now", code="busy")
+        return jobs.start(run, kind, argv)
+
+
+def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
+    """The same question to the base model and the tuned one (greedy, so answers are comparable)."""
+    from ownllm.evaluation.compare import _base_of, _run_config
+    from ownllm.models.generation import OwnModel
+    from ownllm.models.load import load_model
+
+    run = studio.run_dir(name)
+    result = os.path.join(run, "adapter") if os.path.isdir(os.path.join(run, "adapter")) else os.path.join(run, "model")
+    if not os.path.isdir(result):
+        raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+    key = (run, os.path.getmtime(result))
+    with studio.chat_lock:  # one generation at a time: base and tuned may share weights (adapter switched off)
+        if studio.chat_models.get("key") != key:
+            studio.chat_models.clear()
+            tuned = load_model(run, device="cpu")
+            base_model, ctx = _base_of(tuned, run, _run_config(run))
+            studio.chat_models.update(key=key, tuned=tuned, base=base_model, ctx=ctx)
+        tuned, base_model = studio.chat_models["tuned"], studio.chat_models["base"]
+        settings = dict(max_new_tokens=req.max_tokens, temperature=0, system_prompt=req.system or None)
+        started = time.time()
+        tuned_answer = tuned.chat(req.message, **settings)
+        base = OwnModel(base_model, tuned.tokenizer, name="base")
+        if base_model is tuned.model:
+            with tuned.model.disable_adapter():
+                base_answer = base.chat(req.message, **settings)
+        else:
+            base_answer = base.chat(req.message, **settings)
+    return {"base": base_answer, "tuned": tuned_answer, "seconds": round(time.time() - started, 2)}
+
+
+def download_path(studio: Studio, name: str, rel: str) -> str:
+    run = os.path.realpath(studio.run_dir(name))
+    path = os.path.realpath(os.path.join(run, rel))
+    inside = any(path.startswith(os.path.join(run, folder) + os.sep) for folder in DOWNLOADABLE)
+    if not inside or not os.path.isfile(path):
+        raise APIError(404, f"no downloadable file '{rel}' in run '{name}' (export/, eval/ and data/ only)",
+                       kind="not_found_error")
+    return path
+
+
+async def save_upload(studio: Studio, request: Request) -> dict:
+    from urllib.parse import unquote
+
+    given = os.path.basename(unquote(request.headers.get("x-filename", "")).replace("\\", "/"))
+    if not given or given.startswith("."):
+        raise APIError(400, "send the file's name in the X-Filename header", param="X-Filename")
+    os.makedirs(studio.uploads, exist_ok=True)
+    path = os.path.join(studio.uploads, f"{uuid.uuid4().hex[:8]}-{given}")
+    size = 0
+    try:
+        with open(path, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise APIError(413, f"the file is larger than {MAX_UPLOAD >> 20} MB; give its path instead",
+                                   param="file")
+                f.write(chunk)
+    except BaseException:
+        os.remove(path)
+        raise
+    return {"path": path, "name": given, "bytes": size}
+
+
+# -- the app ------------------------------------------------------------------------------------------
+def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="ownllm studio", docs_url=None, redoc_url=None, openapi_url=None)
+    install_errors_and_auth(app, api_key, lambda path: not path.startswith("/api/"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        from fastapi.responses import JSONResponse
+
+        from ownllm.errors import OwnLLMError
+
+        if isinstance(exc, OwnLLMError):
+            return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
+        log.exception("studio request failed", exc_info=exc)
+        return JSONResponse(APIError(500, f"the studio failed: {type(exc).__name__}: {exc}", kind="server_error").body(),
+                            status_code=500)
+
+    @app.get("/")
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in STATIC_FILES:
+            raise APIError(404, f"no static file '{name}'", kind="not_found_error")
+        return FileResponse(os.path.join(STATIC, name), headers=PAGE_HEADERS)
+
+    @app.get("/api/info")
+    async def info():
+        from ownllm import __version__
+        from ownllm.config import METHODS
+        from ownllm.export.formats import FORMATS
+        from ownllm.export.gguf import QUANTS
+        from ownllm.planning.hardware import detect
+
+        return {"version": __version__, "runs": studio.runs, "machine": detect().as_dict(), "methods": list(METHODS),
+                "formats": list(FORMATS), "quants": list(QUANTS), "parallel_training": studio.parallel_training}
+
+    @app.get("/api/models")
+    async def models(run: str | None = None):
+        return {"models": await _call(models_view, studio, run)}
+
+    @app.post("/api/upload")
+    async def upload(request: Request):
+        return await save_upload(studio, request)
+
+    @app.post("/api/data/inspect")
+    async def inspect(req: DataOptions):
+        from ownllm.data.prepare import prepare_dataset
+
+        return {"report": _report_view((await _call(prepare_dataset, req.inputs, None, **_prepare_options(req))).report)}
+
+    @app.get("/api/runs")
+    async def runs():
+        return {"runs": [{"name": n, "training": training_state(studio.run_dir(n))["state"]} for n in studio.names()]}
+
+    @app.post("/api/runs")
+    async def new_run(req: NewRun):
+        from ownllm.data.prepare import prepare_dataset
+
+        run = studio.run_dir(req.name, must_exist=False)
+        if os.path.exists(run):
+            raise APIError(409, f"a run named '{req.name}' exists already: pick another name", param="name")
+        await _call(prepare_dataset, req.inputs, run, **_prepare_options(req))
+        return run_view(studio, req.name)
+
+    @app.get("/api/runs/{name}")
+    async def get_run(name: str):
+        return await asyncio.to_thread(run_view, studio, name)
+
+    @app.get("/api/runs/{name}/metrics")
+    async def metrics(name: str, since: int = 0):
+        run = studio.run_dir(name)
+        return {"since": since, "rows": read_metrics(run, since), "training": training_state(run)}
+
+    @app.post("/api/runs/{name}/plan")
+    async def plan_run(name: str, req: PlanRequest):
+        return await _call(make_plan, studio, name, req)
+
+    @app.post("/api/runs/{name}/train")
+    async def train(name: str, req: TrainRequest):
+        run = studio.run_dir(name)
+        if not os.path.exists(os.path.join(run, "data", "train.jsonl")):
+            raise APIError(400, f"run '{name}' has no prepared data (step 1)", code="no_data")
+        argv = await _call(train_argv, run, req)
+        return await _call(start_job, studio, name, "train", argv)
+
+    @app.post("/api/runs/{name}/stop")
+    async def stop(name: str):
+        state = training_state(studio.run_dir(name))
+        if state["state"] != "running":
+            raise APIError(409, f"run '{name}' is not training", code="not_running")
+        jobs.stop(state["pid"], state["own_session"])
+        return {"stopping": True, "pid": state["pid"]}
+
+    @app.post("/api/runs/{name}/resume")
+    async def resume(name: str):
+        run = studio.run_dir(name)
+        if not training_state(run)["resumable"]:
+            raise APIError(409, f"run '{name}' has no checkpoint to resume from, or is training", code="not_resumable")
+        return await _call(start_job, studio, name, "train", ["train", "--resume", run])
+
+    @app.post("/api/runs/{name}/eval")
+    async def evaluate(name: str, req: EvalRequest):
+        run = studio.run_dir(name)
+        argv = ["eval", run] + (["--max-samples", str(req.max_samples)] if req.max_samples else [])
+        return await _call(start_job, studio, name, "eval", argv)
+
+    @app.post("/api/runs/{name}/chat")
+    async def chat(name: str, req: ChatRequest):
+        return await _call(chat_pair, studio, name, req)
+
+    @app.post("/api/runs/{name}/export")
+    async def export(name: str, req: ExportRequest):
+        from ownllm.export.formats import FORMATS
+        from ownllm.export.gguf import QUANTS
+
+        if req.format not in FORMATS or req.quant not in QUANTS:
+            raise APIError(400, f"format must be one of {', '.join(FORMATS)} and quant one of {', '.join(QUANTS)}",
+                           param="format")
+        run = studio.run_dir(name)
+        argv = ["export", run, "--format", req.format, "--overwrite"] + (
+            ["--quant", req.quant] if req.format == "gguf" else [])
+        return await _call(start_job, studio, name, "export", argv)
+
+    @app.get("/api/runs/{name}/download")
+    async def download(name: str, path: str):
+        full = download_path(studio, name, path)
+        return FileResponse(full, filename=os.path.basename(full), content_disposition_type="attachment",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    return app
+
+
+def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
+           parallel_training: bool = False) -> None:
+    """Serve the studio until Ctrl-C. Training jobs go on when it stops."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"ownllm studio at http://{shown}:{port}/ (runs in {os.path.abspath(runs)})"
+          f"{'; API key required' if api_key else ''}. Ctrl-C stops the page; training jobs go on.", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this machine can train, "
+              "read and download here", flush=True)
+    uvicorn.run(create_app(Studio(runs, parallel_training), api_key), host=host, port=port, log_level="warning")

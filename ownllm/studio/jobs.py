@@ -1,0 +1,139 @@
+"""Background jobs of the studio: `ownllm train|eval|export` in their own process and session.
+
+A job is the same CLI command a person would type, run as ``python -m ownllm.studio.jobs RUN KIND --
+ARGV``: it survives a closed browser tab and a restarted studio (it is not the server's child in
+any way that matters: its own session, output to ``RUN/studio/KIND.log``). What the studio knows
+about it lives in the run directory, so a new server process picks it up:
+
+- ``RUN/studio/KIND.json``: pid, command, start time (written by the server when it starts the job);
+- ``RUN/studio/KIND.end.json``: exit code and end time (written by the job itself as it exits).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ownllm.utils import atomic_write
+
+KINDS = ("train", "eval", "export")
+_children: dict[int, subprocess.Popen] = {}  # jobs started by this server process: poll() reaps them
+
+
+def _paths(run_dir: str, kind: str) -> tuple[str, str, str]:
+    folder = os.path.join(run_dir, "studio")
+    return (os.path.join(folder, f"{kind}.json"), os.path.join(folder, f"{kind}.end.json"),
+            os.path.join(folder, f"{kind}.log"))
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while ``pid`` runs an ownllm process (a reused pid of another program does not count)."""
+    if not pid:
+        return False
+    if pid in _children:
+        return _children[pid].poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # finished, not yet reaped
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ownllm" in f.read()
+    except (OSError, IndexError):  # no /proc (not Linux): the signal check is all there is
+        return True
+
+
+def start(run_dir: str, kind: str, argv: list[str]) -> dict:
+    """Start ``ownllm ARGV`` for ``run_dir`` in the background; returns the job record."""
+    job_path, end_path, log_path = _paths(run_dir, kind)
+    os.makedirs(os.path.dirname(job_path), exist_ok=True)
+    if os.path.exists(end_path):
+        os.remove(end_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ ownllm {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "ownllm.studio.jobs", run_dir, kind, "--", *argv],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    _children[proc.pid] = proc
+    record = {"kind": kind, "pid": proc.pid, "argv": argv, "started": round(time.time(), 1)}
+    atomic_write(job_path, json.dumps(record, ensure_ascii=False))
+    return state(run_dir, kind)
+
+
+def state(run_dir: str, kind: str) -> dict | None:
+    """The job's record with ``state``: running | done | failed | vanished (killed without a word)."""
+    job_path, end_path, log_path = _paths(run_dir, kind)
+    job = _read(job_path)
+    if job is None:
+        return None
+    end = _read(end_path)
+    if pid_alive(job.get("pid")):
+        job["state"] = "running"
+    elif end is not None and end.get("pid") == job.get("pid"):
+        job.update(end)
+        job["state"] = "done" if end.get("rc") == 0 else "failed"
+    else:
+        job["state"] = "vanished"
+    job["log_tail"] = log_tail(log_path)
+    return job
+
+
+def log_tail(path: str, lines: int = 12) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # tqdm redraws its bar with carriage returns: keep each line's last drawing
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+
+
+def stop(pid: int, own_session: bool) -> None:
+    """Ask a training process to stop: SIGTERM, which it answers with a checkpoint and a clean end."""
+    try:
+        if own_session:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """Entry of the job process: run the CLI command, then record how it ended."""
+    run_dir, kind, sep, *command = argv
+    assert sep == "--" and kind in KINDS, argv
+    _, end_path, _ = _paths(run_dir, kind)
+    rc = 1
+    try:
+        from ownllm.cli import main as cli_main
+
+        rc = cli_main(command)
+    except SystemExit as e:  # argparse's own exits
+        rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        atomic_write(end_path, json.dumps({"pid": os.getpid(), "rc": rc, "ended": round(time.time(), 1)}))
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

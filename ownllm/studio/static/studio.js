@@ -1,0 +1,488 @@
+// ownllm studio: plain JS. Every text from a person, a file or a model goes in through textContent.
+"use strict";
+
+const I18N = {
+  en: {},  // English is the text in index.html; keys below are for text made here
+  zh: {
+    run: "运行", apiKey: "API 密钥", step1: "1 · 数据", step2: "2 · 模型与计划", step3: "3 · 训练",
+    step4: "4 · 报告与对话", step5: "5 · 导出", dataTitle: "你的数据", uploadFile: "上传文件",
+    orPath: "或本机上的路径", format: "格式", columns: "列映射", dedup: "去重", pii: "个人信息",
+    system: "系统提示（可选）", checkData: "检查数据", runName: "运行名称", createRun: "创建运行",
+    reportTitle: "数据体检报告", rejected: "被拒绝的行", lengths: "每行的 token 数",
+    examples: "渲染后的样例（高亮部分参与训练）", planTitle: "模型、方法与时间预算", model: "模型",
+    customModel: "或模型文件夹", method: "方法", budget: "时间预算", epochs: "轮数", advanced: "高级",
+    maxSteps: "最多步数", lr: "学习率", logSteps: "每 N 步记录", saveSteps: "每 N 步存检查点",
+    makePlan: "查看计划", trainTitle: "训练", start: "开始训练", stop: "停止（保存检查点）", resume: "继续训练",
+    state: "状态", trainLoss: "训练损失", valLoss: "验证损失", reportCard: "训练前后对比报告",
+    evaluate: "在留出的测试集上评估", forgetting: "通用文本困惑度上升：模型遗忘了部分通用语言能力。",
+    chatTitle: "同时问两个模型", send: "提问", exportTitle: "导出与下载", quant: "GGUF 权重", export: "导出",
+    newRun: "（新运行）", none: "无", rows: "行", total: "读取行数", kept: "保留", rejectedN: "拒绝",
+    duplicates: "重复", split: "训练 / 验证 / 测试", tokens: "token（均值 / p95 / 最大）", truncated: "被截断",
+    reason: "原因", count: "数量", example: "示例", detected: "检测到的格式", fits: "可运行",
+    notFits: "放不下", availableHere: "本机已有", needsDownload: "需下载", memory: "内存", hours: "时间",
+    tokensPerSecond: "token/秒", cost: "费用", fitsBudget: "预算内", yes: "是", no: "否",
+    running: "训练中", stopped: "已停止（可继续）", finished: "已完成", failed: "失败",
+    died: "进程意外结束（可从检查点继续）", not_started: "未开始", step: "步", eta: "剩余",
+    base: "基础模型", tuned: "微调后", metric: "指标", working: "处理中…", done: "完成",
+    checks: "检查", files: "文件", download: "下载", passed: "通过", notPassed: "未通过",
+    created: "已创建运行", needRun: "请先在第 1 步创建运行", needData: "请先上传文件或填写路径",
+    memNow: "内存", waiting: "等待中",
+  },
+};
+let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
+const EN = {};  // English texts, read from the page once
+const T = (key, fallback) => (lang === "zh" && I18N.zh[key]) || EN[key] || fallback || key;
+Object.assign(EN, {
+  newRun: "(new run)", none: "none", rows: "rows", total: "rows read", kept: "kept", rejectedN: "rejected",
+  duplicates: "duplicates", split: "train / val / test", tokens: "tokens (mean / p95 / max)", truncated: "truncated",
+  reason: "reason", count: "count", example: "example", detected: "format detected", fits: "fits",
+  notFits: "does not fit", availableHere: "on this machine", needsDownload: "needs a download", memory: "memory",
+  hours: "time", tokensPerSecond: "tokens/s", cost: "cost", fitsBudget: "fits the budget", yes: "yes", no: "no",
+  running: "training", stopped: "stopped (can resume)", finished: "finished", failed: "failed",
+  died: "the process ended unexpectedly (can resume from a checkpoint)", not_started: "not started", step: "step",
+  eta: "left", base: "base model", tuned: "tuned", metric: "metric", working: "working…", done: "done",
+  checks: "checks", files: "files", download: "download", passed: "passed", notPassed: "failed",
+  created: "run created", needRun: "create a run in step 1 first", needData: "upload a file or give a path first",
+  memNow: "memory", waiting: "waiting",
+});
+
+const $ = (id) => document.getElementById(id);
+const state = { run: null, view: null, metrics: [], metricsSince: 0, uploaded: null, poll: null };
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+function svgEl(tag, attrs) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const key = $("api-key").value || sessionStorage.getItem("ownllm-key");
+  if (key) headers.Authorization = "Bearer " + key;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, { method: options.method || (options.body ? "POST" : "GET"), headers,
+                                       body: options.body });
+  if (response.status === 401) $("key-box").hidden = false;
+  if (options.raw) {
+    if (!response.ok) throw new Error(response.status + " " + response.statusText);
+    return response;
+  }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
+  return data;
+}
+async function guarded(fn) {
+  try { showError(""); return await fn(); } catch (e) { showError(e.message); return null; }
+}
+
+// -- language ---------------------------------------------------------------------------------------
+function applyLanguage() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  for (const node of document.querySelectorAll("[data-i18n]")) {
+    const key = node.dataset.i18n;
+    if (!(key in EN)) EN[key] = node.textContent;
+    node.textContent = T(key);
+  }
+  $("lang").textContent = lang === "zh" ? "English" : "中文";
+  if (state.view) renderRun(state.view);
+  renderModels();
+}
+
+// -- steps ------------------------------------------------------------------------------------------
+function showStep(step) {
+  for (const b of document.querySelectorAll("#steps button")) b.classList.toggle("active", b.dataset.step === step);
+  for (const s of document.querySelectorAll(".step")) s.hidden = s.id !== "step-" + step;
+}
+
+// -- runs -------------------------------------------------------------------------------------------
+async function loadRuns(select) {
+  const { runs } = await api("/api/runs");
+  const box = $("run-select");
+  box.replaceChildren(el("option", T("newRun")));
+  box.firstChild.value = "";
+  for (const r of runs) {
+    const o = el("option", r.name + " · " + T(r.training));
+    o.value = r.name;
+    box.append(o);
+  }
+  box.value = select !== undefined ? select : (state.run || "");
+}
+async function selectRun(name) {
+  state.run = name || null;
+  state.view = null;
+  state.metrics = [];
+  state.metricsSince = 0;
+  $("chat-log").replaceChildren();
+  if (!name) { renderRun(null); return; }
+  await refresh();
+  loadModels();
+}
+async function refresh() {
+  if (!state.run) return;
+  const view = await api("/api/runs/" + encodeURIComponent(state.run));
+  const { rows } = await api(`/api/runs/${encodeURIComponent(state.run)}/metrics?since=${state.metricsSince}`);
+  state.metrics.push(...rows);
+  state.metricsSince += rows.length;
+  state.view = view;
+  const option = $("run-select").selectedOptions[0];
+  if (option && option.value === view.name) option.textContent = view.name + " · " + T(view.training.state);
+  renderRun(view);
+  const busy = view.training.state === "running" || [view.eval_job, view.export_job].some((j) => j && j.state === "running");
+  clearTimeout(state.poll);
+  if (busy) state.poll = setTimeout(() => guarded(refresh), 1000);
+}
+function renderRun(view) {
+  $("report").hidden = !(view && view.report);
+  if (view && view.report) renderReport(view.report);
+  renderPlan(view && view.plan);
+  renderTraining(view);
+  renderEval(view);
+  renderExports(view);
+}
+
+// -- step 1: data -----------------------------------------------------------------------------------
+function dataOptions() {
+  const inputs = state.uploaded ? [state.uploaded] : [$("data-path").value.trim()].filter(Boolean);
+  if (!inputs.length) throw new Error(T("needData"));
+  return { inputs, format: $("format").value, columns: $("columns").value.trim() || null, dedup: $("dedup").value,
+           pii: $("pii").value, system: $("system").value.trim() || null, model: chosenModel() };
+}
+async function upload() {
+  const file = $("file").files[0];
+  if (!file) return;
+  $("data-busy").textContent = T("working");
+  const r = await api("/api/upload", { body: file, headers: { "X-Filename": encodeURIComponent(file.name) } });
+  state.uploaded = r.path;
+  $("data-path").value = "";
+  if (!$("run-name").value) $("run-name").value = file.name.replace(/\.[^.]*$/, "").replace(/[^\p{L}\p{N}_.\-]/gu, "-").slice(0, 60);
+  $("data-busy").textContent = "";
+}
+async function inspect() {
+  $("data-busy").textContent = T("working");
+  try {
+    const { report } = await api("/api/data/inspect", { json: dataOptions() });
+    $("report").hidden = false;
+    renderReport(report);
+  } finally { $("data-busy").textContent = ""; }
+}
+async function createRun() {
+  $("data-busy").textContent = T("working");
+  try {
+    const view = await api("/api/runs", { json: Object.assign({ name: $("run-name").value.trim() }, dataOptions()) });
+    await loadRuns(view.name);
+    await selectRun(view.name);
+    $("data-busy").textContent = T("created") + ": " + view.path;
+  } catch (e) { $("data-busy").textContent = ""; throw e; }
+}
+function kvTable(table, rows) {
+  table.replaceChildren(...rows.map(([k, v]) => {
+    const tr = el("tr");
+    tr.append(el("th", k), el("td", v));
+    return tr;
+  }));
+}
+function renderReport(r) {
+  $("report-format").textContent = `${T("detected")}: ${r.format} — ${r.format_reason}`;
+  kvTable($("report-counts"), [
+    [T("total"), r.total_rows], [T("kept"), r.kept_rows], [T("rejectedN"), r.rejected_rows],
+    [T("duplicates"), `${r.duplicates_removed} (exact ${r.exact_duplicates}, near ${r.near_duplicates})`],
+    [T("split"), `${r.splits.train} / ${r.splits.val} / ${r.splits.test}`],
+    [T("tokens"), `${r.tokens.mean} / ${r.tokens.p95} / ${r.tokens.max}`], [T("truncated"), r.truncated_rows],
+  ]);
+  const rej = $("report-rejected");
+  const head = el("tr");
+  head.append(el("th", T("reason")), el("th", T("count")), el("th", T("example")));
+  const rows = Object.entries(r.rejected_by_reason || {}).map(([reason, n]) => {
+    const tr = el("tr");
+    const ex = (r.rejected_examples[reason] || []).map((e) => `${e.source}:${e.line} ${e.detail}`).join("\n");
+    tr.append(el("td", reason), el("td", n), el("td", ex, "pre"));
+    return tr;
+  });
+  rej.replaceChildren(head, ...(rows.length ? rows : [el("tr", T("none"))]));
+  drawHistogram(r.length_histogram);
+  const box = $("report-examples");
+  box.replaceChildren(...(r.marked_examples || []).map(markedExample));
+}
+function markedExample(text) {
+  // the report marks trained tokens with ⟦ ⟧; show them highlighted instead
+  const pre = el("pre", undefined, "example");
+  for (const [i, part] of text.split(/[⟦⟧]/).entries()) {
+    if (part) pre.append(el("span", part, i % 2 ? "trained" : "context"));
+  }
+  return pre;
+}
+function drawHistogram(h) {
+  const svg = $("histogram");
+  svg.replaceChildren();
+  if (!h) return;
+  const W = 600, H = 140, top = Math.max(...h.counts, 1), bw = W / h.counts.length;
+  h.counts.forEach((n, i) => {
+    const bh = (n / top) * (H - 10);
+    const bar = svgEl("rect", { x: i * bw + 1, y: H - bh, width: bw - 2, height: bh, class: "bar" });
+    bar.append(svgEl("title"));
+    bar.firstChild.textContent = `${h.edges[i]}–${h.edges[i + 1]}: ${n}`;
+    svg.append(bar);
+  });
+  const label = svgEl("text", { x: 2, y: 156, class: "axis" });
+  label.textContent = `0 … ${h.edges[h.edges.length - 1]} tokens`;
+  svg.append(label);
+}
+
+// -- step 2: model and plan -------------------------------------------------------------------------
+let MODELS = [];
+async function loadModels() {
+  const q = state.run ? "?run=" + encodeURIComponent(state.run) : "";
+  MODELS = (await api("/api/models" + q)).models;
+  renderModels();
+}
+function renderModels() {
+  const box = $("model");
+  const keep = box.value || "smollm2-135m";
+  box.replaceChildren(...MODELS.map((m) => {
+    const o = el("option", `${m.alias} · ${(m.params / 1e9).toFixed(2)}B · ${m.fits ? T("fits") : T("notFits")}` +
+                             ` · ${m.available ? T("availableHere") : T("needsDownload")}`);
+    o.value = m.alias;
+    return o;
+  }));
+  box.value = keep;
+}
+function chosenModel() {
+  return $("model-path").value.trim() || $("model").value || "smollm2-135m";
+}
+function planRequest() {
+  return { model: chosenModel(), method: $("method").value, time_budget: $("budget").value.trim() || null,
+           epochs: Number($("epochs").value) || 3 };
+}
+async function makePlan() {
+  if (!state.run) throw new Error(T("needRun"));
+  renderPlan(await api(`/api/runs/${encodeURIComponent(state.run)}/plan`, { json: planRequest() }));
+}
+function renderPlan(p) {
+  $("plan-out").hidden = !p;
+  if (!p) return;
+  const rec = p.recommendation || {};
+  kvTable($("plan-table"), [
+    [T("model"), `${p.model} · ${p.method} · ${p.hardware} (${p.precision})`],
+    [T("memory"), `${p.memory_gb.total.toFixed(2)} GB / ${p.memory_available_gb} GB · ${p.fits_in_memory ? T("fits") : T("notFits")}`],
+    [T("hours"), `${formatSeconds(p.hours * 3600)} (${p.epochs} ${T("epochs")})`],
+    [T("tokensPerSecond"), p.tokens_per_second], [T("cost"), `$${p.cost_usd}`],
+    [T("fitsBudget"), p.fits_in_budget === null ? "—" : p.fits_in_budget ? T("yes") : T("no")],
+  ]);
+  $("plan-note").textContent = rec.note || rec.why || "";
+  $("plan-text").textContent = p.text || "";
+}
+
+// -- step 3: training -------------------------------------------------------------------------------
+async function startTraining() {
+  if (!state.run) throw new Error(T("needRun"));
+  const body = planRequest();
+  for (const [id, key] of [["max-steps", "max_steps"], ["logging-steps", "logging_steps"], ["save-steps", "save_steps"]]) {
+    if ($(id).value) body[key] = Number($(id).value);
+  }
+  if ($("lr").value.trim()) body.lr = Number($("lr").value);
+  await api(`/api/runs/${encodeURIComponent(state.run)}/train`, { json: body });
+  await refresh();
+}
+async function runAction(action) {
+  await api(`/api/runs/${encodeURIComponent(state.run)}/${action}`, { method: "POST" });
+  await refresh();
+}
+function renderTraining(view) {
+  const t = view ? view.training : null;
+  const s = t ? t.state : "not_started";
+  $("train-state").textContent = T(s);
+  $("train-state").dataset.state = s;
+  $("train").disabled = !view || s === "running";
+  $("stop").disabled = s !== "running";
+  $("resume").disabled = !(t && t.resumable);
+  const st = t && t.status;
+  const parts = [];
+  if (st) {
+    parts.push(`${T("step")} ${st.step} / ${st.max_steps}`);
+    if (st.tokens_per_second) parts.push(`${Math.round(st.tokens_per_second)} ${T("tokensPerSecond")}`);
+    if (s === "running" && st.eta_seconds !== null) parts.push(`${T("eta")} ${formatSeconds(st.eta_seconds)}`);
+    const mem = st.memory_mb || {};
+    const m = [mem.cpu_rss && `CPU ${Math.round(mem.cpu_rss)} MB`, mem.gpu_allocated && `GPU ${Math.round(mem.gpu_allocated)} MB`];
+    if (m.some(Boolean)) parts.push(`${T("memNow")} ${m.filter(Boolean).join(", ")}`);
+  }
+  $("train-progress").textContent = parts.join(" · ");
+  const job = t && t.job;
+  $("train-log").textContent = (job && job.log_tail) || "";
+  drawLoss(state.metrics);
+}
+function formatSeconds(s) {
+  s = Math.round(s);
+  return s >= 3600 ? `${Math.floor(s / 3600)}h${Math.round((s % 3600) / 60)}m` : s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
+}
+function drawLoss(rows) {
+  const svg = $("loss-chart");
+  svg.replaceChildren();
+  const train = rows.filter((r) => typeof r.loss === "number" && isFinite(r.loss)).map((r) => [r.step, r.loss]);
+  const val = rows.filter((r) => typeof r.eval_loss === "number").map((r) => [r.step, r.eval_loss]);
+  const all = train.concat(val);
+  svg.dataset.trainPoints = train.length;
+  svg.dataset.valPoints = val.length;
+  if (!all.length) return;
+  const W = 600, H = 240, pad = 34;
+  const ys = all.map((p) => p[1]), span = Math.max(...ys) - Math.min(...ys) || 1;
+  const maxX = Math.max(...all.map((p) => p[0]), 1), maxY = Math.max(...ys) + 0.05 * span, minY = Math.max(0, Math.min(...ys) - 0.05 * span);
+  const x = (v) => pad + (v / maxX) * (W - pad - 8), y = (v) => H - pad - ((v - minY) / (maxY - minY || 1)) * (H - pad - 8);
+  svg.append(svgEl("line", { x1: pad, y1: H - pad, x2: W - 8, y2: H - pad, class: "axis-line" }),
+             svgEl("line", { x1: pad, y1: 8, x2: pad, y2: H - pad, class: "axis-line" }));
+  for (const [text, tx, ty] of [[maxY.toFixed(2), 2, 14], [minY.toFixed(2), 2, H - pad], [String(maxX), W - 40, H - 12], ["0", pad, H - 12]]) {
+    const t = svgEl("text", { x: tx, y: ty, class: "axis" });
+    t.textContent = text;
+    svg.append(t);
+  }
+  if (train.length) svg.append(svgEl("polyline", { points: train.map((p) => `${x(p[0])},${y(p[1])}`).join(" "), class: "train-line" }));
+  for (const p of val) svg.append(svgEl("circle", { cx: x(p[0]), cy: y(p[1]), r: 4, class: "val-point" }));
+}
+
+// -- step 4: report and chat ------------------------------------------------------------------------
+const METRICS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "val_loss", "perplexity", "general_perplexity",
+                 "tokens_per_second"];
+function renderEval(view) {
+  const job = view && view.eval_job;
+  $("eval-state").textContent = job ? (job.state === "running" ? T("working") : job.state === "done" ? T("done") :
+                                        T("failed") + ": " + (job.log_tail || "")) : "";
+  $("evaluate").disabled = !(view && view.adapter) || (job && job.state === "running");
+  const e = view && view.eval;
+  $("headline").textContent = e ? e.headline : "";
+  $("forgetting").hidden = !(e && e.forgetting_warning);
+  const table = $("eval-table");
+  if (!e) { table.replaceChildren(); return; }
+  const head = el("tr");
+  head.append(el("th", T("metric")), el("th", T("base")), el("th", T("tuned")));
+  const fmt = (v) => (typeof v === "number" ? (Math.abs(v) < 1 ? v.toFixed(3) : v.toFixed(2)) : "—");
+  const rows = METRICS.filter((m) => e.tuned && m in e.tuned).map((m) => {
+    const tr = el("tr");
+    tr.append(el("td", m), el("td", fmt(e.base && e.base[m])), el("td", fmt(e.tuned[m])));
+    return tr;
+  });
+  table.replaceChildren(head, ...rows);
+}
+async function askBoth() {
+  const message = $("chat-input").value.trim();
+  if (!message || !state.run) return;
+  const pair = el("div", undefined, "pair");
+  const q = el("p", message, "question");
+  const base = el("div", T("working"), "answer base"), tuned = el("div", T("working"), "answer tuned");
+  base.dataset.label = T("base");
+  tuned.dataset.label = T("tuned");
+  pair.append(q, base, tuned);
+  $("chat-log").prepend(pair);
+  $("chat-send").disabled = true;
+  try {
+    const r = await api(`/api/runs/${encodeURIComponent(state.run)}/chat`,
+                        { json: { message, system: $("system").value.trim() || null } });
+    base.textContent = r.base;
+    tuned.textContent = r.tuned;
+    pair.classList.add("answered");
+    $("chat-input").value = "";
+  } catch (e) { pair.remove(); throw e; } finally { $("chat-send").disabled = false; }
+}
+
+// -- step 5: export ---------------------------------------------------------------------------------
+function renderExports(view) {
+  const job = view && view.export_job;
+  $("export-state").textContent = job ? (job.state === "running" ? T("working") : job.state === "done" ? T("done") :
+                                          T("failed") + ": " + (job.log_tail || "")) : "";
+  $("export").disabled = !(view && view.adapter) || (job && job.state === "running");
+  const box = $("exports");
+  box.replaceChildren(...((view && view.exports) || []).map(({ name, manifest }) => {
+    const card = el("div", undefined, "export-card");
+    card.dataset.name = name;
+    card.append(el("h3", `${name} · ${manifest.all_checks_passed ? T("passed") : T("notPassed")}`));
+    const checks = el("table", undefined, "grid");
+    for (const c of manifest.checks) {
+      const tr = el("tr", undefined, c.passed ? "ok" : "bad");
+      tr.append(el("td", c.name), el("td", c.measured), el("td", "≤ " + c.tolerance), el("td", c.passed ? T("passed") : T("notPassed")));
+      checks.append(tr);
+    }
+    const files = el("ul");
+    for (const f of manifest.files) {
+      const li = el("li", `${f.name} · ${(f.bytes / 1048576).toFixed(1)} MB · `);
+      li.dataset.file = f.name;
+      const b = el("button", T("download"), "download");
+      b.type = "button";
+      b.addEventListener("click", () => guarded(() => download(`export/${name}/${f.name}`)));
+      li.append(b);
+      files.append(li);
+    }
+    card.append(el("h4", T("checks")), checks, el("h4", T("files")), files);
+    return card;
+  }));
+}
+async function download(path) {
+  // fetch (so the API key travels in a header), then hand the browser the bytes
+  const r = await api(`/api/runs/${encodeURIComponent(state.run)}/download?path=${encodeURIComponent(path)}`, { raw: true });
+  const url = URL.createObjectURL(await r.blob());
+  const a = el("a");
+  a.href = url;
+  a.download = path.split("/").pop();
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// -- wiring -----------------------------------------------------------------------------------------
+function on(id, fn) { $(id).addEventListener("click", () => guarded(fn)); }
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("#steps button")) b.addEventListener("click", () => showStep(b.dataset.step));
+  $("lang").addEventListener("click", () => {
+    lang = lang === "zh" ? "en" : "zh";
+    localStorage.setItem("ownllm-lang", lang);
+    applyLanguage();
+    guarded(() => loadRuns());
+  });
+  $("api-key").addEventListener("change", () => { sessionStorage.setItem("ownllm-key", $("api-key").value); guarded(init); });
+  $("run-select").addEventListener("change", () => guarded(() => selectRun($("run-select").value)));
+  $("file").addEventListener("change", () => guarded(upload));
+  $("data-path").addEventListener("input", () => { state.uploaded = null; });
+  on("inspect", inspect);
+  on("create-run", createRun);
+  on("plan", makePlan);
+  on("train", startTraining);
+  on("stop", () => runAction("stop"));
+  on("resume", () => runAction("resume"));
+  on("evaluate", async () => {
+    await api(`/api/runs/${encodeURIComponent(state.run)}/eval`, { json: {} });
+    await refresh();
+  });
+  on("chat-send", askBoth);
+  on("export", async () => {
+    await api(`/api/runs/${encodeURIComponent(state.run)}/export`,
+              { json: { format: $("export-format").value, quant: $("export-quant").value } });
+    await refresh();
+  });
+  applyLanguage();
+  guarded(init);
+});
+async function init() {
+  const info = await api("/api/info");
+  const m = info.machine;
+  $("machine").textContent = m.gpus.length ? m.gpus.map((g) => `${g.name} ${g.memory_gb} GB`).join(", ") :
+    `${m.cpu} · ${m.cores} cores · ${m.ram_gb} GB`;
+  const fill = (id, items) => $(id).replaceChildren(...items.map((v) => { const o = el("option", v); o.value = v; return o; }));
+  fill("method", info.methods);
+  fill("export-format", info.formats);
+  fill("export-quant", info.quants);
+  $("export-quant").value = "q8_0";
+  await loadRuns();
+  await loadModels();
+}

@@ -1,0 +1,318 @@
+"""`ownllm studio`: the API on real background jobs (start, live metrics, stop, resume, a restarted
+server, a run started in a terminal), its guards, and the five steps walked in a real browser."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "test-artifacts")
+MARKUP = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(tmp_path):
+    """A failing test must not leave a training process behind (it would slow every later test)."""
+    yield
+    for record in tmp_path.glob("**/studio/*.json"):
+        try:
+            pid = json.loads(record.read_text()).get("pid")
+            if pid and not record.name.endswith(".end.json"):
+                os.killpg(pid, signal.SIGKILL)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+def support_csv(tmp_path):
+    """A CSV whose Chinese column names the detector does not know: the page's column mapping fixes it."""
+    path = tmp_path / "客服记录.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["客户提问", "标准回复"])
+        for i in range(40):
+            w.writerow([f"订单 {i} 的取件码是多少？" + (MARKUP if i % 10 == 0 else ""), f"订单 {i} 的取件码是 {1000 + 7 * i}。"])
+        w.writerow(["这一行没有回复", ""])
+    return str(path)
+
+
+@pytest.fixture
+def client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio.app import Studio, create_app
+
+    return TestClient(create_app(Studio(str(tmp_path / "runs"))))
+
+
+def _wait(fn, timeout=180, every=0.3):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def _new_run(client, name, data, **options):
+    r = client.post("/api/runs", json={"name": name, "inputs": [data], **options})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _training(client, name):
+    return client.get(f"/api/runs/{name}").json()["training"]
+
+
+# -- API ---------------------------------------------------------------------------------------------
+def test_data_report_column_mapping_and_run_creation(client, support_csv):
+    r = client.post("/api/data/inspect", json={"inputs": [support_csv]})
+    assert r.status_code == 400 and "客户提问" in r.json()["error"]["message"]  # names the columns it found
+    mapped = {"inputs": [support_csv], "columns": "prompt=客户提问,response=标准回复"}
+    report = client.post("/api/data/inspect", json=mapped).json()["report"]
+    assert report["format"] == "prompt-completion" and report["total_rows"] == 41 and report["rejected_rows"] == 1
+    hist = report["length_histogram"]
+    assert sum(hist["counts"]) == report["kept_rows"] and len(hist["edges"]) == len(hist["counts"]) + 1
+    assert any("⟦" in ex for ex in report["marked_examples"])
+    view = _new_run(client, "客服", support_csv, columns="prompt=客户提问,response=标准回复")
+    assert view["report"]["splits"]["train"] > 0 and view["training"]["state"] == "not_started"
+    assert client.post("/api/runs", json={"name": "客服", "inputs": [support_csv]}).status_code == 409
+    assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["客服"]
+
+
+def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio.app import Studio, create_app
+
+    studio = Studio(str(tmp_path / "runs"))
+    client = TestClient(create_app(studio, api_key="s3cret"))
+    assert client.get("/").status_code == 200 and client.get("/static/studio.js").status_code == 200
+    assert client.get("/api/runs").status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.get("/api/runs", headers=auth).status_code == 200
+    for name in ("../etc", ".hidden", "a/b", ""):
+        r = client.post("/api/runs", headers=auth, json={"name": name, "inputs": [support_csv]})
+        assert r.status_code in (400, 404), (name, r.text)
+    assert not os.path.exists(tmp_path / "etc")
+    r = client.post("/api/data/inspect", headers=auth, json={"inputs": [str(tmp_path / "missing.jsonl")]})
+    assert r.status_code == 400 and "missing.jsonl" in r.json()["error"]["message"]
+    r = client.post("/api/upload", headers={**auth, "X-Filename": "..%2F..%2Fevil.jsonl"}, content=b'{"text": "x"}\n')
+    assert r.status_code == 200 and os.path.dirname(r.json()["path"]) == studio.uploads
+    assert r.json()["path"].endswith("-evil.jsonl")
+    _new_run(TestClient(create_app(studio)), "r1", support_csv, columns="prompt=客户提问,response=标准回复")
+    for path in ("../../客服记录.csv", "data/../../r1/config.yaml", "/etc/passwd"):
+        assert client.get("/api/runs/r1/download", params={"path": path}, headers=auth).status_code == 404
+    r = client.get("/api/runs/r1/download", params={"path": "data/report.json"}, headers=auth)
+    assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment")
+    assert client.post("/api/runs/r1/chat", headers=auth, json={"message": "hi"}).json()["error"]["code"] == "not_trained"
+
+
+def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_model_dir, support_csv):
+    """Start in one server; a new server process (a fresh Studio, no child handles) sees the job running,
+    stops it (a checkpoint is saved) and resumes it to the end."""
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio import jobs
+    from ownllm.studio.app import Studio, create_app
+
+    first = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    _new_run(first, "shop", support_csv, columns="prompt=客户提问,response=标准回复")
+    r = first.post("/api/runs/shop/train", json={"model": tiny_model_dir, "time_budget": None, "max_steps": 300,
+                                                  "logging_steps": 1, "save_steps": 100})
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    assert first.post("/api/runs/shop/train", json={"model": tiny_model_dir}).status_code == 409  # one at a time
+    _wait(lambda: len(first.get("/api/runs/shop/metrics").json()["rows"]) >= 3)
+
+    jobs._children.clear()  # what a restarted server knows: only what the run directory says
+    second = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    t = _training(second, "shop")
+    assert t["state"] == "running" and t["status"]["state"] == "training" and t["status"]["max_steps"] == 300
+    assert second.post("/api/runs/shop/stop").status_code == 200
+    t = _wait(lambda: (t := _training(second, "shop"))["state"] != "running" and t)
+    assert t["state"] == "stopped" and t["resumable"] and t["summary"]["stopped_because"] == "interrupted", t
+    stopped_at = t["summary"]["global_step"]
+    assert f"checkpoint-{stopped_at}" in t["checkpoints"] and stopped_at < 300
+    rows_before = len(second.get("/api/runs/shop/metrics").json()["rows"])
+
+    assert second.post("/api/runs/shop/resume").status_code == 200
+    t = _wait(lambda: (t := _training(second, "shop"))["state"] != "running" and t)
+    assert t["state"] == "finished" and t["summary"]["global_step"] == 300, t
+    rows = second.get("/api/runs/shop/metrics").json()["rows"]
+    assert len(rows) > rows_before and rows[-1]["step"] > stopped_at
+    status = t["status"]
+    assert status["state"] == "ended" and status["step"] == 300 and status["memory_mb"]
+
+
+def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, tiny_model_dir, support_csv):
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio.app import Studio, create_app
+    from ownllm.training.trainer import Trainer
+
+    runs = tmp_path / "runs"
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]}
+            for i in range(20)]
+    Trainer(model=tiny_model_dir, train_dataset=rows, args={"output_dir": str(runs / "cli-run"), "max_steps": 3,
+                                                            "precision": "fp32", "logging_steps": 1}).train()
+    client = TestClient(create_app(Studio(str(runs))))
+    assert {"name": "cli-run", "training": "finished"} in client.get("/api/runs").json()["runs"]
+    assert [r["step"] for r in client.get("/api/runs/cli-run/metrics").json()["rows"] if "loss" in r] == [1, 2, 3]
+
+    # a training started in a terminal: status.json names a live ownllm process
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ownllm-train"])
+    try:
+        status = json.loads((runs / "cli-run" / "status.json").read_text())
+        (runs / "cli-run" / "status.json").write_text(json.dumps({**status, "state": "training", "pid": fake.pid}))
+        t = _training(client, "cli-run")
+        assert t["state"] == "running" and t["own_session"] is False
+        _new_run(client, "other", support_csv, columns="prompt=客户提问,response=标准回复")
+        r = client.post("/api/runs/other/train", json={"model": tiny_model_dir})
+        assert r.status_code == 409 and "cli-run" in r.json()["error"]["message"]
+        assert client.post("/api/runs/cli-run/stop").status_code == 200
+        assert fake.wait(timeout=10) == -signal.SIGTERM  # the stop reached the terminal's process
+        assert _training(client, "cli-run")["state"] in ("finished", "died")
+    finally:
+        fake.kill()
+
+
+def test_vanished_job_is_reported_and_resumable(tmp_path, tiny_model_dir):
+    from ownllm.studio import jobs
+    from ownllm.studio.app import training_state
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run / "studio").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "studio" / "train.json").write_text(json.dumps({"kind": "train", "pid": dead.pid, "started": time.time()}))
+    (run / "status.json").write_text(json.dumps({"state": "training", "pid": dead.pid}))
+    assert jobs.state(str(run), "train")["state"] == "vanished"
+    t = training_state(str(run))
+    assert t["state"] == "died" and t["resumable"] and t["checkpoints"] == ["checkpoint-5"]
+
+
+def test_studio_cli_flags():
+    proc = subprocess.run([sys.executable, "-m", "ownllm", "studio", "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "--port" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ownllm", "studio", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "--parallel-training" in proc.stdout
+
+
+# -- the browser walk ----------------------------------------------------------------------------------
+def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_csv, serving, chromium):
+    from playwright.sync_api import expect, sync_playwright
+
+    from ownllm.studio.app import Studio, create_app
+
+    runs = tmp_path / "runs"
+    shot = lambda page, name: page.screenshot(path=os.path.join(ARTIFACTS, f"studio-{name}.png"), full_page=True)  # noqa: E731
+    with serving(create_app(Studio(str(runs)))) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900}, locale="en-US")
+        page.goto(url + "/")
+        expect(page.locator("#method option")).to_have_count(5)
+
+        # 1. data: upload, the detector cannot map these columns, the mapping fixes it; then the run
+        page.set_input_files("#file", support_csv)
+        expect(page.locator("#run-name")).to_have_value("客服记录")
+        page.click("#inspect")
+        expect(page.locator("#error")).to_contain_text("客户提问")
+        page.fill("#columns", "prompt=客户提问,response=标准回复")
+        page.click("#inspect")
+        expect(page.locator("#report-format")).to_contain_text("prompt-completion")
+        expect(page.locator("#report-rejected")).to_contain_text("1")
+        assert page.locator("#histogram rect").count() == 20
+        assert page.locator("#report-examples span.trained").count() >= 1
+        page.fill("#run-name", "客服")
+        page.click("#create-run")
+        expect(page.locator("#run-select")).to_have_value("客服")
+        shot(page, "1-data")
+
+        # 2. model, method and budget: the plan before anything starts
+        page.click("[data-step=plan]")
+        expect(page.locator("#model option", has_text="smollm2-135m")).to_have_count(1)
+        page.fill("#model-path", tiny_model_dir)
+        page.fill("#budget", "10m")
+        page.click("#plan")
+        expect(page.locator("#plan-table")).to_contain_text("GB")
+        page.click("details summary")
+        page.fill("#max-steps", "300")
+        page.fill("#logging-steps", "1")
+        page.fill("#save-steps", "100")
+        shot(page, "2-plan")
+
+        # 3. train: the curve grows live; stop keeps a checkpoint; resume carries on to the end
+        page.click("[data-step=train]")
+        page.click("#train")
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "running", timeout=30000)
+        points = lambda: int(page.get_attribute("#loss-chart", "data-train-points") or 0)  # noqa: E731 (the CSP forbids eval)
+        first = _wait(lambda: points() >= 3 and points(), timeout=120)
+        _wait(lambda: points() > first, timeout=60)
+        expect(page.locator("#train-progress")).to_contain_text("/ 300")
+        shot(page, "3-training")
+        page.click("#stop")
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "stopped", timeout=60000)
+        stopped_points = points()
+        expect(page.locator("#resume")).to_be_enabled()
+        page.click("#resume")
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "finished", timeout=180000)
+        assert points() > stopped_points
+        expect(page.locator("#train-progress")).to_contain_text("300 / 300")
+        shot(page, "3-trained")
+
+        # 4. report card, then both models answer; markup from a person or a model stays text
+        page.click("[data-step=report]")
+        page.click("#evaluate")
+        expect(page.locator("#headline")).to_contain_text("held-out", timeout=180000)
+        expect(page.locator("#eval-table tr")).not_to_have_count(0)
+        page.fill("#chat-input", "订单 3 的取件码是多少？" + MARKUP)
+        page.click("#chat-send")
+        expect(page.locator(".pair.answered")).to_have_count(1, timeout=60000)
+        assert page.inner_text(".pair .question") == "订单 3 的取件码是多少？" + MARKUP
+        page.route("**/api/runs/*/chat", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({"base": "基础 " + MARKUP, "tuned": MARKUP})))
+        page.fill("#chat-input", "again")
+        page.click("#chat-send")
+        expect(page.locator(".pair.answered")).to_have_count(2)
+        assert page.inner_text(".pair .answer.tuned >> nth=0").endswith(MARKUP)
+        assert page.evaluate("window.__xss") is None and page.locator("main img, main script").count() == 0
+        shot(page, "4-report-chat")
+
+        # 5. export merged, see its checks, download a file
+        page.click("[data-step=export]")
+        page.select_option("#export-format", "merged")
+        page.click("#export")
+        card = page.locator(".export-card[data-name=merged]")
+        expect(card).to_be_visible(timeout=180000)
+        assert card.locator("tr.bad").count() == 0 and card.locator("tr.ok").count() >= 1
+        with page.expect_download() as download:
+            card.locator("li[data-file='config.json'] button").click()
+        saved = tmp_path / "downloaded.json"
+        download.value.save_as(saved)
+        assert saved.read_bytes() == (runs / "客服" / "export" / "merged" / "config.json").read_bytes()
+        shot(page, "5-export")
+
+        # the language switch: every label, and the state words made in the script
+        page.click("#lang")
+        expect(page.locator("[data-step=data]")).to_have_text("1 · 数据")
+        page.click("[data-step=train]")
+        expect(page.locator("#train-state")).to_have_text("已完成")
+        expect(page.locator("#train")).to_have_text("开始训练")
+        shot(page, "zh-train")
+        page.click("#lang")
+        expect(page.locator("#train")).to_have_text("Start training")
+        assert page.evaluate("window.__xss") is None
+        browser.close()
