@@ -114,6 +114,19 @@ def test_cli_generate_with_tiny_model(tiny_model_dir):
     assert out.returncode == 0, out.stderr
 
 
+def test_generate_dtype_flag(tiny_model_dir):
+    from ownllm.planning.hardware import cpu_has_fast_bf16
+
+    out = run_cli("generate", tiny_model_dir, "hi", "--device", "cpu", "--dtype", "fp16", "--max-new-tokens", "2")
+    assert out.returncode == 2 and "fp16" in out.stderr and "Traceback" not in out.stderr
+    if cpu_has_fast_bf16():
+        import torch
+
+        assert load_model(tiny_model_dir, device="cpu", dtype="bf16").model.dtype == torch.bfloat16
+        out = run_cli("generate", tiny_model_dir, "hi", "--dtype", "bf16", "--max-new-tokens", "2", "--temperature", "0")
+        assert out.returncode == 0, out.stderr
+
+
 def test_doctor_reports_this_machine():
     out = run_cli("doctor")
     assert out.returncode == 0, out.stderr

@@ -434,13 +434,13 @@ def model_id_for(source: str) -> str:
 
 def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
-          system: str | None = None, device: str = "auto") -> None:
+          system: str | None = None, device: str = "auto", dtype: str = "auto") -> None:
     """Load ``source`` and serve it until Ctrl-C."""
     import uvicorn
 
     from ownllm.models.load import load_model
 
-    model = load_model(source, device=device)
+    model = load_model(source, device=device, dtype=dtype)
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
