@@ -109,7 +109,7 @@ class TrainConfig:
                 if parse_duration(self.time_budget) <= 0:
                     p.append(f"--time-budget must be positive (got {self.time_budget})")
             except ConfigError as e:
-                p += e.problems
+                p += [f"--time-budget: {q}" + (f" ({e.hint})" if e.hint else "") for q in e.problems]
         if p:
             raise ConfigError(p)
         return self

@@ -152,6 +152,19 @@ def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_mod
     assert len(rows) > rows_before and rows[-1]["step"] > stopped_at
     status = t["status"]
     assert status["state"] == "ended" and status["step"] == 300 and status["memory_mb"]
+    r = second.post("/api/runs/shop/train", json={"model": tiny_model_dir})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "trained"  # a fresh start would overwrite it
+
+
+def test_a_failing_training_says_why(client, support_csv):
+    _new_run(client, "bad", support_csv, columns="prompt=客户提问,response=标准回复")
+    r = client.post("/api/runs/bad/train", json={"model": "no-such-model", "time_budget": "1h"})
+    assert r.status_code == 200, r.text
+    t = _wait(lambda: (t := _training(client, "bad"))["state"] != "running" and t)
+    assert t["state"] == "failed" and t["job"]["rc"] == 2
+    assert "unknown model 'no-such-model'" in t["job"]["log_tail"] and "Traceback" not in t["job"]["log_tail"]
+    r = client.post("/api/runs/bad/train", json={"model": "smollm2-135m", "time_budget": "soon"})
+    assert r.status_code == 400 and "time-budget" in r.json()["error"]["message"]
 
 
 def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, tiny_model_dir, support_csv):
@@ -316,3 +329,21 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         expect(page.locator("#train")).to_have_text("Start training")
         assert page.evaluate("window.__xss") is None
         browser.close()
+
+
+def test_every_label_has_a_chinese_translation():
+    import re
+
+    static = os.path.join(os.path.dirname(__file__), "..", "ownllm", "studio", "static")
+    html = open(os.path.join(static, "index.html"), encoding="utf-8").read()
+    js = open(os.path.join(static, "studio.js"), encoding="utf-8").read()
+    zh_block = js[js.index("zh: {"):js.index("\n  },\n};")]
+    zh = set(re.findall(r"(\w+):", zh_block))
+    en_block = js[js.index("Object.assign(EN, {"):]
+    en = set(re.findall(r"(\w+):", en_block[:en_block.index("});")]))
+    in_page = set(re.findall(r'data-i18n="(\w+)"', html))
+    in_script = set(re.findall(r'T\("(\w+)"\)', js)) | {f"m_{m}" for m in re.findall(r'"(\w+)"', js[js.index("const METRICS"):js.index("];", js.index("const METRICS"))])}
+    in_script |= {"running", "stopped", "finished", "failed", "died", "not_started"}  # T(state) in the script
+    assert in_page and in_script
+    assert not (in_page | in_script) - zh, "labels without a Chinese text"
+    assert not in_script - en - in_page, "script texts without an English text"

@@ -160,8 +160,8 @@ def training_state(run_dir: str) -> dict:
         out["state"], out["pid"], out["own_session"] = "running", job["pid"], True
     elif status and status.get("state") == "training" and jobs.pid_alive(status.get("pid")):
         out["state"], out["pid"], out["own_session"] = "running", status["pid"], False  # started in a terminal
-    elif job and job["state"] == "failed":
-        out["state"] = "failed"
+    elif job and job["state"] in ("failed", "stopped") and not summary_is_newer(run_dir, job):
+        out["state"] = job["state"]
     elif summary and (not job or summary_is_newer(run_dir, job)):
         out["state"] = "stopped" if summary.get("stopped_because") == "interrupted" else "finished"
     elif job or (status and status.get("state") == "training"):
@@ -429,6 +429,10 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         run = studio.run_dir(name)
         if not os.path.exists(os.path.join(run, "data", "train.jsonl")):
             raise APIError(400, f"run '{name}' has no prepared data (step 1)", code="no_data")
+        state = training_state(run)
+        if state["checkpoints"] or os.path.exists(os.path.join(run, "train_summary.json")):
+            raise APIError(409, f"run '{name}' has been trained already; resume it, or create a new run (step 1) "
+                                "to train again from the start — its checkpoints are kept", code="trained")
         argv = await _call(train_argv, run, req)
         return await _call(start_job, studio, name, "train", argv)
 

@@ -79,7 +79,8 @@ def start(run_dir: str, kind: str, argv: list[str]) -> dict:
 
 
 def state(run_dir: str, kind: str) -> dict | None:
-    """The job's record with ``state``: running | done | failed | vanished (killed without a word)."""
+    """The job's record with ``state``: running | done | stopped (SIGTERM before it could stop gracefully) |
+    failed | vanished (killed without a word)."""
     job_path, end_path, log_path = _paths(run_dir, kind)
     job = _read(job_path)
     if job is None:
@@ -89,7 +90,7 @@ def state(run_dir: str, kind: str) -> dict | None:
         job["state"] = "running"
     elif end is not None and end.get("pid") == job.get("pid"):
         job.update(end)
-        job["state"] = "done" if end.get("rc") == 0 else "failed"
+        job["state"] = {0: "done", 130: "stopped"}.get(end.get("rc"), "failed")
     else:
         job["state"] = "vanished"
     job["log_tail"] = log_tail(log_path)
@@ -124,6 +125,11 @@ def main(argv: list[str]) -> int:
     assert sep == "--" and kind in KINDS, argv
     _, end_path, _ = _paths(run_dir, kind)
     rc = 1
+
+    def interrupted(signum, frame):  # a stop before training installs its own handler: still end cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         from ownllm.cli import main as cli_main
 

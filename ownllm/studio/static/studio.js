@@ -26,7 +26,11 @@ const I18N = {
     base: "基础模型", tuned: "微调后", metric: "指标", working: "处理中…", done: "完成",
     checks: "检查", files: "文件", download: "下载", passed: "通过", notPassed: "未通过",
     created: "已创建运行", needRun: "请先在第 1 步创建运行", needData: "请先上传文件或填写路径",
-    memNow: "内存", waiting: "等待中",
+    memNow: "内存", waiting: "等待中", dedupNear: "近似重复也去掉", dedupExact: "仅去掉完全相同", dedupOff: "不去重",
+    piiKeep: "保留", piiMask: "遮盖（邮箱、电话、证件号、卡号）",
+    m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
+    m_bleu: "BLEU", m_val_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度",
+    m_tokens_per_second: "生成速度（token/秒）",
   },
 };
 let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -44,6 +48,9 @@ Object.assign(EN, {
   checks: "checks", files: "files", download: "download", passed: "passed", notPassed: "failed",
   created: "run created", needRun: "create a run in step 1 first", needData: "upload a file or give a path first",
   memNow: "memory", waiting: "waiting",
+  m_contains: "contains the reference", m_exact_match: "exact match", m_token_f1: "token F1", m_rouge_l: "ROUGE-L",
+  m_bleu: "BLEU", m_val_loss: "loss on the test answers", m_perplexity: "perplexity",
+  m_general_perplexity: "general-text perplexity", m_tokens_per_second: "generation tokens/s",
 });
 
 const $ = (id) => document.getElementById(id);
@@ -370,7 +377,7 @@ function renderEval(view) {
   const fmt = (v) => (typeof v === "number" ? (Math.abs(v) < 1 ? v.toFixed(3) : v.toFixed(2)) : "—");
   const rows = METRICS.filter((m) => e.tuned && m in e.tuned).map((m) => {
     const tr = el("tr");
-    tr.append(el("td", m), el("td", fmt(e.base && e.base[m])), el("td", fmt(e.tuned[m])));
+    tr.append(el("td", T("m_" + m)), el("td", fmt(e.base && e.base[m])), el("td", fmt(e.tuned[m])));
     return tr;
   });
   table.replaceChildren(head, ...rows);
