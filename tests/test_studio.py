@@ -325,6 +325,9 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         expect(page.locator("#train-state")).to_have_text("已完成")
         expect(page.locator("#train")).to_have_text("开始训练")
         shot(page, "zh-train")
+        page.click("[data-step=report]")
+        expect(page.locator("#eval-table")).to_contain_text("词元 F1")
+        shot(page, "zh-report")
         page.click("#lang")
         expect(page.locator("#train")).to_have_text("Start training")
         assert page.evaluate("window.__xss") is None
