@@ -40,7 +40,8 @@ def support_csv(tmp_path):
         w = csv.writer(f)
         w.writerow(["客户提问", "标准回复"])
         for i in range(40):
-            w.writerow([f"订单 {i} 的取件码是多少？" + (MARKUP if i % 10 == 0 else ""), f"订单 {i} 的取件码是 {1000 + 7 * i}。"])
+            question = f"订单 {i} 的取件码是多少？" + (MARKUP if i % 10 == 0 else "")
+            w.writerow([question, f"订单 {i} 的取件码是 {1000 + 7 * i}。"])
         w.writerow(["这一行没有回复", ""])
     return str(path)
 
@@ -115,7 +116,8 @@ def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
         assert client.get("/api/runs/r1/download", params={"path": path}, headers=auth).status_code == 404
     r = client.get("/api/runs/r1/download", params={"path": "data/report.json"}, headers=auth)
     assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment")
-    assert client.post("/api/runs/r1/chat", headers=auth, json={"message": "hi"}).json()["error"]["code"] == "not_trained"
+    r = client.post("/api/runs/r1/chat", headers=auth, json={"message": "hi"})
+    assert r.json()["error"]["code"] == "not_trained"
 
 
 def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_model_dir, support_csv):
@@ -201,7 +203,7 @@ def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, 
 
 def test_vanished_job_is_reported_and_resumable(tmp_path, tiny_model_dir):
     from ownllm.studio import jobs
-    from ownllm.studio.app import training_state
+    from ownllm.studio.runs import training_state
 
     run = tmp_path / "run"
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
@@ -345,7 +347,8 @@ def test_every_label_has_a_chinese_translation():
     en_block = js[js.index("Object.assign(EN, {"):]
     en = set(re.findall(r"(\w+):", en_block[:en_block.index("});")]))
     in_page = set(re.findall(r'data-i18n="(\w+)"', html))
-    in_script = set(re.findall(r'T\("(\w+)"\)', js)) | {f"m_{m}" for m in re.findall(r'"(\w+)"', js[js.index("const METRICS"):js.index("];", js.index("const METRICS"))])}
+    metrics = js[js.index("const METRICS"):js.index("];", js.index("const METRICS"))]
+    in_script = set(re.findall(r'T\("(\w+)"\)', js)) | {f"m_{m}" for m in re.findall(r'"(\w+)"', metrics)}
     in_script |= {"running", "stopped", "finished", "failed", "died", "not_started"}  # T(state) in the script
     assert in_page and in_script
     assert not (in_page | in_script) - zh, "labels without a Chinese text"

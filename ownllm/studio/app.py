@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.serving.app import PAGE_HEADERS, APIError, install_errors_and_auth
 from ownllm.studio import jobs
+from ownllm.studio.runs import is_run, read_json, read_metrics, run_view, training_state
 
 log = logging.getLogger("ownllm.studio")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 STATIC_FILES = ("studio.js", "studio.css")
-RUN_NAME = re.compile(r"^\w[\w.\-]{0,63}$")  # \w includes Chinese characters
+RUN_NAME = re.compile(r"\w[\w.\-]{0,63}")  # \w includes Chinese characters
 MAX_UPLOAD = 1 << 30
 DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
 
@@ -81,14 +82,6 @@ class ExportRequest(_Body):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _prepare_options(o: DataOptions) -> dict:
     return dict(format=o.format, columns=o.columns or None, dedup=o.dedup, pii=o.pii, system=o.system or None,
                 model=o.model or None, max_seq_len=o.max_seq_len)
@@ -120,7 +113,7 @@ class Studio:
         self.start_lock = threading.Lock()
 
     def run_dir(self, name: str, must_exist: bool = True) -> str:
-        if not RUN_NAME.match(name):
+        if not RUN_NAME.fullmatch(name):
             raise APIError(400, f"'{name}' is not a run name: letters, digits, Chinese characters, - _ . "
                                 "(up to 64, not starting with a dot)", param="name")
         path = os.path.join(self.runs, name)
@@ -131,8 +124,8 @@ class Studio:
     def names(self) -> list[str]:
         if not os.path.isdir(self.runs):
             return []
-        return sorted((n for n in os.listdir(self.runs) if RUN_NAME.match(n) and _is_run(os.path.join(self.runs, n))),
-                      key=lambda n: -os.path.getmtime(os.path.join(self.runs, n)))
+        names = [n for n in os.listdir(self.runs) if RUN_NAME.fullmatch(n) and is_run(os.path.join(self.runs, n))]
+        return sorted(names, key=lambda n: -os.path.getmtime(os.path.join(self.runs, n)))
 
     def training_elsewhere(self) -> str | None:
         """The name of a run training now (this studio's job or a terminal's), if any."""
@@ -142,81 +135,6 @@ class Studio:
         return None
 
 
-def _is_run(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, p)) for p in ("config.yaml", "data/report.json", "status.json"))
-
-
-def training_state(run_dir: str) -> dict:
-    """running | stopped | finished | failed | died | not_started, from the job, status.json and the summary."""
-    job = jobs.state(run_dir, "train")
-    status = _json(os.path.join(run_dir, "status.json"))
-    summary = _json(os.path.join(run_dir, "train_summary.json"))
-    ckpts = os.path.join(run_dir, "checkpoints")
-    checkpoints = sorted((c for c in os.listdir(ckpts) if c.startswith("checkpoint-")),
-                         key=lambda c: int(c.split("-")[1]) if c.split("-")[1].isdigit() else 0) \
-        if os.path.isdir(ckpts) else []
-    out = {"job": job, "status": status, "summary": summary, "checkpoints": checkpoints}
-    if job and job["state"] == "running":
-        out["state"], out["pid"], out["own_session"] = "running", job["pid"], True
-    elif status and status.get("state") == "training" and jobs.pid_alive(status.get("pid")):
-        out["state"], out["pid"], out["own_session"] = "running", status["pid"], False  # started in a terminal
-    elif job and job["state"] in ("failed", "stopped") and not summary_is_newer(run_dir, job):
-        out["state"] = job["state"]
-    elif summary and (not job or summary_is_newer(run_dir, job)):
-        out["state"] = "stopped" if summary.get("stopped_because") == "interrupted" else "finished"
-    elif job or (status and status.get("state") == "training"):
-        out["state"] = "died"  # killed without a word (power cut, kill -9): the last checkpoint remains
-    else:
-        out["state"] = "not_started"
-    out["resumable"] = out["state"] in ("stopped", "died", "failed") and bool(checkpoints)
-    return out
-
-
-def summary_is_newer(run_dir: str, job: dict) -> bool:
-    path = os.path.join(run_dir, "train_summary.json")
-    return os.path.exists(path) and os.path.getmtime(path) >= job.get("started", 0) - 1
-
-
-def read_metrics(run_dir: str, since: int = 0) -> list[dict]:
-    rows = []
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i >= since and line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:  # a line being written right now
-                        break
-    except OSError:
-        pass
-    return rows
-
-
-def exports_of(run_dir: str) -> list[dict]:
-    folder = os.path.join(run_dir, "export")
-    out = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        manifest = _json(os.path.join(folder, name, "manifest.json"))
-        if manifest is not None:
-            out.append({"name": name, "manifest": manifest})
-    return out
-
-
-def run_view(studio: Studio, name: str) -> dict:
-    run = studio.run_dir(name)
-    report = _json(os.path.join(run, "data", "report.json"))
-    config = None
-    if os.path.exists(os.path.join(run, "config.yaml")):
-        import yaml
-
-        with open(os.path.join(run, "config.yaml"), encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    return {"name": name, "path": run, "report": report, "plan": _json(os.path.join(run, "plan.json")),
-            "config": config, "training": training_state(run), "eval": _json(os.path.join(run, "eval", "metrics.json")),
-            "eval_job": jobs.state(run, "eval"), "export_job": jobs.state(run, "export"), "exports": exports_of(run),
-            "adapter": os.path.isdir(os.path.join(run, "adapter")) or os.path.isdir(os.path.join(run, "model"))}
-
-
 def models_view(studio: Studio, name: str | None) -> list[dict]:
     """Registry models with what fits this machine for the run's data (or a 1,000-row guess)."""
     from ownllm.cli_plan import _this_machine
@@ -224,7 +142,7 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
     from ownllm.planning.recommend import plan
 
     examples, tpe = 1000, 256.0
-    report = _json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
+    report = read_json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
     if report:
         examples, tpe = report["splits"]["train"], report["tokens"]["mean"] or 256.0
     machine = _this_machine()
@@ -359,8 +277,8 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         if isinstance(exc, OwnLLMError):
             return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
         log.exception("studio request failed", exc_info=exc)
-        return JSONResponse(APIError(500, f"the studio failed: {type(exc).__name__}: {exc}", kind="server_error").body(),
-                            status_code=500)
+        err = APIError(500, f"the studio failed: {type(exc).__name__}: {exc}", kind="server_error")
+        return JSONResponse(err.body(), status_code=500)
 
     @app.get("/")
     async def page():
@@ -395,7 +313,8 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     async def inspect(req: DataOptions):
         from ownllm.data.prepare import prepare_dataset
 
-        return {"report": _report_view((await _call(prepare_dataset, req.inputs, None, **_prepare_options(req))).report)}
+        prepared = await _call(prepare_dataset, req.inputs, None, **_prepare_options(req))
+        return {"report": _report_view(prepared.report)}
 
     @app.get("/api/runs")
     async def runs():
@@ -409,11 +328,11 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         if os.path.exists(run):
             raise APIError(409, f"a run named '{req.name}' exists already: pick another name", param="name")
         await _call(prepare_dataset, req.inputs, run, **_prepare_options(req))
-        return run_view(studio, req.name)
+        return run_view(studio.run_dir(req.name), req.name)
 
     @app.get("/api/runs/{name}")
     async def get_run(name: str):
-        return await asyncio.to_thread(run_view, studio, name)
+        return await asyncio.to_thread(run_view, studio.run_dir(name), name)
 
     @app.get("/api/runs/{name}/metrics")
     async def metrics(name: str, since: int = 0):
