@@ -293,6 +293,9 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.click("#evaluate")
         expect(page.locator("#headline")).to_contain_text("held-out", timeout=180000)
         expect(page.locator("#eval-table tr")).not_to_have_count(0)
+        with page.expect_download() as report:
+            page.click("#full-report")
+        assert report.value.suggested_filename == "report.html"
         page.fill("#chat-input", "订单 3 的取件码是多少？" + MARKUP)
         page.click("#chat-send")
         expect(page.locator(".pair.answered")).to_have_count(1, timeout=60000)

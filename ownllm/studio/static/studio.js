@@ -15,7 +15,7 @@ const I18N = {
     makePlan: "查看计划", trainTitle: "训练", start: "开始训练", stop: "停止（保存检查点）", resume: "继续训练",
     state: "状态", trainLoss: "训练损失", valLoss: "验证损失", reportCard: "训练前后对比报告",
     evaluate: "在留出的测试集上评估", forgetting: "通用文本困惑度上升：模型遗忘了部分通用语言能力。",
-    chatTitle: "同时问两个模型", send: "提问", exportTitle: "导出与下载", quant: "GGUF 权重", export: "导出",
+    chatTitle: "同时问两个模型", fullReport: "下载完整报告（HTML）", send: "提问", exportTitle: "导出与下载", quant: "GGUF 权重", export: "导出",
     newRun: "（新运行）", none: "无", rows: "行", total: "读取行数", kept: "保留", rejectedN: "拒绝",
     duplicates: "重复", split: "训练 / 验证 / 测试", tokens: "token（均值 / p95 / 最大）", truncated: "被截断",
     reason: "原因", count: "数量", example: "示例", detected: "检测到的格式", fits: "可运行",
@@ -149,8 +149,9 @@ async function refresh() {
   if (option && option.value === view.name) option.textContent = view.name + " · " + T(view.training.state);
   renderRun(view);
   const busy = view.training.state === "running" || [view.eval_job, view.export_job].some((j) => j && j.state === "running");
-  clearTimeout(state.poll);
-  if (busy) state.poll = setTimeout(() => guarded(refresh), 1000);
+  clearTimeout(state.poll);  // fast while something runs; slowly otherwise, so a terminal's training shows up
+  const name = state.run;
+  state.poll = setTimeout(() => { if (state.run === name) guarded(refresh); }, busy ? 1000 : 5000);
 }
 function renderRun(view) {
   $("report").hidden = !(view && view.report);
@@ -369,6 +370,7 @@ function renderEval(view) {
   $("evaluate").disabled = !(view && view.adapter) || (job && job.state === "running");
   const e = view && view.eval;
   $("headline").textContent = e ? e.headline : "";
+  $("full-report").hidden = !e;
   $("forgetting").hidden = !(e && e.forgetting_warning);
   const table = $("eval-table");
   if (!e) { table.replaceChildren(); return; }
@@ -472,6 +474,7 @@ document.addEventListener("DOMContentLoaded", () => {
     await refresh();
   });
   on("chat-send", askBoth);
+  on("full-report", () => download("eval/report.html"));
   on("export", async () => {
     await api(`/api/runs/${encodeURIComponent(state.run)}/export`,
               { json: { format: $("export-format").value, quant: $("export-quant").value } });
