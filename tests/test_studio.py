@@ -91,6 +91,20 @@ def test_data_report_column_mapping_and_run_creation(client, support_csv):
     assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["客服"]
 
 
+def test_plan_and_train_command_use_the_data_size_defaults(client, support_csv, tiny_model_dir):
+    from ownllm.studio.app import TrainRequest, train_argv
+
+    run = _new_run(client, "p", support_csv, columns="prompt=客户提问,response=标准回复")["path"]
+    plan = client.post("/api/runs/p/plan", json={"model": tiny_model_dir, "time_budget": "2h"}).json()
+    assert plan["epochs"] == 10 and plan["fits_in_budget"] is True and "memory" in plan["text"]  # 32 rows: 10 epochs
+    assert plan["recommendation"]["grad_accum"] == 1  # as training will: fewer than ~16 steps per epoch otherwise
+    argv = train_argv(run, TrainRequest(model=tiny_model_dir, time_budget=None))
+    assert "--epochs" not in argv and argv[:2] == ["train", "--data"]
+    argv = train_argv(run, TrainRequest(model=tiny_model_dir, epochs=2, lr=5e-4, time_budget="30m"))
+    assert argv[argv.index("--epochs") + 1] == "2" and argv[argv.index("--lr") + 1] == "0.0005"
+    assert argv[argv.index("--time-budget") + 1] == "30m"
+
+
 def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
     from fastapi.testclient import TestClient
 

@@ -56,7 +56,7 @@ class PlanRequest(_Body):
     model: str = "smollm2-135m"
     method: str = "lora"
     time_budget: str | None = "3h"
-    epochs: float = Field(3, gt=0)
+    epochs: float | None = Field(None, gt=0)  # None: chosen from the dataset's size, as `ownllm train` does
 
 
 class TrainRequest(PlanRequest):
@@ -161,10 +161,16 @@ def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
     from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
     from ownllm.utils import atomic_write
 
+    from ownllm.config import TrainConfig
+    from ownllm.training.defaults import resolve_defaults
+
     run = studio.run_dir(name)
     examples, tpe = _from_data(run)
+    # the settings `ownllm train` will use for this data, so the plan describes the run that starts
+    cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs), examples)
     result = plan(spec_for(req.model), _this_machine(), examples=examples, tokens_per_example=tpe,
-                  epochs=req.epochs, method=req.method, budget_hours=parse_duration(req.time_budget or None))
+                  epochs=float(cfg.epochs), method=req.method, budget_hours=parse_duration(req.time_budget or None),
+                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16)
     result["text"] = format_plan(result)
     atomic_write(os.path.join(run, "plan.json"), json.dumps(result, ensure_ascii=False, indent=2))
     return result
@@ -174,13 +180,12 @@ def train_argv(run: str, req: TrainRequest) -> list[str]:
     """The `ownllm train` command line for the page's choices."""
     from ownllm.config import TrainConfig
 
-    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method,
-            "--epochs", f"{req.epochs:g}"]
-    for flag, value in (("--time-budget", req.time_budget), ("--max-steps", req.max_steps), ("--lr", req.lr),
-                        ("--logging-steps", req.logging_steps), ("--save-steps", req.save_steps),
+    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method]
+    for flag, value in (("--epochs", req.epochs), ("--time-budget", req.time_budget), ("--max-steps", req.max_steps),
+                        ("--lr", req.lr), ("--logging-steps", req.logging_steps), ("--save-steps", req.save_steps),
                         ("--eval-steps", req.save_steps)):
         if value:
-            argv += [flag, str(value)]
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     TrainConfig(data=run, model=req.model, method=req.method, epochs=req.epochs, time_budget=req.time_budget or None,
                 max_steps=req.max_steps, lr=req.lr).validate()  # every mistake now, not in the job's log
     return argv

@@ -273,7 +273,7 @@ function chosenModel() {
 }
 function planRequest() {
   return { model: chosenModel(), method: $("method").value, time_budget: $("budget").value.trim() || null,
-           epochs: Number($("epochs").value) || 3 };
+           epochs: Number($("epochs").value) || null };  // empty: chosen from the data's size
 }
 async function makePlan() {
   if (!state.run) throw new Error(T("needRun"));
