@@ -157,3 +157,23 @@ def test_chat_repl_answers_and_handles_commands(tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("model> ") == 2
     assert "system prompt set" in proc.stdout and "conversation cleared" in proc.stdout
+
+
+def test_answer_cut_inside_a_chinese_character_drops_the_half(tiny_model_dir, monkeypatch):
+    import torch
+
+    m = load_model(tiny_model_dir, device="cpu")
+    first_half = m.tokenizer("你", add_special_tokens=False)["input_ids"][:1]  # byte-level BPE: 你 is two tokens
+    assert m.tokenizer.decode(first_half).endswith("\ufffd")
+
+    def fake_generate(input_ids, streamer=None, **kwargs):  # the token limit hit after "好" and half of "你"
+        new = torch.tensor([m.tokenizer("好", add_special_tokens=False)["input_ids"] + first_half])
+        if streamer is not None:
+            streamer.put(input_ids)
+            streamer.put(new)
+            streamer.end()
+        return torch.cat([input_ids, new], 1)
+
+    monkeypatch.setattr(m.model, "generate", fake_generate)
+    assert m.generate("hi", max_new_tokens=3) == "好"
+    assert "".join(m.stream("hi", max_new_tokens=3)) == "好"

@@ -242,7 +242,8 @@ def _counting_streamer_class():  # built on first use: importing transformers is
     from transformers import TextIteratorStreamer
 
     class CountingStreamer(TextIteratorStreamer):
-        """TextIteratorStreamer that also counts the generated tokens."""
+        """TextIteratorStreamer that also counts the generated tokens, and drops the half character
+        a token limit can leave at the very end (shown as U+FFFD)."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -253,6 +254,9 @@ def _counting_streamer_class():  # built on first use: importing transformers is
                 self.generated += int(value.numel())
             self._seen_prompt = True
             super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
 
     return CountingStreamer
 
