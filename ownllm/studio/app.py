@@ -158,11 +158,10 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
 
 def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
     from ownllm.cli_plan import _from_data, _this_machine
-    from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
-    from ownllm.utils import atomic_write
-
     from ownllm.config import TrainConfig
+    from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
     from ownllm.training.defaults import resolve_defaults
+    from ownllm.utils import atomic_write
 
     run = studio.run_dir(name)
     examples, tpe = _from_data(run)
@@ -206,7 +205,10 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
 
 
 def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
-    """The same question to the base model and the tuned one (greedy, so answers are comparable)."""
+    """The same question to the base model and the tuned one (greedy, so answers are comparable).
+
+    Without a system prompt from the page, the one the run was trained with (``--system``) is used.
+    """
     from ownllm.evaluation.compare import _base_of, _run_config
     from ownllm.models.generation import OwnModel
     from ownllm.models.load import load_model
@@ -215,15 +217,17 @@ def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
     result = os.path.join(run, "adapter") if os.path.isdir(os.path.join(run, "adapter")) else os.path.join(run, "model")
     if not os.path.isdir(result):
         raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+    config = _run_config(run)
+    system = req.system or config.get("system") or \
+        ((read_json(os.path.join(run, "data", "report.json")) or {}).get("settings") or {}).get("system")
     key = (run, os.path.getmtime(result))
     with studio.chat_lock:  # one generation at a time: base and tuned may share weights (adapter switched off)
         if studio.chat_models.get("key") != key:
             studio.chat_models.clear()
-            tuned = load_model(run, device="cpu")
-            base_model, ctx = _base_of(tuned, run, _run_config(run))
-            studio.chat_models.update(key=key, tuned=tuned, base=base_model, ctx=ctx)
+            tuned = load_model(run)
+            studio.chat_models.update(key=key, tuned=tuned, base=_base_of(tuned, run, config)[0])
         tuned, base_model = studio.chat_models["tuned"], studio.chat_models["base"]
-        settings = dict(max_new_tokens=req.max_tokens, temperature=0, system_prompt=req.system or None)
+        settings = dict(max_new_tokens=req.max_tokens, temperature=0, system_prompt=system or None)
         started = time.time()
         tuned_answer = tuned.chat(req.message, **settings)
         base = OwnModel(base_model, tuned.tokenizer, name="base")
