@@ -346,6 +346,7 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         shot(page, "zh-train")
         page.click("[data-step=report]")
         expect(page.locator("#eval-table")).to_contain_text("词元 F1")
+        expect(page.locator(".answer.tuned").first).to_have_attribute("data-label", "微调后")
         shot(page, "zh-report")
         page.click("#lang")
         expect(page.locator("#train")).to_have_text("Start training")

@@ -105,6 +105,7 @@ function applyLanguage() {
     node.textContent = T(key);
   }
   $("lang").textContent = lang === "zh" ? "English" : "中文";
+  for (const a of document.querySelectorAll(".answer")) a.dataset.label = T(a.classList.contains("base") ? "base" : "tuned");
   if (state.view) renderRun(state.view);
   renderModels();
 }
