@@ -62,3 +62,50 @@ def test_embedded_model_exports_keep_the_answer(tmp_path):
 
     answer = OwnModel(model, reference.tokenizer).generate(question, temperature=0, max_new_tokens=20)
     assert "Paris" in answer
+
+
+def test_studio_flow_on_the_embedded_model(tmp_path):
+    """The page's calls on the default model and the sample data: prepare, plan, train, stop, resume,
+    evaluate, ask both models, export — each a real job, as a person would run them."""
+    import time
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio.app import Studio, create_app
+
+    client = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+
+    def settled(key):
+        end = time.time() + 900
+        while time.time() < end:
+            view = client.get("/api/runs/support").json()
+            state = view["training"]["state"] if key == "training" else (view[key] or {}).get("state")
+            if state != "running":
+                return view
+            time.sleep(2)
+        raise AssertionError(f"{key} still running")
+
+    r = client.post("/api/runs", json={"name": "support", "inputs": ["examples/data/support_en.jsonl"]})
+    assert r.status_code == 200, r.text
+    plan = client.post("/api/runs/support/plan", json={"model": "smollm2-135m", "time_budget": "3h"}).json()
+    assert plan["fits_in_memory"] and plan["fits_in_budget"] and plan["epochs"] == 10  # 144 rows: small-data defaults
+    assert client.post("/api/runs/support/train", json={"model": "smollm2-135m", "time_budget": "3h", "max_steps": 30,
+                                                        "logging_steps": 2, "save_steps": 10}).status_code == 200
+    end = time.time() + 600
+    while len(client.get("/api/runs/support/metrics").json()["rows"]) < 2 and time.time() < end:
+        time.sleep(1)
+    assert client.post("/api/runs/support/stop").status_code == 200
+    t = settled("training")["training"]
+    assert t["state"] == "stopped" and t["resumable"], t
+    assert client.post("/api/runs/support/resume").status_code == 200
+    t = settled("training")["training"]
+    assert t["state"] == "finished" and t["summary"]["global_step"] == 30, t
+    assert client.post("/api/runs/support/eval", json={"max_samples": 6}).status_code == 200
+    e = settled("eval_job")["eval"]
+    assert e["tuned"]["val_loss"] < 0.5 * e["base"]["val_loss"], e["headline"]
+    answers = client.post("/api/runs/support/chat", json={"message": "How do I reset my Lumora router?"}).json()
+    assert answers["tuned"] and answers["base"] and answers["tuned"] != answers["base"]
+    assert client.post("/api/runs/support/export", json={"format": "merged"}).status_code == 200
+    view = settled("export_job")
+    assert view["export_job"]["state"] == "done" and view["exports"][0]["manifest"]["all_checks_passed"]

@@ -55,7 +55,7 @@ def client(tmp_path):
     return TestClient(create_app(Studio(str(tmp_path / "runs"))))
 
 
-def _wait(fn, timeout=180, every=0.3):
+def _wait(fn, timeout=600, every=0.3):  # generous: a busy CI machine can be 10x slower than usual
     end = time.time() + timeout
     while time.time() < end:
         value = fn()
@@ -144,8 +144,8 @@ def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_mod
 
     first = TestClient(create_app(Studio(str(tmp_path / "runs"))))
     _new_run(first, "shop", support_csv, columns="prompt=客户提问,response=标准回复")
-    r = first.post("/api/runs/shop/train", json={"model": tiny_model_dir, "time_budget": None, "max_steps": 300,
-                                                  "logging_steps": 1, "save_steps": 100})
+    r = first.post("/api/runs/shop/train", json={"model": tiny_model_dir, "time_budget": None, "max_steps": 120,
+                                                  "logging_steps": 1, "save_steps": 50})
     assert r.status_code == 200 and r.json()["state"] == "running", r.text
     assert first.post("/api/runs/shop/train", json={"model": tiny_model_dir}).status_code == 409  # one at a time
     _wait(lambda: len(first.get("/api/runs/shop/metrics").json()["rows"]) >= 3)
@@ -153,21 +153,21 @@ def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_mod
     jobs._children.clear()  # what a restarted server knows: only what the run directory says
     second = TestClient(create_app(Studio(str(tmp_path / "runs"))))
     t = _training(second, "shop")
-    assert t["state"] == "running" and t["status"]["state"] == "training" and t["status"]["max_steps"] == 300
+    assert t["state"] == "running" and t["status"]["state"] == "training" and t["status"]["max_steps"] == 120
     assert second.post("/api/runs/shop/stop").status_code == 200
     t = _wait(lambda: (t := _training(second, "shop"))["state"] != "running" and t)
     assert t["state"] == "stopped" and t["resumable"] and t["summary"]["stopped_because"] == "interrupted", t
     stopped_at = t["summary"]["global_step"]
-    assert f"checkpoint-{stopped_at}" in t["checkpoints"] and stopped_at < 300
+    assert f"checkpoint-{stopped_at}" in t["checkpoints"] and stopped_at < 120
     rows_before = len(second.get("/api/runs/shop/metrics").json()["rows"])
 
     assert second.post("/api/runs/shop/resume").status_code == 200
     t = _wait(lambda: (t := _training(second, "shop"))["state"] != "running" and t)
-    assert t["state"] == "finished" and t["summary"]["global_step"] == 300, t
+    assert t["state"] == "finished" and t["summary"]["global_step"] == 120, t
     rows = second.get("/api/runs/shop/metrics").json()["rows"]
     assert len(rows) > rows_before and rows[-1]["step"] > stopped_at
     status = t["status"]
-    assert status["state"] == "ended" and status["step"] == 300 and status["memory_mb"]
+    assert status["state"] == "ended" and status["step"] == 120 and status["memory_mb"]
     r = second.post("/api/runs/shop/train", json={"model": tiny_model_dir})
     assert r.status_code == 409 and r.json()["error"]["code"] == "trained"  # a fresh start would overwrite it
 
@@ -278,41 +278,41 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.click("#plan")
         expect(page.locator("#plan-table")).to_contain_text("GB")
         page.click("details summary")
-        page.fill("#max-steps", "300")
+        page.fill("#max-steps", "200")
         page.fill("#logging-steps", "1")
-        page.fill("#save-steps", "100")
+        page.fill("#save-steps", "50")
         shot(page, "2-plan")
 
         # 3. train: the curve grows live; stop keeps a checkpoint; resume carries on to the end
         page.click("[data-step=train]")
         page.click("#train")
-        expect(page.locator("#train-state")).to_have_attribute("data-state", "running", timeout=30000)
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "running", timeout=120000)
         points = lambda: int(page.get_attribute("#loss-chart", "data-train-points") or 0)  # noqa: E731 (the CSP forbids eval)
-        first = _wait(lambda: points() >= 3 and points(), timeout=120)
-        _wait(lambda: points() > first, timeout=60)
-        expect(page.locator("#train-progress")).to_contain_text("/ 300")
+        first = _wait(lambda: points() >= 3 and points())
+        _wait(lambda: points() > first)
+        expect(page.locator("#train-progress")).to_contain_text("/ 200")
         shot(page, "3-training")
         page.click("#stop")
-        expect(page.locator("#train-state")).to_have_attribute("data-state", "stopped", timeout=60000)
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "stopped", timeout=300000)
         stopped_points = points()
         expect(page.locator("#resume")).to_be_enabled()
         page.click("#resume")
-        expect(page.locator("#train-state")).to_have_attribute("data-state", "finished", timeout=180000)
+        expect(page.locator("#train-state")).to_have_attribute("data-state", "finished", timeout=600000)
         assert points() > stopped_points
-        expect(page.locator("#train-progress")).to_contain_text("300 / 300")
+        expect(page.locator("#train-progress")).to_contain_text("200 / 200")
         shot(page, "3-trained")
 
         # 4. report card, then both models answer; markup from a person or a model stays text
         page.click("[data-step=report]")
         page.click("#evaluate")
-        expect(page.locator("#headline")).to_contain_text("held-out", timeout=180000)
+        expect(page.locator("#headline")).to_contain_text("held-out", timeout=600000)
         expect(page.locator("#eval-table tr")).not_to_have_count(0)
         with page.expect_download() as report:
             page.click("#full-report")
         assert report.value.suggested_filename == "report.html"
         page.fill("#chat-input", "订单 3 的取件码是多少？" + MARKUP)
         page.click("#chat-send")
-        expect(page.locator(".pair.answered")).to_have_count(1, timeout=60000)
+        expect(page.locator(".pair.answered")).to_have_count(1, timeout=300000)
         assert page.inner_text(".pair .question") == "订单 3 的取件码是多少？" + MARKUP
         page.route("**/api/runs/*/chat", lambda route: route.fulfill(
             status=200, content_type="application/json", body=json.dumps({"base": "基础 " + MARKUP, "tuned": MARKUP})))
@@ -328,7 +328,7 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.select_option("#export-format", "merged")
         page.click("#export")
         card = page.locator(".export-card[data-name=merged]")
-        expect(card).to_be_visible(timeout=180000)
+        expect(card).to_be_visible(timeout=600000)
         assert card.locator("tr.bad").count() == 0 and card.locator("tr.ok").count() >= 1
         with page.expect_download() as download:
             card.locator("li[data-file='config.json'] button").click()
