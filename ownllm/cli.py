@@ -129,15 +129,22 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_studio(args) -> int:
+def _check_web_server(args, command: str) -> None:
+    """What `serve` and `studio` both need: a valid --port and the web packages installed."""
     from ownllm.errors import ConfigError, require
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535 (got {args.port})")
+    require("fastapi", command, extra="serve")
+    require("uvicorn", command, extra="serve")
+
+
+def cmd_studio(args) -> int:
+    from ownllm.errors import ConfigError
+
     if os.path.exists(args.runs) and not os.path.isdir(args.runs):
         raise ConfigError(f"--runs {args.runs} is a file, not a folder")
-    require("fastapi", "ownllm studio", extra="serve")
-    require("uvicorn", "ownllm studio", extra="serve")
+    _check_web_server(args, "ownllm studio")
     from ownllm.studio.app import studio
 
     studio(args.runs, host=args.host, port=args.port, api_key=args.api_key or None,
@@ -146,18 +153,15 @@ def cmd_studio(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ownllm.errors import ConfigError, require
+    from ownllm.errors import ConfigError
 
-    if not 1 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 1 and 65535 (got {args.port})")
+    _check_web_server(args, "ownllm serve")
     if args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be at least 1 (got {args.max_concurrency})")
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue must be at least 0 (got {args.max_queue})")
     if args.request_timeout <= 0:
         raise ConfigError("--request-timeout must be positive (seconds)")
-    require("fastapi", "ownllm serve", extra="serve")
-    require("uvicorn", "ownllm serve", extra="serve")
     from ownllm.serving.app import serve
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or None,
@@ -167,6 +171,7 @@ def cmd_serve(args) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------------------
+DTYPES = ["auto", "fp32", "bf16", "fp16"]
 DTYPE_HELP = ("weights' precision (default auto: fp32 on a CPU, bf16/fp16 on a GPU); bf16 on a CPU with native bf16 "
               "(AVX512-BF16/AMX) generates ~1.6x faster (benchmarks/generate_speed.py)")
 
@@ -178,7 +183,7 @@ def _print_table(rows) -> None:
 
 def _add_model_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights from a folder you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
 
@@ -256,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=120, help="seconds before a request is ended (default 120)")
     p.add_argument("--system", default=None, help="system prompt for chats that bring none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help=DTYPE_HELP)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("studio", help="the whole flow in a web page: data, plan, train, report and chat, export",

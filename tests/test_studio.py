@@ -221,6 +221,8 @@ def test_vanished_job_is_reported_and_resumable(tmp_path, tiny_model_dir):
 
     run = tmp_path / "run"
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")  # written last: complete
+    (run / "checkpoints" / "checkpoint-7").mkdir()  # a save cut short: not offered for resuming
     (run / "studio").mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -17,12 +17,13 @@ import time
 import uuid
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ownllm.errors import OwnLLMError
 from ownllm.serving.app import PAGE_HEADERS, APIError, install_errors_and_auth
 from ownllm.studio import jobs
-from ownllm.studio.runs import is_run, read_json, read_metrics, run_view, training_state
+from ownllm.studio.runs import is_run, read_json, read_metrics, run_view, trained_output, training_state
 
 log = logging.getLogger("ownllm.studio")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -89,16 +90,6 @@ def _prepare_options(o: DataOptions) -> dict:
 
 def _report_view(report: dict) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
-
-
-async def _call(fn, *args, **kwargs):
-    """Run a library call in a thread; a person's mistake (OwnLLMError) becomes a 400 naming it."""
-    from ownllm.errors import OwnLLMError
-
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except OwnLLMError as e:
-        raise APIError(400, str(e)) from None
 
 
 class Studio:
@@ -214,8 +205,8 @@ def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
     from ownllm.models.load import load_model
 
     run = studio.run_dir(name)
-    result = os.path.join(run, "adapter") if os.path.isdir(os.path.join(run, "adapter")) else os.path.join(run, "model")
-    if not os.path.isdir(result):
+    result = trained_output(run)
+    if result is None:
         raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
     config = _run_config(run)
     system = req.system or config.get("system") or \
@@ -277,14 +268,12 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="ownllm studio", docs_url=None, redoc_url=None, openapi_url=None)
     install_errors_and_auth(app, api_key, lambda path: not path.startswith("/api/"))
 
+    @app.exception_handler(OwnLLMError)
+    async def _mistake(request, exc: OwnLLMError):  # a person's mistake (bad file, flag, model): a 400 naming it
+        return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
+
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):
-        from fastapi.responses import JSONResponse
-
-        from ownllm.errors import OwnLLMError
-
-        if isinstance(exc, OwnLLMError):
-            return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
         log.exception("studio request failed", exc_info=exc)
         err = APIError(500, f"the studio failed: {type(exc).__name__}: {exc}", kind="server_error")
         return JSONResponse(err.body(), status_code=500)
@@ -312,7 +301,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
 
     @app.get("/api/models")
     async def models(run: str | None = None):
-        return {"models": await _call(models_view, studio, run)}
+        return {"models": await asyncio.to_thread(models_view, studio, run)}
 
     @app.post("/api/upload")
     async def upload(request: Request):
@@ -322,7 +311,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     async def inspect(req: DataOptions):
         from ownllm.data.prepare import prepare_dataset
 
-        prepared = await _call(prepare_dataset, req.inputs, None, **_prepare_options(req))
+        prepared = await asyncio.to_thread(prepare_dataset, req.inputs, None, **_prepare_options(req))
         return {"report": _report_view(prepared.report)}
 
     @app.get("/api/runs")
@@ -336,7 +325,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         run = studio.run_dir(req.name, must_exist=False)
         if os.path.exists(run):
             raise APIError(409, f"a run named '{req.name}' exists already: pick another name", param="name")
-        await _call(prepare_dataset, req.inputs, run, **_prepare_options(req))
+        await asyncio.to_thread(prepare_dataset, req.inputs, run, **_prepare_options(req))
         return run_view(studio.run_dir(req.name), req.name)
 
     @app.get("/api/runs/{name}")
@@ -346,11 +335,11 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     @app.get("/api/runs/{name}/metrics")
     async def metrics(name: str, since: int = 0):
         run = studio.run_dir(name)
-        return {"since": since, "rows": read_metrics(run, since), "training": training_state(run)}
+        return {"since": since, "rows": read_metrics(run, since)}
 
     @app.post("/api/runs/{name}/plan")
     async def plan_run(name: str, req: PlanRequest):
-        return await _call(make_plan, studio, name, req)
+        return await asyncio.to_thread(make_plan, studio, name, req)
 
     @app.post("/api/runs/{name}/train")
     async def train(name: str, req: TrainRequest):
@@ -361,8 +350,8 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         if state["checkpoints"] or os.path.exists(os.path.join(run, "train_summary.json")):
             raise APIError(409, f"run '{name}' has been trained already; resume it, or create a new run (step 1) "
                                 "to train again from the start — its checkpoints are kept", code="trained")
-        argv = await _call(train_argv, run, req)
-        return await _call(start_job, studio, name, "train", argv)
+        argv = await asyncio.to_thread(train_argv, run, req)
+        return await asyncio.to_thread(start_job, studio, name, "train", argv)
 
     @app.post("/api/runs/{name}/stop")
     async def stop(name: str):
@@ -377,17 +366,17 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         run = studio.run_dir(name)
         if not training_state(run)["resumable"]:
             raise APIError(409, f"run '{name}' has no checkpoint to resume from, or is training", code="not_resumable")
-        return await _call(start_job, studio, name, "train", ["train", "--resume", run])
+        return await asyncio.to_thread(start_job, studio, name, "train", ["train", "--resume", run])
 
     @app.post("/api/runs/{name}/eval")
     async def evaluate(name: str, req: EvalRequest):
         run = studio.run_dir(name)
         argv = ["eval", run] + (["--max-samples", str(req.max_samples)] if req.max_samples else [])
-        return await _call(start_job, studio, name, "eval", argv)
+        return await asyncio.to_thread(start_job, studio, name, "eval", argv)
 
     @app.post("/api/runs/{name}/chat")
     async def chat(name: str, req: ChatRequest):
-        return await _call(chat_pair, studio, name, req)
+        return await asyncio.to_thread(chat_pair, studio, name, req)
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):
@@ -400,7 +389,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         run = studio.run_dir(name)
         argv = ["export", run, "--format", req.format, "--overwrite"] + (
             ["--quant", req.quant] if req.format == "gguf" else [])
-        return await _call(start_job, studio, name, "export", argv)
+        return await asyncio.to_thread(start_job, studio, name, "export", argv)
 
     @app.get("/api/runs/{name}/download")
     async def download(name: str, path: str):

@@ -6,6 +6,7 @@ import json
 import os
 
 from ownllm.studio import jobs
+from ownllm.utils import complete_checkpoints
 
 
 def read_json(path: str):
@@ -25,10 +26,7 @@ def training_state(run_dir: str) -> dict:
     job = jobs.state(run_dir, "train")
     status = read_json(os.path.join(run_dir, "status.json"))
     summary = read_json(os.path.join(run_dir, "train_summary.json"))
-    ckpts = os.path.join(run_dir, "checkpoints")
-    checkpoints = sorted((c for c in os.listdir(ckpts) if c.startswith("checkpoint-")),
-                         key=lambda c: int(c.split("-")[1]) if c.split("-")[1].isdigit() else 0) \
-        if os.path.isdir(ckpts) else []
+    checkpoints = [os.path.basename(c) for c in complete_checkpoints(os.path.join(run_dir, "checkpoints"))]
     out = {"job": job, "status": status, "summary": summary, "checkpoints": checkpoints}
     if job and job["state"] == "running":
         out["state"], out["pid"], out["own_session"] = "running", job["pid"], True
@@ -76,6 +74,11 @@ def exports_of(run_dir: str) -> list[dict]:
     return out
 
 
+def trained_output(run: str) -> str | None:
+    """The run's result: adapter/ (LoRA, DoRA, QLoRA, prefix) or model/ (full fine-tuning), once trained."""
+    return next((p for p in (os.path.join(run, "adapter"), os.path.join(run, "model")) if os.path.isdir(p)), None)
+
+
 def run_view(run: str, name: str) -> dict:
     """Everything the page shows about one run."""
     report = read_json(os.path.join(run, "data", "report.json"))
@@ -89,4 +92,4 @@ def run_view(run: str, name: str) -> dict:
             "config": config, "training": training_state(run),
             "eval": read_json(os.path.join(run, "eval", "metrics.json")),
             "eval_job": jobs.state(run, "eval"), "export_job": jobs.state(run, "export"), "exports": exports_of(run),
-            "adapter": os.path.isdir(os.path.join(run, "adapter")) or os.path.isdir(os.path.join(run, "model"))}
+            "adapter": trained_output(run) is not None}

@@ -166,9 +166,7 @@ class HFTrainer(transformers.Trainer):
 
 def last_checkpoint(folder: str) -> str | None:
     """The newest complete checkpoint (one whose trainer_state.json exists)."""
-    if not os.path.isdir(folder):
-        return None
-    found = [(int(d.split("-")[1]), os.path.join(folder, d)) for d in os.listdir(folder)
-             if d.startswith("checkpoint-") and d.split("-")[1].isdigit()
-             and os.path.exists(os.path.join(folder, d, "trainer_state.json"))]
-    return max(found)[1] if found else None
+    from ownllm.utils import complete_checkpoints
+
+    found = complete_checkpoints(folder)
+    return found[-1] if found else None
