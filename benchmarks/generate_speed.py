@@ -15,12 +15,12 @@ measured with a 1 GiB tensor copy (bytes read + written per second). Sides, run 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _args import generation_args  # noqa: E402 (benchmarks/, the script's own folder)
 
 
 def copy_bandwidth_gbs(gib: float = 1.0, rounds: int = 5) -> float:
@@ -46,11 +46,7 @@ def weight_bytes(model) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    args = generation_args(__doc__)
 
     import torch
     from transformers import AutoModelForCausalLM

@@ -7,21 +7,17 @@ and onnxruntime generation of the same prompt and prints tokens/s for both and t
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _args import generation_args  # noqa: E402 (benchmarks/, the script's own folder)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    args = generation_args(__doc__)
 
     from ownllm.export.formats import export
     from ownllm.models.load import load_model

@@ -7,7 +7,6 @@ httpx, as an OpenAI client would; greedy decoding so every run generates the sam
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -17,6 +16,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _args import generation_args  # noqa: E402 (benchmarks/, the script's own folder)
 
 
 def one_request(url: str, model_id: str, tokens: int, question: str) -> tuple[float, float, int]:
@@ -39,11 +39,7 @@ def one_request(url: str, model_id: str, tokens: int, question: str) -> tuple[fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    args = generation_args(__doc__)
 
     import uvicorn
 

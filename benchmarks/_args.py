@@ -1,0 +1,13 @@
+"""The flags the generation benchmarks share (run as scripts: this folder is on sys.path)."""
+from __future__ import annotations
+
+import argparse
+
+
+def generation_args(doc: str) -> argparse.Namespace:
+    """--model, --tokens (new tokens per answer) and --rounds (best of N), parsed."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    return ap.parse_args()
