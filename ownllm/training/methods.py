@@ -59,32 +59,37 @@ def apply(model, cfg, trainable_tokens: list[int] | None = None):
     except ValueError as e:
         raise ConfigError(f"--target-modules {cfg.target_modules!r} does not fit this model: {e}") from None
     if next(wrapped.parameters()).device.type == "cpu":
-        use_uniform_dropout(wrapped)
+        use_fast_dropout(wrapped)
     return wrapped
 
 
-def _uniform_dropout_class():
+def _fast_dropout_class():
     import torch
 
-    class UniformDropout(torch.nn.Dropout):
-        """nn.Dropout with the mask drawn as uniform < keep: the same Bernoulli(1 - p) mask and 1/(1 - p)
-        scale, but torch's CPU bernoulli_ is about 2x slower than a uniform draw (measured: 4.4 vs 2.8 ms
-        for 480 x 1536), and LoRA draws one mask per adapted layer per step."""
+    class FastDropout(torch.nn.Dropout):
+        """nn.Dropout with its mask made from 16-bit random integers, four per 64-bit draw of torch's CPU
+        generator, where ``bernoulli_``/``rand_like`` make one slow draw per element (measured: 0.25 vs
+        2.2 ms for a 480 x 576 mask; LoRA draws one mask per adapted layer per step, 13% of a step).
+        The keep probability is 1 - p rounded to 1/65536 (0.9 -> 0.899994) and kept values are scaled by
+        its exact inverse, so the expectation is unchanged; only the bool mask is saved for backward."""
 
         def forward(self, x):
             if not self.training or self.p == 0:
                 return x
-            keep = 1.0 - self.p
-            return x * ((torch.rand_like(x) < keep).to(x.dtype) * (1.0 / keep))
+            threshold = max(1, round((1.0 - self.p) * 65536))
+            n = x.numel()
+            bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+            keep = bits.view(torch.int16)[:n].view(x.shape) < threshold - 32768
+            return (x * (65536 / threshold)) * keep
 
-    return UniformDropout
+    return FastDropout
 
 
-def use_uniform_dropout(model) -> int:
-    """Swap peft's LoRA dropout layers for ``UniformDropout`` (CPU training); returns how many."""
+def use_fast_dropout(model) -> int:
+    """Swap peft's LoRA dropout layers for ``FastDropout`` (CPU training); returns how many."""
     import torch
 
-    cls, swapped = _uniform_dropout_class(), 0
+    cls, swapped = _fast_dropout_class(), 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
         if isinstance(drops, torch.nn.ModuleDict):
