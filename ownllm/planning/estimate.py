@@ -45,7 +45,7 @@ class Job:
     precision: str = "bf16"       # bf16 | fp16 | fp32
     gpus: int = 1
     zero_stage: int = 0           # DeepSpeed ZeRO stage (shards optimizer state / grads / weights)
-    cpu: bool = False             # CPUs keep fp32 weights (autocast) and a ~1.2 GB Python/torch process
+    cpu: bool = False             # a ~1.2 GB Python/torch process; full fine-tuning there keeps fp32 activations
 
 
 def trainable_params(shape, job: Job) -> float:
@@ -58,7 +58,8 @@ def trainable_params(shape, job: Job) -> float:
 
 def memory_gb(shape, job: Job) -> dict:
     """Peak memory per device, in GiB, with its parts."""
-    half = 2 if job.precision in ("bf16", "fp16") and not job.cpu else 4
+    # Adapter methods hold the frozen weights in the run's precision, CPUs included (training.loop).
+    half = 2 if job.precision in ("bf16", "fp16") and not (job.cpu and job.method == "full") else 4
     if job.method == "qlora":
         weights = linear_params(shape) * NF4_BYTES + (shape.params - linear_params(shape)) * 2
     elif job.method == "full":
