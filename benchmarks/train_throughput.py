@@ -1,6 +1,6 @@
 """Training speed and memory: ownllm vs a plain `transformers.Trainer` + `peft` script, same job.
 
-    python benchmarks/train_throughput.py [--steps 30] [--rounds 1] [--precision fp32]
+    python benchmarks/train_throughput.py [--steps 30] [--rounds 1] [--precision fp32] [--hf-weights bf16]
 
 Both sides get the same model (the embedded SmolLM2-135M), the same tokenized rows (the bundled
 support sample, rendered with assistant-only labels), the same LoRA configuration, micro-batch,
@@ -10,7 +10,8 @@ trained (labelled) tokens/s, peak RSS, and the validation loss after training, c
 function for both, then the ratios.
 
 The baseline is what a Hugging Face user writes: `DataCollatorForSeq2Seq` padding, random batches,
-the model's own loss over every position.
+the model's own loss over every position; its weights are loaded in fp32 (the Trainer's `bf16=True`
+autocasts them), or in bf16 with `--hf-weights bf16`, as many LoRA recipes do.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def worker(side: str, args) -> dict:
 
         from ownllm.models.load import local_folder, resolve
 
-        base = AutoModelForCausalLM.from_pretrained(local_folder(resolve("smollm2-135m")), dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(local_folder(resolve("smollm2-135m")),
+                                                    dtype=torch.bfloat16 if args.hf_weights == "bf16" else torch.float32)
         model = get_peft_model(base, LoraConfig(r=common["r"], lora_alpha=common["alpha"], lora_dropout=0.1,
                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
         train = _tokenized(prepared.train, tokenizer)
@@ -131,6 +133,8 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--hf-weights", default="fp32", choices=["fp32", "bf16"],
+                    help="dtype the baseline loads its weights in (default fp32)")
     ap.add_argument("--worker", choices=["ownllm", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,7 +144,8 @@ def main() -> None:
     results = {"ownllm": [], "hf": []}
     with tempfile.TemporaryDirectory() as tmp:
         passthrough = [f"--steps={args.steps}", f"--batch-size={args.batch_size}", f"--grad-accum={args.grad_accum}",
-                       f"--lora-r={args.lora_r}", f"--lr={args.lr}", f"--precision={args.precision}", f"--tmp={tmp}"]
+                       f"--lora-r={args.lora_r}", f"--lr={args.lr}", f"--precision={args.precision}",
+                       f"--hf-weights={args.hf_weights}", f"--tmp={tmp}"]
         for _ in range(args.rounds):
             for side in ("hf", "ownllm"):
                 proc = subprocess.run([sys.executable, __file__, "--worker", side] + passthrough,
@@ -156,7 +161,7 @@ def main() -> None:
     best = {k: max(v, key=lambda r: r["tokens_per_second"]) for k, v in results.items()}
     o, h = best["ownllm"], best["hf"]
     print(f"\n{args.steps} steps × batch {args.batch_size} × accumulation {args.grad_accum}, LoRA r={args.lora_r}, "
-          f"{args.precision}, best of {args.rounds}")
+          f"{args.precision}, baseline weights {args.hf_weights}, best of {args.rounds}")
     print(f"useful tokens/s ratio (ownllm / HF):  {o['tokens_per_second'] / h['tokens_per_second']:.2f}")
     print(f"trained tokens/s ratio:               {o['trained_tokens_per_second'] / h['trained_tokens_per_second']:.2f}")
     print(f"peak RSS ratio:                       {o['peak_rss_mb'] / h['peak_rss_mb']:.2f}")
