@@ -133,7 +133,8 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
     return TrainingArguments(**kwargs)
 
 
-def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, extra_callbacks=()):
+def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths, extra_callbacks=()):
+    """The transformers Trainer for this run; ``lengths``: the training rows' token counts."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
@@ -142,8 +143,7 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     from ownllm.training.hf import HFTrainer, pad_collator, supports_trained_positions_loss, trained_positions_loss
 
     has_val = val_ds is not None and len(val_ds) > 0
-    args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision,
-                              [len(x) for x in train_ds["input_ids"]])
+    args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths)
     signals, metrics = SignalCallback(), MetricsCallback(os.path.join(run_dir, "metrics.jsonl"))
     callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(os.path.join(run_dir, "status.json"), device),
                  TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
@@ -183,7 +183,8 @@ def run_training(trainer, data) -> dict:
         per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size) // cfg.grad_accum)
         cfg.max_steps = step + max(1, round(extra * per_epoch))
         cfg.epochs = math.ceil(cfg.max_steps / per_epoch)
-    attention = trainer.attention = choose_attention(model, device, [len(x) for x in train_ds["input_ids"]])
+    lengths = [len(x) for x in train_ds["input_ids"]]  # read once: sampling, attention and the budget use them
+    attention = trainer.attention = choose_attention(model, device, lengths)
     trainer.save_config()
     from ownllm.training.methods import trainable_report
 
@@ -194,10 +195,10 @@ def run_training(trainer, data) -> dict:
          f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}, "
          f"{attention} attention")
     start, resume = time.time(), trainer._resume
-    budget = fit_to_budget(cfg, train_ds, device, start) if cfg.time_budget else None
+    budget = fit_to_budget(cfg, lengths, device, start) if cfg.time_budget else None
     trainer.budget = budget
     while True:
-        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision,
+        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths,
                               [budget["callback"]] if budget else [])
         hf.own_signals.install()
         try:
@@ -223,14 +224,13 @@ def run_training(trainer, data) -> dict:
     return _finish(trainer, hf, data, params, dropped, start, precision, device)
 
 
-def fit_to_budget(cfg, train_ds, device: str, start: float) -> dict:
+def fit_to_budget(cfg, lengths: list[int], device: str, start: float) -> dict:
     """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget."""
     from ownllm.cli_plan import _this_machine
     from ownllm.planning.recommend import parse_duration, plan, spec_for
     from ownllm.training.callbacks import TimeBudgetCallback
 
     hours = parse_duration(cfg.time_budget)
-    lengths = [len(x) for x in train_ds["input_ids"]]
     p = plan(spec_for(cfg.model), _this_machine(), examples=len(lengths), tokens_per_example=sum(lengths) / len(lengths),
              epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
              grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
