@@ -18,7 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
-    from ownllm.cli_plan import calibrate
+    from ownllm.cli.plan import calibrate
     from ownllm.planning.profiles import this_cpu
     from ownllm.planning.recommend import plan, spec_for
     from ownllm.training.trainer import Trainer

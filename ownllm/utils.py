@@ -55,16 +55,6 @@ def read_jsonl(path: str) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def complete_checkpoints(folder: str) -> list[str]:
-    """checkpoint-N folders whose trainer_state.json exists (written last, so the save finished), oldest first."""
-    if not os.path.isdir(folder):
-        return []
-    found = [(int(d.split("-")[1]), os.path.join(folder, d)) for d in os.listdir(folder)
-             if d.startswith("checkpoint-") and d.split("-")[1].isdigit()
-             and os.path.exists(os.path.join(folder, d, "trainer_state.json"))]
-    return [path for _, path in sorted(found)]
-
-
 def _remove(path: str) -> None:
     try:
         os.remove(path)

@@ -88,7 +88,7 @@ def test_onnx_exporter_runs_the_guide_snippet_and_generates_like_torch(lora_run,
 
 def test_onnx_batch_with_left_padding_matches_torch(lora_run, tmp_path):
     from ownllm.export.formats import export
-    from ownllm.export.onnx import OnnxCausalLM
+    from ownllm.models.onnx_runtime import OnnxCausalLM
     from ownllm.models.load import load_model
 
     m = export(lora_run, "onnx", str(tmp_path / "onnx"))

@@ -179,6 +179,13 @@ def test_out_of_memory_halves_the_micro_batch(tiny_model_dir, qa_file, tmp_path,
     summary = make(tiny_model_dir, qa_file, tmp_path / "o", max_steps=4, save_steps=2, grad_accum=1).train()
     assert state["raised"] and summary["global_step"] == 4
     assert summary["settings"]["batch_size"] == 2 and summary["settings"]["grad_accum"] == 2
+    # config.yaml keeps what was asked (it reproduces the run); the summary says what the back-off changed
+    import yaml
+
+    asked = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
+    assert asked["batch_size"] == 4 and asked["grad_accum"] == 1
+    assert summary["adjusted"]["batch_size"] == 2 and summary["adjusted"]["grad_accum"] == 2
+    assert any("out of memory" in why for why in summary["adjusted"]["why"])
 
 
 def test_disk_full_keeps_the_previous_checkpoint(tiny_model_dir, qa_file, tmp_path, monkeypatch):

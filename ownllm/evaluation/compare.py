@@ -7,14 +7,13 @@ and latency. Every number in the report is computed here.
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
-from contextlib import nullcontext
-from importlib import resources
 
 from ownllm.errors import DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
+from ownllm.evaluation.measure import general_rows, generate_greedy, loss_on_rows, perplexity
+from ownllm.models.load import base_of, load_model
+from ownllm.rundir import run_config
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
 FORGETTING_WARN = 0.20
@@ -37,60 +36,14 @@ def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[
     return rows[:max_samples] if max_samples else rows
 
 
-def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8) -> tuple[list[str], float, int]:
-    """Greedy answers, batched with left padding. Returns answers, seconds and new tokens."""
-    import torch
-
-    tokenizer.padding_side = "left"
-    answers, new_tokens, start = [], 0, time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-        gen = out[:, enc["input_ids"].shape[1]:]
-        for row in gen:
-            keep = row[row != tokenizer.pad_token_id]
-            new_tokens += len(keep)
-            answers.append(tokenizer.decode(keep, skip_special_tokens=True).strip())
-    tokenizer.padding_side = "right"
-    return answers, time.perf_counter() - start, new_tokens
-
-
-def _loss(model, tokenizer, rows: list[dict], template, max_seq_len: int) -> float:
-    """Mean loss per trained token (assistant answers, or all tokens of text rows)."""
-    import torch
-
-    from ownllm.data.render import render_row
-
-    total, count = 0.0, 0
-    for row in rows:
-        r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
-        if r.trained_tokens == 0:
-            continue
-        dev = next(model.parameters()).device
-        ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
-        with torch.inference_mode():
-            loss = model(input_ids=ids, labels=labels).loss
-        n = int((labels[:, 1:] != -100).sum())
-        total, count = total + float(loss) * n, count + n
-    return total / max(count, 1)
-
-
-def _general_rows() -> list[dict]:
-    text = resources.files("ownllm.resources").joinpath("general_text.txt").read_text(encoding="utf-8")
-    return [{"text": p.strip()} for p in text.split("\n\n") if p.strip()]
-
-
 def _side(model, tokenizer, rows, prompts, refs, template, max_new_tokens, max_seq_len) -> tuple[dict, list]:
-    val_loss = _loss(model, tokenizer, rows, template, max_seq_len)
-    general = _loss(model, tokenizer, _general_rows(), None, max_seq_len)
-    out = {"val_loss": round(val_loss, 4), "perplexity": round(math.exp(min(val_loss, 50)), 3),
-           "general_perplexity": round(math.exp(min(general, 50)), 3)}
+    val_loss = loss_on_rows(model, tokenizer, rows, template, max_seq_len)
+    general = loss_on_rows(model, tokenizer, general_rows(), None, max_seq_len)
+    out = {"val_loss": round(val_loss, 4), "perplexity": round(perplexity(val_loss), 3),
+           "general_perplexity": round(perplexity(general), 3)}
     if not prompts:
         return out, []
-    answers, seconds, new = _generate(model, tokenizer, prompts, max_new_tokens)
+    answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens)
     out.update(M.aggregate(answers, refs), seconds_per_answer=round(seconds / len(prompts), 3),
                tokens_per_second=round(new / seconds, 1) if seconds else 0.0)
     return out, answers
@@ -100,11 +53,10 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
              max_new_tokens: int | None = None) -> dict:
     """Score the base and the tuned model of ``run_dir`` on its test split; write ``run_dir/eval/``."""
     from ownllm.data.render import chat_template_for
-    from ownllm.models.load import load_model
 
     if not os.path.isdir(run_dir):
         raise OwnLLMError(f"run directory not found: {run_dir}")
-    cfg = _run_config(run_dir)
+    cfg = run_config(run_dir)
     rows = _test_rows(run_dir, data, max_samples)
     tuned = load_model(run_dir)
     tok = tuned.tokenizer
@@ -121,7 +73,7 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     seq = int(cfg.get("max_seq_len") or 1024)
     result, answers = {}, {}
     if not no_base:
-        base_model, base_ctx = _base_of(tuned, run_dir, cfg)
+        base_model, base_ctx = base_of(tuned, cfg.get("model"))
         with base_ctx:
             result["base"], answers["base"] = _side(base_model, tok, rows, prompts, refs, template, max_new_tokens, seq)
     result["tuned"], answers["tuned"] = _side(tuned.model, tok, rows, prompts, refs, template, max_new_tokens, seq)
@@ -141,27 +93,6 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     atomic_write(os.path.join(out, "metrics.json"), json.dumps(result, ensure_ascii=False, indent=2))
     write_report(run_dir, result, samples)
     return result
-
-
-def _run_config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(path):
-        return {}
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
-
-
-def _base_of(tuned, run_dir: str, cfg: dict):
-    """The base model: the same weights with the adapter switched off, or a fresh load (full FT)."""
-    from peft import PeftModel
-
-    if isinstance(tuned.model, PeftModel):
-        return tuned.model, tuned.model.disable_adapter()
-    from ownllm.models.load import load_model
-
-    return load_model(cfg.get("model") or "smollm2-135m").model, nullcontext()
 
 
 def _samples(rows, refs, answers) -> list[dict]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 
 from ownllm.errors import ConfigError
 
@@ -62,29 +63,51 @@ def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
                                           add_generation_prompt=True) for r in rows]
 
 
-def run_dir_of(name: str) -> str | None:
-    """``name`` when it is a run directory (it has data/ or config.yaml), else None."""
-    if os.path.isdir(name) and (os.path.exists(os.path.join(name, "config.yaml"))
-                                or os.path.isdir(os.path.join(name, "data"))):
-        return name
-    return None
-
-
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+LOGIT_TOLERANCE = 1e-3  # largest |logit difference| a float export (merged, adapter, ONNX) may show
 
 
-def compare(reference, candidate, tokenizer, prompts: list[str]) -> tuple[float, bool]:
-    """Largest logit difference over the prompts, and whether 16 greedy tokens match everywhere."""
+@dataclass
+class Agreement:
+    """How closely a candidate (an export read back) follows the reference model on the probe prompts."""
+
+    max_logit_diff: float          # largest |logit difference| at any position of any prompt
+    top1_agreement: float          # share of positions where both pick the same next token
+    greedy_identical: bool         # every prompt's greedy continuation is the same, token for token
+    greedy_matching_fraction: float  # mean share of each greedy continuation before the first difference
+    same_tokens: bool              # the candidate's own tokenizer gives the reference's token ids
+
+
+def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tokenizer=None,
+              new_tokens: int = 16) -> Agreement:
+    """Compare logits, next-token choices and ``new_tokens`` greedy tokens of two models on ``prompts``."""
     import torch
 
-    worst, same = 0.0, True
+    worst, agree, total, identical, same_tokens, matching = 0.0, 0, 0, True, True, []
     for text in prompts:
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        if candidate_tokenizer is not None:
+            same_tokens &= candidate_tokenizer(text, add_special_tokens=False)["input_ids"] == enc["input_ids"][0].tolist()
         enc = {k: v.to(reference.device) for k, v in enc.items()}
+        start = enc["input_ids"].shape[1]
         with torch.inference_mode():
-            a = reference(**enc).logits.float().cpu()
-            b = candidate(**enc).logits.float().cpu()
+            a, b = reference(**enc).logits.float().cpu(), candidate(**enc).logits.float().cpu()
             worst = max(worst, float((a - b).abs().max()))
-            kw = dict(max_new_tokens=16, pad_token_id=tokenizer.pad_token_id, **GREEDY)
-            same &= torch.equal(reference.generate(**enc, **kw).cpu(), candidate.generate(**enc, **kw).cpu())
-    return worst, same
+            agree, total = agree + int((a.argmax(-1) == b.argmax(-1)).sum()), total + a.shape[1]
+            kw = dict(max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id, **GREEDY)
+            ga = reference.generate(**enc, **kw)[0, start:].cpu()
+            gb = candidate.generate(**enc, **kw)[0, start:].cpu()
+        identical &= torch.equal(ga, gb)
+        n = min(len(ga), len(gb))
+        matching.append(next((i for i in range(n) if ga[i] != gb[i]), n) / max(1, len(ga)))
+    return Agreement(round(worst, 6), round(agree / max(1, total), 4), bool(identical),
+                     round(sum(matching) / max(1, len(matching)), 4), bool(same_tokens))
+
+
+def float_export_checks(a: Agreement, against: str) -> list[dict]:
+    """The checks of an export that should compute what the trained model computes (no quantization)."""
+    from ownllm.export.manifest import check
+
+    return [check(f"max |logit difference| {against}", a.max_logit_diff, LOGIT_TOLERANCE),
+            check("greedy 16-token continuations identical", float(a.greedy_identical), 1.0,
+                  passed=a.greedy_identical)]

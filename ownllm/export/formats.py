@@ -7,12 +7,12 @@ import os
 import re
 
 from ownllm.errors import ConfigError, OwnLLMError
-from ownllm.export.common import GREEDY, compare, probe_prompts, run_dir_of
-from ownllm.export.manifest import check, write_manifest
+from ownllm.export.common import agreement, float_export_checks, probe_prompts
+from ownllm.export.manifest import check, raise_if_failed, write_manifest
+from ownllm.rundir import adapter_in, base_of_adapter, run_dir_of, system_prompt
 from ownllm.utils import atomic_dir
 
 FORMATS = ("merged", "adapter", "onnx", "gguf")
-LOGIT_TOLERANCE = 1e-3
 # Largest relative perplexity rise a GGUF export may show, per weight format. Measured on the embedded
 # 135M model's general text: f16 +0.03%, q8_0 -0.4%, q4_0 +39% (+2.8% on the demo run's answers);
 # small models lose the most to 4-bit rounding.
@@ -59,9 +59,7 @@ def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: 
             manifest = _gguf(trained, source, tmp, quant)
         else:
             manifest = _hf(trained, source, tmp, fmt)
-        if not manifest["all_checks_passed"]:
-            raise OwnLLMError(f"the {fmt} export failed its checks: {manifest['checks']}",
-                              hint="nothing was written at " + out)
+        raise_if_failed(manifest, fmt, out)
     manifest["path"] = out
     return manifest
 
@@ -92,32 +90,20 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
         base = load_model(run_dir, device="cpu").model.get_base_model()
         reloaded = PeftModel.from_pretrained(base, tmp)
     reloaded.eval()
-    diff, same = compare(reference, reloaded, trained.tokenizer, prompts)
-    checks = [check("max |logit difference| vs the trained model", round(diff, 6), LOGIT_TOLERANCE),
-              check("greedy 16-token continuations identical", float(same), 1.0, passed=same)]
+    checks = float_export_checks(agreement(reference, reloaded, trained.tokenizer, prompts), "vs the trained model")
     return write_manifest(tmp, fmt, run_dir, checks, {"probe_prompts": len(prompts)})
 
 
 def _source_gguf(name: str) -> str | None:
     """The GGUF file the base model was read from, if it was one (its tokenizer metadata is reused)."""
-    from ownllm.models.load import _adapter_in, _base_of_adapter, resolve
+    from ownllm.models.load import resolve
 
     try:
-        adapter = _adapter_in(name)
-        src = resolve(_base_of_adapter(adapter) if adapter else name)
+        adapter = adapter_in(name)
+        src = resolve(base_of_adapter(adapter) if adapter else name)
     except OwnLLMError:
         return None
     return src.location if src.kind == "gguf" else None
-
-
-def _run_system_prompt(run_dir: str | None) -> str | None:
-    import yaml
-
-    path = os.path.join(run_dir or "", "config.yaml")
-    if not run_dir or not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return (yaml.safe_load(f) or {}).get("system")
 
 
 def _gguf(trained, source: str, tmp: str, quant: str) -> dict:
@@ -134,7 +120,7 @@ def _gguf(trained, source: str, tmp: str, quant: str) -> dict:
     checks, measured = _verify_gguf(plain, trained.tokenizer, tmp, fname, quant, run_dir,
                                    probe_prompts(run_dir, trained.tokenizer))
     tok = trained.tokenizer
-    atomic_write(os.path.join(tmp, "Modelfile"), modelfile(fname, tok.chat_template, _run_system_prompt(run_dir),
+    atomic_write(os.path.join(tmp, "Modelfile"), modelfile(fname, tok.chat_template, system_prompt(run_dir),
                                                             tok.eos_token))
     atomic_write(os.path.join(tmp, "README.md"), usage_readme(fname, name))
     return write_manifest(tmp, "gguf", run_dir or source, checks, {**info, **measured})
@@ -147,33 +133,21 @@ def _verify_gguf(reference, tokenizer, folder: str, fname: str, quant: str, run_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ownllm.evaluation.measure import perplexity_on_rows, sample_rows
     from ownllm.models.load import clear_gguf_marks
-    from ownllm.quantization.quantize import _perplexity, _sample_rows
 
     tok2 = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     model2 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32).eval()
     clear_gguf_marks(model2)
-    rows = _sample_rows(run_dir or "")
-    ppl_before, ppl_after = _perplexity(reference, tokenizer, rows), _perplexity(model2, tokenizer, rows)
-    same_tokens, agree, total, greedy = True, 0, 0, []
-    for text in prompts:
-        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        same_tokens &= tok2(text, add_special_tokens=False)["input_ids"] == enc["input_ids"][0].tolist()
-        with torch.inference_mode():
-            a, b = reference(**enc).logits, model2(**enc).logits
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            total += a.shape[1]
-            kw = dict(max_new_tokens=16, pad_token_id=tokenizer.pad_token_id, **GREEDY)
-            start = enc["input_ids"].shape[1]
-            ga, gb = reference.generate(**enc, **kw)[0, start:], model2.generate(**enc, **kw)[0, start:]
-        n = min(len(ga), len(gb))
-        greedy.append(next((i for i in range(n) if ga[i] != gb[i]), n) / max(1, len(ga)))
+    rows = sample_rows(run_dir or "")
+    ppl_before, ppl_after = perplexity_on_rows(reference, tokenizer, rows), perplexity_on_rows(model2, tokenizer, rows)
+    a = agreement(reference, model2, tokenizer, prompts, candidate_tokenizer=tok2)
     change = ppl_after / ppl_before - 1
-    checks = [check("tokenizer read back from the GGUF gives the same token ids", float(same_tokens), 1.0,
-                    passed=same_tokens),
+    checks = [check("tokenizer read back from the GGUF gives the same token ids", float(a.same_tokens), 1.0,
+                    passed=a.same_tokens),
               check(f"perplexity change vs the float model on {len(rows)} rows", round(change, 4),
                     GGUF_PERPLEXITY_TOLERANCE[quant])]
     measured = {"perplexity_float": round(ppl_before, 4), "perplexity_gguf": round(ppl_after, 4),
-                "top1_agreement": round(agree / max(1, total), 4),
-                "greedy_matching_fraction": round(sum(greedy) / len(greedy), 4), "probe_prompts": len(prompts)}
+                "top1_agreement": a.top1_agreement, "greedy_matching_fraction": a.greedy_matching_fraction,
+                "probe_prompts": len(prompts)}
     return checks, measured

@@ -11,6 +11,7 @@ import os
 import tempfile
 
 from ownllm.errors import ConfigError
+from ownllm.models.architecture import kv_layout
 
 # model_type → llama.cpp architecture name; Llama-family configs share Llama's tensors and hyper-parameters
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -82,9 +83,8 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
         raise ConfigError(f"unknown GGUF quantization '{quant}'", hint=f"choose one of: {', '.join(QUANTS)}")
     config = model.config
     arch = check_architecture(config)
-    layers, heads = config.num_hidden_layers, config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads = config.num_attention_heads
+    layers, kv_heads, head_dim = kv_layout(config)
     vocab = model.get_input_embeddings().weight.shape[0]
     qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
              "q4_0": gguf.GGMLQuantizationType.Q4_0}[quant]

@@ -21,6 +21,15 @@ def check(name: str, measured: float, tolerance: float, passed: bool | None = No
     return {"name": name, "measured": measured, "tolerance": tolerance, "passed": bool(ok)}
 
 
+def raise_if_failed(manifest: dict, fmt: str, out: str) -> None:
+    """Stop an export whose checks failed; the caller's staging folder is then removed, so nothing is written."""
+    from ownllm.errors import OwnLLMError
+
+    if not manifest["all_checks_passed"]:
+        failed = [c for c in manifest["checks"] if not c["passed"]]
+        raise OwnLLMError(f"the {fmt} export failed its checks: {failed}", hint=f"nothing was written at {out}")
+
+
 def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra: dict | None = None) -> dict:
     from ownllm.utils import atomic_write
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ownllm.errors import ModelNotFoundError
 from ownllm.models import registry
+from ownllm.rundir import adapter_in, base_of_adapter
 
 log = logging.getLogger("ownllm")
 
@@ -212,14 +213,14 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     from ownllm.models.generation import OwnModel
 
     if _is_onnx(name):
-        from ownllm.export.onnx import load_onnx
+        from ownllm.models.onnx_runtime import load_onnx
 
         return load_onnx(name)
-    adapter = adapter or _adapter_in(name)
+    adapter = adapter or adapter_in(name)
     full = os.path.join(name, "model") if os.path.isdir(name) else ""
     if not adapter and os.path.exists(os.path.join(full, "config.json")):
         name = full  # a run directory of a full fine-tune holds its model in model/
-    base_name = _base_of_adapter(adapter) if adapter else name
+    base_name = base_of_adapter(adapter) if adapter else name
     model, tokenizer, source = load_pretrained(base_name, device=device, dtype=dtype,
                                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if adapter:
@@ -235,6 +236,19 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     return OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
 
 
+def base_of(tuned, base_name: str | None):
+    """``(model, context)``: the base model of a tuned ``OwnModel``. For an adapter, the same network
+    with the adapter switched off inside ``context`` (no second copy in memory); for a full
+    fine-tune, a fresh load of ``base_name`` (the run's ``model``) and a context that does nothing."""
+    from contextlib import nullcontext
+
+    from peft import PeftModel
+
+    if isinstance(tuned.model, PeftModel):
+        return tuned.model, tuned.model.disable_adapter()
+    return load_model(base_name or registry.DEFAULT_MODEL).model, nullcontext()
+
+
 def _is_onnx(name) -> bool:
     """A .onnx file, or a folder with model.onnx and no transformers config (an ONNX export)."""
     name = os.fspath(name)
@@ -244,36 +258,14 @@ def _is_onnx(name) -> bool:
         and not os.path.exists(os.path.join(name, "config.json"))
 
 
-def _adapter_in(name: str) -> str | None:
-    """A run directory (with adapter/) or an adapter folder itself, else None."""
-    if not os.path.isdir(name):
-        return None
-    if os.path.exists(os.path.join(name, "adapter_config.json")):
-        return name
-    sub = os.path.join(name, "adapter")
-    return sub if os.path.exists(os.path.join(sub, "adapter_config.json")) else None
-
-
-def _base_of_adapter(adapter: str) -> str:
-    import json
-
-    with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
-    meta = os.path.join(adapter, "ownllm.json")  # the name the user gave (alias), kept by our trainer
-    if os.path.exists(meta):
-        with open(meta, encoding="utf-8") as f:
-            return json.load(f).get("base_model", cfg.get("base_model_name_or_path"))
-    return cfg.get("base_model_name_or_path")
-
-
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """Only the tokenizer of a model (alias, folder, .gguf, hub id, run dir or adapter)."""
     from transformers import AutoTokenizer
 
-    adapter = _adapter_in(name)
+    adapter = adapter_in(name)
     if adapter and os.path.exists(os.path.join(adapter, "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(adapter)
-    source = resolve(_base_of_adapter(adapter) if adapter else name)
+    source = resolve(base_of_adapter(adapter) if adapter else name)
     folder = source.location if source.kind == "folder" else local_folder(source)  # no weights needed
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code,

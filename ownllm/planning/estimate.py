@@ -9,12 +9,22 @@ plus attention, +2N when activations are recomputed) × tokens ÷ (peak × utili
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 GB = 1024 ** 3
 NF4_BYTES = 0.52        # 4-bit NF4 with double-quantised absmax constants
 ADAMW_BYTES = 16        # fp32 weight/master + gradient + two moments
 DEFAULT_MFU = {"cpu": 0.45, "gpu": 0.40, "qlora": 0.28}
+
+
+def steps_per_epoch(rows: int, micro_batch: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Optimizer steps in one epoch, as transformers.Trainer counts them: every process draws
+    ceil(rows / (micro_batch x processes)) micro-batches (the last one may be short), and a partial
+    accumulation at the end of the epoch still makes a step. The one formula for training, the
+    time budget, ``--additional-epochs`` and the planner."""
+    batches = math.ceil(rows / (micro_batch * max(1, processes)))
+    return max(1, math.ceil(batches / max(1, grad_accum)))
 
 
 def linear_params(spec) -> float:

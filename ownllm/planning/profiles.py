@@ -96,3 +96,17 @@ def this_cpu() -> Profile:
         _CPU_CACHE["cpu"] = Profile("this CPU", round(available_ram_gb(), 1), round(fp32, 3), round(bf16, 3), 0.0,
                                     0.0, f"measured here: {cpu_name()}, 1024² matmul", kind="cpu")
     return _CPU_CACHE["cpu"]
+
+
+def this_machine() -> Profile:
+    """The profile of the machine this runs on: its first GPU's, else this CPU's (measured)."""
+    from ownllm.planning.hardware import detect
+
+    hw = detect()
+    if not hw.gpus:
+        return this_cpu()
+    name = hw.gpus[0].name.lower()
+    for key, p in PROFILES.items():
+        if key.replace("rtx ", "") in name:
+            return p
+    raise ConfigError(f"no profile for the GPU '{hw.gpus[0].name}'", hint="name the closest one with --gpu")

@@ -6,7 +6,7 @@ import math
 import re
 
 from ownllm.errors import ConfigError
-from ownllm.planning.estimate import Job, default_mfu, memory_gb, train_time
+from ownllm.planning.estimate import Job, default_mfu, memory_gb, steps_per_epoch, train_time
 from ownllm.planning.profiles import PRICES, Profile
 
 
@@ -97,8 +97,8 @@ def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe
            "memory_gb": mem, "changes": changes, "epochs": epochs, "hours": round(est.hours, 5)}
     if budget is not None and est.hours > budget:
         fit_epochs = math.floor(budget / per_epoch * 100) / 100
-        steps_per_epoch = max(1, math.ceil(examples / (fitted.micro_batch * accum)))
-        rec.update(epochs=fit_epochs, max_steps=max(1, int(fit_epochs * steps_per_epoch)),
+        per_epoch_steps = steps_per_epoch(examples, fitted.micro_batch, accum, job.gpus)
+        rec.update(epochs=fit_epochs, max_steps=max(1, int(fit_epochs * per_epoch_steps)),
                    hours=round(fit_epochs * per_epoch, 5))
         rec["note"] = (f"{epochs:g} epochs need {est.hours:.1f} h; {fit_epochs:g} epochs fit in {budget:g} h. "
                        f"For all {epochs:g}: fewer examples, a shorter sequence, or faster hardware "

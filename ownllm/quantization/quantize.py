@@ -6,11 +6,11 @@ perplexity change on a held-out sample — instead of the guide's "-75% size, <1
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 
 from ownllm.errors import ConfigError, require
+from ownllm.evaluation.measure import perplexity_on_rows, sample_rows
 from ownllm.models.generation import OwnModel
 
 
@@ -30,22 +30,6 @@ class QuantizedModel(OwnModel):
             self.tokenizer.save_pretrained(tmp)
             atomic_write(os.path.join(tmp, "quantization.json"), json.dumps(self.report, indent=2, ensure_ascii=False))
         return path
-
-
-def _perplexity(model, tokenizer, rows: list[dict]) -> float:
-    from ownllm.evaluation.compare import _loss
-
-    return math.exp(min(_loss(model, tokenizer, rows, None, 512), 50))
-
-
-def _sample_rows(run_or_model: str) -> list[dict]:
-    """The run's validation rows when there are some, else the shipped general-text sample."""
-    from ownllm.evaluation.compare import _general_rows
-    from ownllm.utils import read_jsonl
-
-    val = os.path.join(run_or_model, "data", "val.jsonl") if os.path.isdir(run_or_model) else ""
-    rows = read_jsonl(val) if val and os.path.exists(val) else []
-    return rows[:50] or _general_rows()
 
 
 class Quantizer:
@@ -74,9 +58,9 @@ class Quantizer:
 
         source = self.model if isinstance(self.model, str) else getattr(self.model, "name", "")
         original = self.model if isinstance(self.model, OwnModel) else load_model(source, device="cpu")
-        rows = _sample_rows(source)
+        rows = sample_rows(source)
         before_size = original.model.get_memory_footprint()
-        before_ppl = _perplexity(original.model, original.tokenizer, rows)
+        before_ppl = perplexity_on_rows(original.model, original.tokenizer, rows)
         with tempfile.TemporaryDirectory() as tmp:
             from ownllm.training.methods import merge
 
@@ -86,7 +70,7 @@ class Quantizer:
             del original, merged
             model, tokenizer, _ = load_pretrained(tmp, device=self.device, quantization_config=self._config())
         after_size = model.get_memory_footprint()
-        after_ppl = _perplexity(model, tokenizer, rows)
+        after_ppl = perplexity_on_rows(model, tokenizer, rows)
         report = {"bits": self.bits, "method": "nf4+double-quant" if self.bits == 4 else "llm.int8",
                   "source": source, "size_mb_before": round(before_size / 2**20, 1),
                   "size_mb_after": round(after_size / 2**20, 1),

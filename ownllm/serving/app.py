@@ -10,7 +10,6 @@ past ``request_timeout``, stops its generation and frees its slot.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -21,16 +20,14 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from ownllm.web.common import APIError, add_page, install_errors_and_auth
 
 log = logging.getLogger("ownllm.serve")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # no API key needed: the page itself and the health check
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                           "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
-                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
 
 
 @dataclass
@@ -41,19 +38,6 @@ class ServeSettings:
     max_queue: int = 32
     request_timeout: float = 120.0
     system: str | None = None
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's JSON shape: {"error": {message, type, param, code}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -194,34 +178,6 @@ class Engine:
         return events, cancel, stats, timed_out
 
 
-def install_errors_and_auth(app, api_key: str | None, is_open) -> None:
-    """Errors answered as {"error": {...}} JSON, and ``Authorization: Bearer KEY`` on every path not ``is_open``."""
-
-    @app.exception_handler(APIError)
-    async def _api_error(request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc: RequestValidationError):
-        err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        if err.get("type") == "json_invalid":
-            return JSONResponse(APIError(400, "the request body is not valid JSON").body(), status_code=400)
-        param = ".".join(loc) or None
-        return JSONResponse(APIError(400, f"{param or 'body'}: {err.get('msg')}", param=param).body(), status_code=400)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and not is_open(request.url.path):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                err = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
-                               code="invalid_api_key")
-                return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
-
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(model, settings: ServeSettings):
     """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
@@ -231,15 +187,7 @@ def create_app(model, settings: ServeSettings):
 
     install_errors_and_auth(app, settings.api_key, lambda path: path in OPEN_PATHS or path.startswith("/static/"))
 
-    @app.get("/")
-    async def page():
-        return FileResponse(os.path.join(STATIC, "index.html"), headers=PAGE_HEADERS)
-
-    @app.get("/static/{name}")
-    async def static(name: str):
-        if name not in ("chat.js", "chat.css"):
-            raise APIError(404, f"no static file '{name}'", kind="not_found_error")
-        return FileResponse(os.path.join(STATIC, name), headers=PAGE_HEADERS)
+    add_page(app, STATIC, ("chat.js", "chat.css"))
 
     @app.get("/health")
     async def health():

@@ -21,9 +21,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.errors import OwnLLMError
-from ownllm.serving.app import PAGE_HEADERS, APIError, install_errors_and_auth
+from ownllm.web.common import APIError, add_page, install_errors_and_auth
 from ownllm.studio import jobs
-from ownllm.studio.runs import is_run, read_json, read_metrics, run_view, trained_output, training_state
+from ownllm.rundir import is_run_dir, read_json, trained_output
+from ownllm.studio.runs import read_metrics, run_view, training_state
 
 log = logging.getLogger("ownllm.studio")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -115,7 +116,7 @@ class Studio:
     def names(self) -> list[str]:
         if not os.path.isdir(self.runs):
             return []
-        names = [n for n in os.listdir(self.runs) if RUN_NAME.fullmatch(n) and is_run(os.path.join(self.runs, n))]
+        names = [n for n in os.listdir(self.runs) if RUN_NAME.fullmatch(n) and is_run_dir(os.path.join(self.runs, n))]
         return sorted(names, key=lambda n: -os.path.getmtime(os.path.join(self.runs, n)))
 
     def training_elsewhere(self) -> str | None:
@@ -128,15 +129,15 @@ class Studio:
 
 def models_view(studio: Studio, name: str | None) -> list[dict]:
     """Registry models with what fits this machine for the run's data (or a 1,000-row guess)."""
-    from ownllm.cli_plan import _this_machine
     from ownllm.models.registry import MODELS, is_available_here
+    from ownllm.planning.profiles import this_machine
     from ownllm.planning.recommend import plan
 
     examples, tpe = 1000, 256.0
     report = read_json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
     if report:
         examples, tpe = report["splits"]["train"], report["tokens"]["mean"] or 256.0
-    machine = _this_machine()
+    machine = this_machine()
     out = []
     for spec in MODELS.values():
         p = plan(spec, machine, examples=examples, tokens_per_example=tpe, epochs=3)
@@ -148,17 +149,18 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
 
 
 def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
-    from ownllm.cli_plan import _from_data, _this_machine
     from ownllm.config import TrainConfig
+    from ownllm.planning.profiles import this_machine
     from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
+    from ownllm.rundir import data_stats
     from ownllm.training.defaults import resolve_defaults
     from ownllm.utils import atomic_write
 
     run = studio.run_dir(name)
-    examples, tpe = _from_data(run)
+    examples, tpe = data_stats(run)
     # the settings `ownllm train` will use for this data, so the plan describes the run that starts
     cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs), examples)
-    result = plan(spec_for(req.model), _this_machine(), examples=examples, tokens_per_example=tpe,
+    result = plan(spec_for(req.model), this_machine(), examples=examples, tokens_per_example=tpe,
                   epochs=float(cfg.epochs), method=req.method, budget_hours=parse_duration(req.time_budget or None),
                   micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16)
     result["text"] = format_plan(result)
@@ -200,23 +202,21 @@ def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
 
     Without a system prompt from the page, the one the run was trained with (``--system``) is used.
     """
-    from ownllm.evaluation.compare import _base_of, _run_config
     from ownllm.models.generation import OwnModel
-    from ownllm.models.load import load_model
+    from ownllm.models.load import base_of, load_model
+    from ownllm.rundir import run_config, system_prompt
 
     run = studio.run_dir(name)
     result = trained_output(run)
     if result is None:
         raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
-    config = _run_config(run)
-    system = req.system or config.get("system") or \
-        ((read_json(os.path.join(run, "data", "report.json")) or {}).get("settings") or {}).get("system")
+    system = req.system or system_prompt(run)
     key = (run, os.path.getmtime(result))
     with studio.chat_lock:  # one generation at a time: base and tuned may share weights (adapter switched off)
         if studio.chat_models.get("key") != key:
             studio.chat_models.clear()
             tuned = load_model(run)
-            studio.chat_models.update(key=key, tuned=tuned, base=_base_of(tuned, run, config)[0])
+            studio.chat_models.update(key=key, tuned=tuned, base=base_of(tuned, run_config(run).get("model"))[0])
         tuned, base_model = studio.chat_models["tuned"], studio.chat_models["base"]
         settings = dict(max_new_tokens=req.max_tokens, temperature=0, system_prompt=system or None)
         started = time.time()
@@ -278,15 +278,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
         err = APIError(500, f"the studio failed: {type(exc).__name__}: {exc}", kind="server_error")
         return JSONResponse(err.body(), status_code=500)
 
-    @app.get("/")
-    async def page():
-        return FileResponse(os.path.join(STATIC, "index.html"), headers=PAGE_HEADERS)
-
-    @app.get("/static/{name}")
-    async def static(name: str):
-        if name not in STATIC_FILES:
-            raise APIError(404, f"no static file '{name}'", kind="not_found_error")
-        return FileResponse(os.path.join(STATIC, name), headers=PAGE_HEADERS)
+    add_page(app, STATIC, STATIC_FILES)
 
     @app.get("/api/info")
     async def info():

@@ -1,12 +1,13 @@
 """Background jobs of the studio: `ownllm train|eval|export` in their own process and session.
 
-A job is the same CLI command a person would type, run as ``python -m ownllm.studio.jobs RUN KIND --
-ARGV``: it survives a closed browser tab and a restarted studio (it is not the server's child in
-any way that matters: its own session, output to ``RUN/studio/KIND.log``). What the studio knows
+A job is the same CLI command a person would type, ``python -m ownllm ARGV``, run under
+``python -m ownllm.studio.jobs RUN KIND -- ARGV``, which waits for it and records its exit code. It
+survives a closed browser tab and a restarted studio (it is not the server's child in any way
+that matters: its own session, output to ``RUN/studio/KIND.log``). What the studio knows
 about it lives in the run directory, so a new server process picks it up:
 
 - ``RUN/studio/KIND.json``: pid, command, start time (written by the server when it starts the job);
-- ``RUN/studio/KIND.end.json``: exit code and end time (written by the job itself as it exits).
+- ``RUN/studio/KIND.end.json``: exit code and end time (written by the job's waiting process).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from ownllm.rundir import read_json
 from ownllm.utils import atomic_write
 
 KINDS = ("train", "eval", "export")
@@ -27,14 +29,6 @@ def _paths(run_dir: str, kind: str) -> tuple[str, str, str]:
     folder = os.path.join(run_dir, "studio")
     return (os.path.join(folder, f"{kind}.json"), os.path.join(folder, f"{kind}.end.json"),
             os.path.join(folder, f"{kind}.log"))
-
-
-def _read(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -82,10 +76,10 @@ def state(run_dir: str, kind: str) -> dict | None:
     """The job's record with ``state``: running | done | stopped (SIGTERM before it could stop gracefully) |
     failed | vanished (killed without a word)."""
     job_path, end_path, log_path = _paths(run_dir, kind)
-    job = _read(job_path)
+    job = read_json(job_path)
     if job is None:
         return None
-    end = _read(end_path)
+    end = read_json(end_path)
     if pid_alive(job.get("pid")):
         job["state"] = "running"
     elif end is not None and end.get("pid") == job.get("pid"):
@@ -120,22 +114,21 @@ def stop(pid: int, own_session: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry of the job process: run the CLI command, then record how it ended."""
+    """Entry of the job process: run ``python -m ownllm COMMAND`` in this session, then record how it ended.
+
+    A stop sends SIGTERM to the whole session: the command answers it (a checkpoint, then exit 130);
+    this process only waits, so the record is written whatever the command does.
+    """
     run_dir, kind, sep, *command = argv
-    assert sep == "--" and kind in KINDS, argv
+    if sep != "--" or kind not in KINDS:
+        raise SystemExit(f"usage: python -m ownllm.studio.jobs RUN_DIR {{{'|'.join(KINDS)}}} -- ARGV")
     _, end_path, _ = _paths(run_dir, kind)
+    # a handler, not SIG_IGN: handlers are reset in the child at exec, an ignored signal would stay ignored
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     rc = 1
-
-    def interrupted(signum, frame):  # a stop before training installs its own handler: still end cleanly
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
     try:
-        from ownllm.cli import main as cli_main
-
-        rc = cli_main(command)
-    except SystemExit as e:  # argparse's own exits
-        rc = e.code if isinstance(e.code, int) else 1
+        rc = subprocess.call([sys.executable, "-m", "ownllm", *command])
+        rc = 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
     finally:
         atomic_write(end_path, json.dumps({"pid": os.getpid(), "rc": rc, "ended": round(time.time(), 1)}))
     return rc

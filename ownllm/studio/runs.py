@@ -5,20 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from ownllm.rundir import complete_checkpoints, read_json, run_config, trained_output
 from ownllm.studio import jobs
-from ownllm.utils import complete_checkpoints
-
-
-def read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def is_run(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, p)) for p in ("config.yaml", "data/report.json", "status.json"))
 
 
 def training_state(run_dir: str) -> dict:
@@ -74,20 +62,10 @@ def exports_of(run_dir: str) -> list[dict]:
     return out
 
 
-def trained_output(run: str) -> str | None:
-    """The run's result: adapter/ (LoRA, DoRA, QLoRA, prefix) or model/ (full fine-tuning), once trained."""
-    return next((p for p in (os.path.join(run, "adapter"), os.path.join(run, "model")) if os.path.isdir(p)), None)
-
-
 def run_view(run: str, name: str) -> dict:
     """Everything the page shows about one run."""
     report = read_json(os.path.join(run, "data", "report.json"))
-    config = None
-    if os.path.exists(os.path.join(run, "config.yaml")):
-        import yaml
-
-        with open(os.path.join(run, "config.yaml"), encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+    config = run_config(run) or None
     return {"name": name, "path": run, "report": report, "plan": read_json(os.path.join(run, "plan.json")),
             "config": config, "training": training_state(run),
             "eval": read_json(os.path.join(run, "eval", "metrics.json")),

@@ -11,9 +11,8 @@ import torch
 import transformers
 from transformers.trainer_utils import rotate_checkpoints
 
+from ownllm.data.render import IGNORE
 from ownllm.errors import DiskFullError
-
-IGNORE = -100
 
 
 class NonFiniteLoss(Exception):
@@ -199,7 +198,7 @@ class HFTrainer(transformers.Trainer):
 
 def last_checkpoint(folder: str) -> str | None:
     """The newest complete checkpoint (one whose trainer_state.json exists)."""
-    from ownllm.utils import complete_checkpoints
+    from ownllm.rundir import complete_checkpoints
 
     found = complete_checkpoints(folder)
     return found[-1] if found else None

@@ -109,7 +109,10 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
                        lengths: list[int] | None = None):
     from transformers import TrainingArguments
 
-    per_epoch = max(1, math.ceil(n_train / (cfg.batch_size * cfg.grad_accum)))
+    from ownllm.planning.estimate import steps_per_epoch
+    from ownllm.training.distributed import world_size
+
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum, world_size())
     save_steps = cfg.save_steps or min(100, per_epoch)
     eval_steps = cfg.eval_steps or save_steps
     if has_val and save_steps % eval_steps:
@@ -168,24 +171,27 @@ def run_training(trainer, data) -> dict:
     from ownllm.training.data import tokenize
     from ownllm.training.hf import NonFiniteLoss, last_checkpoint
 
-    cfg, run_dir = trainer.config, trainer.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    trainer.term_stats = None
     from ownllm.training import distributed
 
+    # config.yaml keeps what was asked (it reproduces the run); what changes on the way (out-of-memory
+    # back-off, --additional-epochs, --time-budget, a resumed checkpoint's batch) changes this working
+    # copy only and is recorded in train_summary.json's "adjusted".
+    cfg, run_dir = dataclasses.replace(trainer.config), trainer.run_dir
+    trainer.adjusted = {}
+    os.makedirs(run_dir, exist_ok=True)
+    trainer.term_stats = None
+    trainer.save_config()
     with distributed.main_first():  # the main process converts/caches the model first
         model, tokenizer, device, precision = setup_model(trainer, cfg, data.train)
     trainer.model, trainer.tokenizer = model, tokenizer
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg) if data.val else (None, 0)
+    if trainer._resume:
+        _follow_checkpoint_batch(cfg, trainer._resume, trainer.adjusted)
     if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
-        step, extra = trainer._extra
-        per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size) // cfg.grad_accum)
-        cfg.max_steps = step + max(1, round(extra * per_epoch))
-        cfg.epochs = math.ceil(cfg.max_steps / per_epoch)
+        _add_epochs(cfg, trainer._extra, len(train_ds), trainer.adjusted)
     lengths = [len(x) for x in train_ds["input_ids"]]  # read once: sampling, attention and the budget use them
     attention = trainer.attention = choose_attention(model, device, lengths)
-    trainer.save_config()
     from ownllm.training.methods import trainable_report
 
     params = trainable_report(model)
@@ -195,7 +201,7 @@ def run_training(trainer, data) -> dict:
          f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}, "
          f"{attention} attention")
     start, resume = time.time(), trainer._resume
-    budget = fit_to_budget(cfg, lengths, device, start) if cfg.time_budget else None
+    budget = fit_to_budget(cfg, lengths, device, start, trainer.adjusted) if cfg.time_budget else None
     trainer.budget = budget
     while True:
         hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths,
@@ -210,6 +216,8 @@ def run_training(trainer, data) -> dict:
                                     hint="use --method qlora, --gradient-checkpointing, a shorter --max-seq-len "
                                          "or a smaller model (see `ownllm plan`)") from None
             cfg.batch_size, cfg.grad_accum = cfg.batch_size // 2, cfg.grad_accum * 2
+            _adjust(trainer.adjusted, "out of memory: micro-batch halved, accumulation doubled",
+                    batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
             _log(f"out of memory: micro-batch halved to {cfg.batch_size}, accumulation raised to "
                  f"{cfg.grad_accum} (same effective batch); carrying on")
             resume = last_checkpoint(os.path.join(run_dir, "checkpoints"))
@@ -220,24 +228,55 @@ def run_training(trainer, data) -> dict:
                               hint="lower --lr, check the data for broken rows, or use --nan-policy skip") from None
         finally:
             hf.own_signals.uninstall()
-    trainer.save_config()
-    return _finish(trainer, hf, data, params, dropped, start, precision, device)
+    return _finish(trainer, cfg, hf, data, params, dropped, start, precision, device)
 
 
-def fit_to_budget(cfg, lengths: list[int], device: str, start: float) -> dict:
+def _adjust(adjusted: dict, why: str, **settings) -> None:
+    """Record settings this run changed from what config.yaml asks, and why (train_summary.json)."""
+    adjusted.update(settings)
+    adjusted.setdefault("why", [])
+    if why not in adjusted["why"]:
+        adjusted["why"].append(why)
+
+
+def _add_epochs(cfg, extra: tuple[int, float], n_train: int, adjusted: dict) -> None:
+    """--additional-epochs: that many epochs of optimizer steps past the checkpoint's step."""
+    from ownllm.planning.estimate import steps_per_epoch
+    from ownllm.training.distributed import world_size
+
+    step, epochs = extra
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum, world_size())
+    cfg.max_steps = step + max(1, round(epochs * per_epoch))
+    cfg.epochs = math.ceil(cfg.max_steps / per_epoch)
+    _adjust(adjusted, f"--additional-epochs {epochs:g} from step {step}", max_steps=cfg.max_steps, epochs=cfg.epochs)
+
+
+def _follow_checkpoint_batch(cfg, checkpoint: str, adjusted: dict) -> None:
+    """A checkpoint saved after an out-of-memory back-off has a smaller micro-batch than config.yaml asks:
+    resume with the checkpoint's (same effective batch), so the data position it skips to is right."""
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        saved = json.load(f).get("train_batch_size")
+    if saved and saved != cfg.batch_size and (cfg.batch_size * cfg.grad_accum) % saved == 0:
+        cfg.grad_accum = cfg.batch_size * cfg.grad_accum // saved
+        cfg.batch_size = saved
+        _adjust(adjusted, "resumed with the checkpoint's micro-batch", batch_size=saved, grad_accum=cfg.grad_accum)
+
+
+def fit_to_budget(cfg, lengths: list[int], device: str, start: float, adjusted: dict) -> dict:
     """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget."""
-    from ownllm.cli_plan import _this_machine
+    from ownllm.planning.profiles import this_machine
     from ownllm.planning.recommend import parse_duration, plan, spec_for
     from ownllm.training.callbacks import TimeBudgetCallback
 
     hours = parse_duration(cfg.time_budget)
-    p = plan(spec_for(cfg.model), _this_machine(), examples=len(lengths), tokens_per_example=sum(lengths) / len(lengths),
+    p = plan(spec_for(cfg.model), this_machine(), examples=len(lengths), tokens_per_example=sum(lengths) / len(lengths),
              epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
              grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
     rec, predicted = p["recommendation"], p["hours"]
     if rec.get("max_steps") and (cfg.max_steps is None or rec["max_steps"] < cfg.max_steps):
         cfg.max_steps = rec["max_steps"]
         predicted = rec["hours"]
+        _adjust(adjusted, f"--time-budget {cfg.time_budget}", max_steps=cfg.max_steps)
         _log(f"ownllm: --time-budget {cfg.time_budget}: {cfg.epochs:g} epochs would take ~{p['hours']:.2f} h; "
              f"training {cfg.max_steps} steps (~{rec['epochs']:g} epochs) instead")
     else:
@@ -265,11 +304,12 @@ def _peak_memory_mb(device: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def _finish(trainer, hf, data, params, dropped, start, precision, device) -> dict:
+def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -> dict:
+    """``cfg``: the settings this run trained with (config.yaml's, plus what ``trainer.adjusted`` records)."""
     from ownllm.training.callbacks import plot_losses
     from ownllm.training.methods import save_trained
 
-    cfg, run_dir, state = trainer.config, trainer.run_dir, hf.state
+    run_dir, state = trainer.run_dir, hf.state
     interrupted = hf.own_signals.requested
     budget = getattr(trainer, "budget", None)
     stopped = ("interrupted" if interrupted else
@@ -304,6 +344,7 @@ def _finish(trainer, hf, data, params, dropped, start, precision, device) -> dic
         "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, hf.args.world_size),
         "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k in
                      ("lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_steps")},
+        "adjusted": trainer.adjusted or None,
     }
     atomic_write(os.path.join(run_dir, "train_summary.json"), json.dumps(summary, indent=2, ensure_ascii=False))
     plot_losses(history, os.path.join(run_dir, "loss.png"))

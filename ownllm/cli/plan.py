@@ -5,33 +5,6 @@ import json
 import os
 
 
-def _from_data(path: str) -> tuple[int, float]:
-    """Training rows and mean tokens per row from a prepared run directory's data report."""
-    from ownllm.errors import DataError
-
-    report = os.path.join(path, "data", "report.json")
-    if not os.path.exists(report):
-        raise DataError(f"{path} has no data/report.json", hint=f"run: ownllm data prepare FILE --out {path}")
-    with open(report, encoding="utf-8") as f:
-        r = json.load(f)
-    return r["splits"]["train"], r["tokens"]["mean"]
-
-
-def _this_machine():
-    from ownllm.planning import hardware, profiles
-
-    hw = hardware.detect()
-    if not hw.gpus:
-        return profiles.this_cpu()
-    name = hw.gpus[0].name.lower()
-    for key, p in profiles.PROFILES.items():
-        if key.replace("rtx ", "") in name:
-            return p
-    from ownllm.errors import ConfigError
-
-    raise ConfigError(f"no profile for the GPU '{hw.gpus[0].name}'", hint="name the closest one with --gpu")
-
-
 def calibrate(model: str, data: str | None, steps: int = 6) -> float:
     """Train a few real steps here and return the measured utilisation (MFU)."""
     import tempfile
@@ -56,8 +29,9 @@ def calibrate(model: str, data: str | None, steps: int = 6) -> float:
 
 
 def cmd_plan(args) -> int:
-    from ownllm.planning.profiles import get_profile
+    from ownllm.planning.profiles import get_profile, this_machine
     from ownllm.planning.recommend import format_plan, matrix, parse_duration, plan, spec_for
+    from ownllm.rundir import data_stats
 
     if args.matrix:
         rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
@@ -68,12 +42,12 @@ def cmd_plan(args) -> int:
         return 0
     examples, tpe = args.examples, args.tokens_per_example
     if args.data:
-        examples, tpe = _from_data(args.data)
+        examples, tpe = data_stats(args.data)
     if not examples or not tpe:
         from ownllm.errors import ConfigError
 
         raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data RUN_DIR")
-    profile = get_profile(args.gpu) if args.gpu else _this_machine()
+    profile = get_profile(args.gpu) if args.gpu else this_machine()
     mfu = calibrate(args.model, args.data) if args.calibrate else args.mfu
     result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
                   method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,

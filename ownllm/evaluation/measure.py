@@ -1,0 +1,80 @@
+"""Measuring a model on rows: loss per trained token, perplexity, and the rows to measure on.
+
+One home for these figures, used by the report card, the quantizer and the export checks, so
+"perplexity" means the same thing everywhere: exp of the mean loss over the tokens a row trains
+(assistant answers of chat rows, every token of text rows), rendered as in training.
+"""
+from __future__ import annotations
+
+import math
+import os
+from importlib import resources
+
+MAX_LOSS = 50.0  # exp(50) is already meaningless as a perplexity; keeps a broken model's figure finite
+
+
+def loss_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len: int = 512) -> float:
+    """Mean loss per trained token over ``rows`` (chat rows: the assistant answers; text rows: all tokens)."""
+    import torch
+
+    from ownllm.data.render import IGNORE, render_row
+
+    total, count = 0.0, 0
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    for row in rows:
+        r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
+        if r.trained_tokens == 0:
+            continue
+        ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels).loss
+        n = int((labels[:, 1:] != IGNORE).sum())
+        total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
+
+
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8) -> tuple[list[str], float, int]:
+    """Greedy answers to rendered ``prompts``, batched with left padding. Returns answers, seconds and new tokens."""
+    import time
+
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers, new_tokens, start = [], 0, time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        gen = out[:, enc["input_ids"].shape[1]:]
+        for row in gen:
+            keep = row[row != tokenizer.pad_token_id]
+            new_tokens += len(keep)
+            answers.append(tokenizer.decode(keep, skip_special_tokens=True).strip())
+    tokenizer.padding_side = "right"
+    return answers, time.perf_counter() - start, new_tokens
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, MAX_LOSS))
+
+
+def perplexity_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len: int = 512) -> float:
+    return perplexity(loss_on_rows(model, tokenizer, rows, template, max_seq_len))
+
+
+def general_rows() -> list[dict]:
+    """The shipped general-text sample (text rows): what a fine-tune should not forget."""
+    text = resources.files("ownllm.resources").joinpath("general_text.txt").read_text(encoding="utf-8")
+    return [{"text": p.strip()} for p in text.split("\n\n") if p.strip()]
+
+
+def sample_rows(run_or_model: str, limit: int = 50) -> list[dict]:
+    """Rows to check a transformed model on (quantized, exported): the run's validation rows when it has
+    some, else the general-text sample."""
+    from ownllm.utils import read_jsonl
+
+    val = os.path.join(run_or_model or "", "data", "val.jsonl")
+    rows = read_jsonl(val) if run_or_model and os.path.isfile(val) else []
+    return rows[:limit] or general_rows()

@@ -1,0 +1,1 @@
+"""What the two web servers share (see common.py)."""
