@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from ownllm.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full", "dora", "prefix")
+PROTECTION_LEVELS = ("off", "default", "strong")
 
 
 def _f(default, help: str, **kw):
@@ -57,6 +58,8 @@ class TrainConfig:
     split: str = _f("0.8,0.1,0.1", "train,val,test fractions when --data is a raw file")
     time_budget: str | None = _f(None, "fit the run to a wall-clock budget (e.g. 3h, 45m): max steps from the plan, "
                                        "then a graceful stop with a checkpoint when the budget is spent")
+    protect: str = _f("default", "keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
+                                 "replays general prompts with a KL term to the base model (see README)")
     hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
 
     def validate(self) -> "TrainConfig":
@@ -87,6 +90,8 @@ class TrainConfig:
             p.append(f"--precision must be auto, fp32, fp16 or bf16 (got '{self.precision}')")
         if self.scheduler not in ("cosine", "linear", "constant_with_warmup", "constant"):
             p.append(f"--scheduler must be cosine, linear, constant_with_warmup or constant (got '{self.scheduler}')")
+        if self.protect not in PROTECTION_LEVELS:
+            p.append(f"--protect must be one of {', '.join(PROTECTION_LEVELS)} (got '{self.protect}')")
         if self.nan_policy not in ("stop", "skip"):
             p.append(f"--nan-policy must be stop or skip (got '{self.nan_policy}')")
         for name in ("deepspeed", "add_terms"):

@@ -133,7 +133,7 @@ def test_invalid_requests_get_400_naming_the_field(tiny, change, param):
 
     from ownllm.serving.app import ServeSettings, create_app
 
-    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")))
+    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")), base_url="http://127.0.0.1")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **change}
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
@@ -148,7 +148,7 @@ def test_invalid_json_long_prompt_and_completion_errors(tiny):
 
     from ownllm.serving.app import ServeSettings, create_app
 
-    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")), raise_server_exceptions=False)
+    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")), raise_server_exceptions=False, base_url="http://127.0.0.1")
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "word " * 600})
@@ -164,7 +164,7 @@ def test_api_key_guards_every_route_but_health_and_page(tiny):
 
     from ownllm.serving.app import ServeSettings, create_app
 
-    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny", api_key="s3cret")))
+    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny", api_key="s3cret")), base_url="http://127.0.0.1")
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     calls = [("get", "/v1/models", None), ("post", "/v1/chat/completions", chat),
              ("post", "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2})]
@@ -312,7 +312,7 @@ def test_serves_an_adapter_run_and_its_onnx_export_alike(tiny_model_dir, tmp_pat
     answers = []
     for source in (str(run), str(run / "export" / "onnx" / "model.onnx")):
         model_id = model_id_for(source)
-        client = TestClient(create_app(load_model(source, device="cpu"), ServeSettings(model_id=model_id)))
+        client = TestClient(create_app(load_model(source, device="cpu"), ServeSettings(model_id=model_id)), base_url="http://127.0.0.1")
         r = client.post("/v1/chat/completions", json={"model": model_id, "temperature": 0, "max_tokens": 8,
                                                       "messages": [{"role": "user", "content": "Code of item 3?"}]})
         assert r.status_code == 200, r.text

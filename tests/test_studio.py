@@ -52,7 +52,7 @@ def client(tmp_path):
 
     from ownllm.studio.app import Studio, create_app
 
-    return TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    return TestClient(create_app(Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path.parent)])), base_url="http://127.0.0.1")
 
 
 def _wait(fn, timeout=600, every=0.3):  # generous: a busy CI machine can be 10x slower than usual
@@ -110,8 +110,8 @@ def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
 
     from ownllm.studio.app import Studio, create_app
 
-    studio = Studio(str(tmp_path / "runs"))
-    client = TestClient(create_app(studio, api_key="s3cret"))
+    studio = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path.parent)])
+    client = TestClient(create_app(studio, api_key="s3cret"), base_url="http://127.0.0.1")
     assert client.get("/").status_code == 200 and client.get("/static/studio.js").status_code == 200
     assert client.get("/api/runs").status_code == 401
     auth = {"Authorization": "Bearer s3cret"}
@@ -125,7 +125,7 @@ def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
     r = client.post("/api/upload", headers={**auth, "X-Filename": "..%2F..%2Fevil.jsonl"}, content=b'{"text": "x"}\n')
     assert r.status_code == 200 and os.path.dirname(r.json()["path"]) == studio.uploads
     assert r.json()["path"].endswith("-evil.jsonl")
-    _new_run(TestClient(create_app(studio)), "r1", support_csv, columns="prompt=客户提问,response=标准回复")
+    _new_run(TestClient(create_app(studio), base_url="http://127.0.0.1"), "r1", support_csv, columns="prompt=客户提问,response=标准回复")
     for path in ("../../客服记录.csv", "data/../../r1/config.yaml", "/etc/passwd"):
         assert client.get("/api/runs/r1/download", params={"path": path}, headers=auth).status_code == 404
     r = client.get("/api/runs/r1/download", params={"path": "data/report.json"}, headers=auth)
@@ -142,7 +142,7 @@ def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_mod
     from ownllm.studio import jobs
     from ownllm.studio.app import Studio, create_app
 
-    first = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    first = TestClient(create_app(Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path.parent)])), base_url="http://127.0.0.1")
     _new_run(first, "shop", support_csv, columns="prompt=客户提问,response=标准回复")
     r = first.post("/api/runs/shop/train", json={"model": tiny_model_dir, "time_budget": None, "max_steps": 120,
                                                   "logging_steps": 1, "save_steps": 50})
@@ -151,7 +151,7 @@ def test_training_survives_a_server_restart_stops_and_resumes(tmp_path, tiny_mod
     _wait(lambda: len(first.get("/api/runs/shop/metrics").json()["rows"]) >= 3)
 
     jobs._children.clear()  # what a restarted server knows: only what the run directory says
-    second = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    second = TestClient(create_app(Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path.parent)])), base_url="http://127.0.0.1")
     t = _training(second, "shop")
     assert t["state"] == "running" and t["status"]["state"] == "training" and t["status"]["max_steps"] == 120
     assert second.post("/api/runs/shop/stop").status_code == 200
@@ -194,7 +194,7 @@ def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, 
             for i in range(20)]
     Trainer(model=tiny_model_dir, train_dataset=rows, args={"output_dir": str(runs / "cli-run"), "max_steps": 3,
                                                             "precision": "fp32", "logging_steps": 1}).train()
-    client = TestClient(create_app(Studio(str(runs))))
+    client = TestClient(create_app(Studio(str(runs), data_roots=[str(tmp_path.parent)])), base_url="http://127.0.0.1")
     assert {"name": "cli-run", "training": "finished"} in client.get("/api/runs").json()["runs"]
     assert [r["step"] for r in client.get("/api/runs/cli-run/metrics").json()["rows"] if "loss" in r] == [1, 2, 3]
 
@@ -250,7 +250,7 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
 
     runs = tmp_path / "runs"
     shot = lambda page, name: page.screenshot(path=os.path.join(ARTIFACTS, f"studio-{name}.png"), full_page=True)  # noqa: E731
-    with serving(create_app(Studio(str(runs)))) as url, sync_playwright() as p:
+    with serving(create_app(Studio(str(runs), data_roots=[str(tmp_path.parent)]))) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 900}, locale="en-US")
         page.goto(url + "/")

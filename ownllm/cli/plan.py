@@ -49,10 +49,14 @@ def cmd_plan(args) -> int:
         raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data RUN_DIR")
     profile = get_profile(args.gpu) if args.gpu else this_machine()
     mfu = calibrate(args.model, args.data) if args.calibrate else args.mfu
+    from ownllm.training.protect import replay_for_plan
+
+    replay = replay_for_plan(args.protect, args.method, examples)
     result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
                   method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,
                   grad_accum=args.grad_accum, lora_r=args.lora_r, gradient_checkpointing=args.gradient_checkpointing,
-                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage)
+                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage,
+                  replay_rows=replay)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 
@@ -81,6 +85,9 @@ def register(sub) -> None:
     p.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation (default 4)")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--protect", default="default", choices=["off", "default", "strong"],
+                   help="forgetting protection, as `ownllm train --protect` (default: default); its replayed rows "
+                        "count in the time")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel devices (memory is per device, time for all)")
     p.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3],
                    help="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights")

@@ -22,8 +22,12 @@ def cmd_studio(args) -> int:
     check_web_server(args, "ownllm studio")
     from ownllm.studio.app import studio
 
+    roots = args.data_root or [os.getcwd()]
+    for root in roots:
+        if not os.path.isdir(root):
+            raise ConfigError(f"--data-root {root} is not a folder")
     studio(args.runs, host=args.host, port=args.port, api_key=args.api_key or None,
-           parallel_training=args.parallel_training)
+           parallel_training=args.parallel_training, data_roots=roots, allowed_hosts=tuple(args.allowed_host or ()))
     return 0
 
 
@@ -37,11 +41,14 @@ def cmd_serve(args) -> int:
         raise ConfigError(f"--max-queue must be at least 0 (got {args.max_queue})")
     if args.request_timeout <= 0:
         raise ConfigError("--request-timeout must be positive (seconds)")
+    if args.max_request_bytes is not None and args.max_request_bytes < 1024:
+        raise ConfigError(f"--max-request-bytes must be at least 1024 (got {args.max_request_bytes})")
     from ownllm.serving.app import serve
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or None,
           max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout=args.request_timeout,
-          system=args.system, device=args.device, dtype=args.dtype)
+          system=args.system, device=args.device, dtype=args.dtype, allowed_hosts=tuple(args.allowed_host or ()),
+          max_request_bytes=args.max_request_bytes)
     return 0
 
 
@@ -59,6 +66,11 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int, default=32, help="requests that may wait; more get 429 (default 32)")
     p.add_argument("--request-timeout", type=float, default=120, help="seconds before a request is ended (default 120)")
     p.add_argument("--system", default=None, help="system prompt for chats that bring none")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="another host name clients may use to reach this server (repeatable); requests naming "
+                        "any other name in Host are refused, which stops DNS-rebinding pages")
+    p.add_argument("--max-request-bytes", type=int, default=None,
+                   help="largest request body (default: room for the model's whole context, at least 1 MiB)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.set_defaults(func=cmd_serve)
@@ -73,4 +85,10 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("OWNLLM_API_KEY"),
                    help="require this key in the page's API calls (default $OWNLLM_API_KEY)")
     p.add_argument("--parallel-training", action="store_true", help="allow more than one training at a time")
+    p.add_argument("--data-root", action="append", metavar="FOLDER",
+                   help="a folder whose files (data, models) the page may use by path (repeatable; default: the "
+                        "folder the studio starts in); the runs folder and uploads are always allowed")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="another host name clients may use to reach this server (repeatable); requests naming "
+                        "any other name in Host are refused, which stops DNS-rebinding pages")
     p.set_defaults(func=cmd_studio)

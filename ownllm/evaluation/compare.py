@@ -11,12 +11,12 @@ import os
 
 from ownllm.errors import DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
+from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, generate_greedy, loss_on_rows, perplexity
 from ownllm.models.load import base_of, load_model
 from ownllm.rundir import run_config
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
-FORGETTING_WARN = 0.20
 
 
 def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[dict]:
@@ -71,14 +71,16 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
         longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
         max_new_tokens = min(256, 2 * longest + 16)
     seq = int(cfg.get("max_seq_len") or 1024)
-    result, answers = {}, {}
+    result, answers, base_probe = {}, {}, None
     if not no_base:
         base_model, base_ctx = base_of(tuned, cfg.get("model"))
         with base_ctx:
             result["base"], answers["base"] = _side(base_model, tok, rows, prompts, refs, template, max_new_tokens, seq)
+            base_probe = probe.base_answers(base_model, tok, template, cfg.get("model"))
     result["tuned"], answers["tuned"] = _side(tuned.model, tok, rows, prompts, refs, template, max_new_tokens, seq)
     result["samples"] = len(rows)
     result["max_new_tokens"] = max_new_tokens
+    result.update(_general_check(tuned.model, tok, template, cfg, result, base_probe))
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)
@@ -86,13 +88,29 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     os.makedirs(out, exist_ok=True)
     write_jsonl(os.path.join(out, "samples.jsonl"), samples)
     result["headline"] = headline(result)
-    if "base" in result and result["base"]["general_perplexity"]:
-        change = result["tuned"]["general_perplexity"] / result["base"]["general_perplexity"] - 1
-        result["general_perplexity_change"] = round(change, 4)
-        result["forgetting_warning"] = change > FORGETTING_WARN
     atomic_write(os.path.join(out, "metrics.json"), json.dumps(result, ensure_ascii=False, indent=2))
     write_report(run_dir, result, samples)
     return result
+
+
+def _general_check(model, tok, template, cfg: dict, result: dict, base_probe) -> dict:
+    """What the fine-tune kept of the base model: its right answers to the general probe, and perplexity
+    on general text. Without the base model (--no-base) the probe uses the base answers cached by an
+    earlier evaluation, or is skipped and says so."""
+    out = {}
+    base_probe = base_probe or probe.cached_base_answers(cfg.get("model"), template)
+    if base_probe is not None:
+        out["general_answers"] = probe.compare_to_base(model, tok, template, base_probe)
+    else:
+        out["general_answers"] = None
+        out["general_check_skipped"] = "--no-base and no cached base answers: general answers kept not measured"
+    if "base" in result and result["base"]["general_perplexity"]:
+        change = result["tuned"]["general_perplexity"] / result["base"]["general_perplexity"] - 1
+        out["general_perplexity_change"] = round(change, 4)
+    ppl_warn = out.get("general_perplexity_change", 0) > probe.PERPLEXITY_WARN
+    kept_warn = bool((out["general_answers"] or {}).get("warning"))
+    out["forgetting_warning"] = ppl_warn or kept_warn
+    return out
 
 
 def _samples(rows, refs, answers) -> list[dict]:
@@ -116,13 +134,23 @@ def headline(result: dict) -> str:
         return (f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}" if b else f"perplexity {t['perplexity']:.2f}") \
             + f" on {n} held-out text chunks"
     if "base" not in result:
-        return f"contains-accuracy {t['contains']:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
+        return (f"contains-accuracy {t['contains']:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
+                + _kept_text(result))
     b = result["base"]
     text = (f"contains-accuracy {b['contains']:.0%} → {t['contains']:.0%}, token F1 {b['token_f1']:.2f} → "
             f"{t['token_f1']:.2f}, loss {b['val_loss']:.2f} → {t['val_loss']:.2f} on {n} held-out questions")
     if b["general_perplexity"]:
         text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
-    return text
+    return text + _kept_text(result)
+
+
+def _kept_text(result: dict) -> str:
+    g = result.get("general_answers")
+    if not g:
+        return "; general answers kept: not measured" if "general_check_skipped" in result else ""
+    if not g["base_right"]:
+        return f"; general answers kept: n/a (the base model answered none of {g['questions']} probe questions)"
+    return f"; general answers kept {g['kept']}/{g['base_right']} ({g['kept_share']:.0%})"
 
 
 def compare_runs(run_a: str, run_b: str) -> str:

@@ -33,7 +33,8 @@ def loss_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len:
     return total / max(count, 1)
 
 
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8) -> tuple[list[str], float, int]:
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8,
+                    strip: bool = True) -> tuple[list[str], float, int]:
     """Greedy answers to rendered ``prompts``, batched with left padding. Returns answers, seconds and new tokens."""
     import time
 
@@ -51,7 +52,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
         for row in gen:
             keep = row[row != tokenizer.pad_token_id]
             new_tokens += len(keep)
-            answers.append(tokenizer.decode(keep, skip_special_tokens=True).strip())
+            text = tokenizer.decode(keep, skip_special_tokens=True)
+            answers.append(text.strip() if strip else text)
     tokenizer.padding_side = "right"
     return answers, time.perf_counter() - start, new_tokens
 

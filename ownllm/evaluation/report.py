@@ -28,9 +28,8 @@ def _fmt(v) -> str:
 def to_markdown(result: dict, samples: list[dict]) -> str:
     base, tuned = result.get("base"), result["tuned"]
     lines = ["# Evaluation report", "", f"**{result['headline']}**", ""]
-    if result.get("forgetting_warning"):
-        lines += [f"> ⚠ general-text perplexity rose by {result['general_perplexity_change']:.0%}: "
-                  "the model may have forgotten general knowledge.", ""]
+    lines += [f"> ⚠ {w}" for w in forgetting_warnings(result)] + ([""] if forgetting_warnings(result) else [])
+    lines += _kept_markdown(result)
     lines += ["| metric | base | tuned |", "|---|---|---|"] if base else ["| metric | tuned |", "|---|---|"]
     for k in ROWS:
         if k in tuned:
@@ -46,6 +45,38 @@ def to_markdown(result: dict, samples: list[dict]) -> str:
                           f"  - base: {_one(s['base'])}", f"  - tuned: {_one(s['tuned'])}"]
             lines.append("" if group else "(none)\n")
     return "\n".join(lines) + "\n"
+
+
+def forgetting_warnings(result: dict) -> list[str]:
+    """One sentence per sign that the fine-tune broke what the base model knew."""
+    from ownllm.evaluation.probe import KEPT_WARN, PERPLEXITY_WARN
+
+    out = []
+    g = result.get("general_answers") or {}
+    if g.get("warning"):
+        out.append(f"the tuned model kept only {g['kept']} of the {g['base_right']} general questions the base model "
+                   f"answered right ({g['kept_share']:.0%}, below {KEPT_WARN:.0%}): it has forgotten general "
+                   "knowledge (try --protect strong, fewer epochs or a lower --lr)")
+    change = result.get("general_perplexity_change")
+    if change is not None and change > PERPLEXITY_WARN:
+        out.append(f"general-text perplexity rose by {change:.0%} (above {PERPLEXITY_WARN:.0%}): the model may have "
+                   "forgotten general knowledge")
+    if result.get("general_check_skipped"):
+        out.append(result["general_check_skipped"])
+    return out
+
+
+def _kept_markdown(result: dict) -> list[str]:
+    g = result.get("general_answers")
+    if not g:
+        return []
+    lines = ["## What the model kept", "",
+             f"General probe ({g['questions']} short questions in English and Chinese, shipped with ownllm): the base "
+             f"model answered {g['base_right']} right; the tuned model still answers {g['kept']} of them.", ""]
+    if g["lost_examples"]:
+        lines += ["Answers lost:", ""] + [f"- **Q:** {_one(x['question'])} — base: {_one(x['base'])} — tuned: "
+                                          f"{_one(x['tuned'])}" for x in g["lost_examples"]] + [""]
+    return lines
 
 
 def _one(text: str) -> str:
@@ -77,15 +108,21 @@ def to_html(run_dir: str, result: dict, samples: list[dict]) -> str:
     answers = "".join(
         f"<tr><td>{e(s['prompt'])}</td><td>{e(s['reference'])}</td>" + (f"<td>{e(s.get('base', ''))}</td>" if base else "")
         + f"<td>{e(s['tuned'])}</td></tr>" for s in samples)
-    warn = (f'<p class="warn">General-text perplexity rose by {result["general_perplexity_change"]:.0%}: '
-            "the model may have forgotten general knowledge.</p>") if result.get("forgetting_warning") else ""
+    warn = "".join(f'<p class="warn">⚠ {e(w)}</p>' for w in forgetting_warnings(result))
+    g = result.get("general_answers")
+    kept = "" if not g else (
+        f"<h2>What the model kept</h2><p>General probe ({g['questions']} short questions in English and Chinese): "
+        f"the base model answered {g['base_right']} right; the tuned model still answers {g['kept']} of them.</p>"
+        + ("<table><tr><th>question</th><th>base</th><th>tuned</th></tr>" + "".join(
+            f"<tr><td>{e(x['question'])}</td><td>{e(x['base'])}</td><td>{e(x['tuned'])}</td></tr>"
+            for x in g["lost_examples"]) + "</table>" if g["lost_examples"] else ""))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ownllm evaluation</title>
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
 .bar{{display:flex;align-items:center;gap:8px;margin:2px 0}}.bar span{{width:160px}}.bar i{{display:block;height:14px}}
 .warn{{color:#a40}}img{{max-width:100%}}</style></head><body>
-<h1>Evaluation report</h1><p><b>{e(result['headline'])}</b></p>{warn}
+<h1>Evaluation report</h1><p><b>{e(result['headline'])}</b></p>{warn}{kept}
 <h2>Metrics</h2><table>{head}{table}</table><h2>Accuracy</h2>{_bars(result)}
 <h2>Training curves</h2>{img}
 <h2>Answers</h2><table><tr><th>question</th><th>reference</th>{'<th>base</th>' if base else ''}<th>tuned</th></tr>{answers}</table>

@@ -90,6 +90,34 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+class SeededSampler:
+    """Sampling as a logits processor with its own ``torch.Generator``: temperature, top-k and top-p
+    (transformers' own warpers), then one draw per row from this request's generator; every other token
+    gets -inf, so generate's greedy step takes the drawn one. Same draws for the same seed, whatever else
+    runs in the process."""
+
+    def __init__(self, seed: int, temperature: float, top_k: int | None, top_p: float | None):
+        import torch
+        from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)] if temperature and temperature != 1.0 else []
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        drawn = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, drawn, 0.0)
+
+
 class OwnModel:
     """A loaded model with its tokenizer: ``generate``, ``chat`` and ``stream``.
 
@@ -145,7 +173,14 @@ class OwnModel:
         enc = self._encode(text, chat)
         gen = settings.hf_kwargs(enc["input_ids"].shape[1], self.context_length,
                                  self._count(user_text) if user_text is not None else None)
-        if settings.seed is not None:
+        if settings.seed is not None and gen["do_sample"]:
+            # A generator of this request's own: torch's global one is shared by every request running beside it.
+            from transformers import LogitsProcessorList
+
+            gen["logits_processor"] = LogitsProcessorList([SeededSampler(settings.seed, gen["temperature"],
+                                                                         gen["top_k"], gen["top_p"])])
+            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif settings.seed is not None:
             torch.manual_seed(settings.seed)
         gen["pad_token_id"] = self.tokenizer.pad_token_id
         if settings.stop:

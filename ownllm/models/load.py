@@ -26,6 +26,16 @@ def cache_dir(*parts: str) -> str:
     return os.path.join(root, *parts)
 
 
+def fingerprint(name: str, *parts: str) -> str:
+    """A short key for results computed from the model ``name`` (and ``parts``): its resolved location and
+    the time its config was written, so that a retrained or replaced model gets a new key."""
+    source = resolve(name)
+    where = source.location if source.kind == "hub" else local_folder(source)
+    config = os.path.join(where, "config.json")
+    stamp = str(os.path.getmtime(config)) if os.path.exists(config) else ""
+    return hashlib.sha256("|".join([where, stamp, *parts]).encode()).hexdigest()[:16]
+
+
 def hf_cache_dir() -> str:
     try:
         from huggingface_hub import constants

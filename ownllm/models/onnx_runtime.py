@@ -103,7 +103,7 @@ class OnnxCausalLM:
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 256, do_sample: bool = False,
                  temperature=None, top_p=None, top_k=None, repetition_penalty: float = 1.0, pad_token_id=None,
-                 streamer=None, stop_strings=None, tokenizer=None, stopping_criteria=None):
+                 streamer=None, stop_strings=None, tokenizer=None, stopping_criteria=None, logits_processor=None):
         """Greedy or sampled decoding with the KV cache, using transformers' logits processors."""
         import torch
         from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
@@ -120,6 +120,7 @@ class OnnxCausalLM:
                 processors.append(TopKLogitsWarper(top_k))
             if top_p is not None and top_p < 1.0:
                 processors.append(TopPLogitsWarper(top_p))
+        processors.extend(logits_processor or [])  # e.g. a request's own seeded sampler
         stop = StopStringCriteria(tokenizer, stop_strings) if stop_strings else None
         eos = torch.tensor(sorted(self._eos_ids(tokenizer)), dtype=torch.long)
         pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)

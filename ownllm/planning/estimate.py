@@ -131,12 +131,14 @@ class TimeEstimate:
 
 
 def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_example: float,
-               epochs: float, mfu: float, val_fraction: float = 0.1) -> TimeEstimate:
-    """Hours for ``epochs`` over ``examples``; validation (forward only, val_fraction of the data) included."""
+               epochs: float, mfu: float, val_fraction: float = 0.1, base_forward_share: float = 0.0) -> TimeEstimate:
+    """Hours for ``epochs`` over ``examples``; validation (forward only, val_fraction of the data) included.
+    ``base_forward_share``: the share of examples that also run a forward pass of the base model (forgetting
+    protection's replay rows, 2N FLOPs per token more)."""
     per_token = flops_per_token(shape, job)
     tokens = examples * tokens_per_example * epochs
     val_tokens = examples * val_fraction * tokens_per_example * epochs
-    flops = tokens * per_token + val_tokens * 2 * shape.params
+    flops = tokens * per_token + val_tokens * 2 * shape.params + tokens * base_forward_share * 2 * shape.params
     rate = peak_tflops * 1e12 * mfu * job.gpus
     tps = rate / per_token
     return TimeEstimate(tokens, flops, tps, flops / rate / 3600, mfu)

@@ -48,8 +48,12 @@ def _fit_memory(shape, job: Job, limit_gb: float) -> tuple[Job, list[str]]:
 def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, epochs: float = 3,
          method: str = "lora", budget_hours: float | None = None, micro_batch: int = 8, grad_accum: int = 4,
          lora_r: int = 16, gradient_checkpointing: bool = False, mfu: float | None = None, gpus: int = 1,
-         price_per_hour: float | None = None, zero_stage: int = 0) -> dict:
+         price_per_hour: float | None = None, zero_stage: int = 0, replay_rows: int = 0) -> dict:
+    """``examples``: the person's training rows; ``replay_rows``: forgetting protection's replayed rows, trained
+    beside them each epoch (with a forward pass of the base model each)."""
     shape = spec  # the registry entry carries the shape the estimates need
+    domain, examples = examples, examples + replay_rows
+    share = replay_rows / examples if examples else 0.0
     seq = int(min(max(tokens_per_example * 1.5, 64), spec.context))
     precision = profile.best_precision
     job = Job(method=method, micro_batch=micro_batch, seq_len=seq, lora_r=lora_r,
@@ -59,12 +63,13 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
     fits = mem["total"] <= profile.memory_gb
     mfu = mfu or default_mfu(profile.kind, method)
     peak = profile.peak_tflops(precision)
-    est = train_time(shape, job, peak, examples, tokens_per_example, epochs, mfu)
+    est = train_time(shape, job, peak, examples, tokens_per_example, epochs, mfu, base_forward_share=share)
     per_epoch = est.hours / epochs
     price = PRICES.get(profile.name.lower(), 0.0) if price_per_hour is None else price_per_hour
     result = {
         "model": spec.alias, "hardware": profile.name, "hardware_source": profile.source, "method": method,
-        "precision": precision, "peak_tflops": peak, "examples": examples, "tokens_per_example": tokens_per_example,
+        "precision": precision, "peak_tflops": peak, "examples": domain, "replay_rows": replay_rows,
+        "tokens_per_example": tokens_per_example,
         "epochs": epochs, "memory_gb": mem, "memory_available_gb": profile.memory_gb, "fits_in_memory": fits,
         "flops": est.flops, "hours": round(est.hours, 5), "hours_per_epoch": round(per_epoch, 5),
         "tokens_per_second": round(est.tokens_per_second, 1), "mfu_assumed": mfu,
@@ -75,11 +80,12 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
         "epochs_in_budget": None if budget_hours is None else round(budget_hours / per_epoch, 2),
     }
     result["recommendation"] = _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples,
-                                          tokens_per_example, epochs, budget_hours)
+                                          tokens_per_example, epochs, budget_hours, share)
     return result
 
 
-def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe, epochs, budget) -> dict:
+def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe, epochs, budget,
+               base_forward_share: float = 0.0) -> dict:
     fitted, changes = _fit_memory(shape, job, profile.memory_gb)
     mem = memory_gb(shape, fitted)["total"]
     if mem > profile.memory_gb:
@@ -90,7 +96,8 @@ def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe
     eff_batch = job.micro_batch * grad_accum
     accum = max(1, eff_batch // fitted.micro_batch)
     m = mfu if fitted.method == job.method else default_mfu(profile.kind, fitted.method)
-    est = train_time(shape, fitted, profile.peak_tflops(fitted.precision), examples, tpe, epochs, m)
+    est = train_time(shape, fitted, profile.peak_tflops(fitted.precision), examples, tpe, epochs, m,
+                     base_forward_share=base_forward_share)
     per_epoch = est.hours / epochs
     rec = {"fits": True, "method": fitted.method, "micro_batch": fitted.micro_batch, "grad_accum": accum,
            "seq_len": fitted.seq_len, "gradient_checkpointing": fitted.gradient_checkpointing,
@@ -162,7 +169,9 @@ def format_plan(p: dict) -> str:
     mem, rec = p["memory_gb"], p["recommendation"]
     lines = [line for line in [
         f"{p['model']} · {p['method']} · {p['hardware']} ({p['precision']}, peak {p['peak_tflops']:g} TFLOP/s — {p['hardware_source']})",
-        f"data: {p['examples']:,} examples × {p['tokens_per_example']:g} tokens × {p['epochs']:g} epochs",
+        f"data: {p['examples']:,} examples" + (f" + {p['replay_rows']:,} replayed general rows (forgetting protection)"
+                                                if p.get("replay_rows") else "")
+        + f" × {p['tokens_per_example']:g} tokens × {p['epochs']:g} epochs",
         (f"devices: {p['gpus']} data-parallel" + (f", DeepSpeed ZeRO-{p['zero_stage']}" if p["zero_stage"] else "")
          + " (memory per device; time for all; communication not modelled)") if p.get("gpus", 1) > 1 else "",
         f"memory: {mem['total']:.1f} GB of {p['memory_available_gb']:g} GB — "

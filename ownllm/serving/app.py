@@ -17,15 +17,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from ownllm.web.common import APIError, add_page, install_errors_and_auth
+from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
 
 log = logging.getLogger("ownllm.serve")
+StrictNumber = Annotated[float, Field(strict=True)]  # an int or a float; not a bool, not a string
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 OPEN_PATHS = {"/", "/health", "/favicon.ico"}  # no API key needed: the page itself and the health check
 
@@ -38,6 +39,9 @@ class ServeSettings:
     max_queue: int = 32
     request_timeout: float = 120.0
     system: str | None = None
+    host: str = "127.0.0.1"                 # the address it is bound to (a name here is an allowed Host)
+    allowed_hosts: tuple[str, ...] = ()     # other names clients may use in Host (--allowed-host)
+    max_request_bytes: int | None = None    # request-body limit; None: from the model's context
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -55,17 +59,18 @@ class Message(BaseModel):
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored, as OpenAI-compatible servers do
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)                       # ownllm extension
-    repetition_penalty: float | None = Field(None, gt=0, le=5)  # ownllm extension
-    presence_penalty: float = Field(0, ge=-2, le=2)
-    frequency_penalty: float = Field(0, ge=-2, le=2)
-    stop: Union[str, list[str], None] = None
-    seed: int | None = Field(None, ge=0)
-    n: int = Field(1, ge=1)
+    # strict: a JSON true or "5" is a client's mistake, not a number
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: StrictNumber | None = Field(None, ge=0, le=2)
+    top_p: StrictNumber | None = Field(None, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=0)                       # ownllm extension
+    repetition_penalty: StrictNumber | None = Field(None, gt=0, le=5)  # ownllm extension
+    presence_penalty: StrictNumber = Field(0, ge=-2, le=2)
+    frequency_penalty: StrictNumber = Field(0, ge=-2, le=2)
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    seed: StrictInt | None = Field(None, ge=0)
+    n: StrictInt = Field(1, ge=1)
     stream: StrictBool = False
     stream_options: dict | None = None
 
@@ -185,7 +190,10 @@ def create_app(model, settings: ServeSettings):
     app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
 
-    install_errors_and_auth(app, settings.api_key, lambda path: path in OPEN_PATHS or path.startswith("/static/"))
+    limit = settings.max_request_bytes or default_body_limit(model.context_length)
+    install_errors_and_guard(app, Guard(bound_host=settings.host, allowed_hosts=settings.allowed_hosts,
+                                        api_key=settings.api_key, max_body=limit,
+                                        is_open=lambda path: path in OPEN_PATHS or path.startswith("/static/")))
 
     add_page(app, STATIC, ("chat.js", "chat.css"))
 
@@ -224,7 +232,7 @@ def create_app(model, settings: ServeSettings):
         if req.model != settings.model_id:
             raise APIError(400, f"unknown model '{req.model}'; this server serves '{settings.model_id}'",
                            param="model", code="model_not_found")
-        kwargs = _generation_kwargs(model, req, prompt, chat)
+        kwargs = await asyncio.to_thread(_generation_kwargs, model, req, prompt, chat)  # tokenizing is CPU work
         arrived = time.monotonic()
         deadline = arrived + settings.request_timeout
         await engine.acquire(deadline)
@@ -307,6 +315,12 @@ def create_app(model, settings: ServeSettings):
     return app
 
 
+def default_body_limit(context: int | None) -> int:
+    """A request body big enough for a full context window of text as JSON (≤ 4 bytes a character, ~4
+    characters a token, escaping), at least 1 MiB: larger bodies can only be mistakes or floods."""
+    return max(1 << 20, 64 * (context or 0))
+
+
 def _generation_kwargs(model, req: _Sampling, prompt, chat: bool) -> dict:
     """OwnModel generation settings from the request, with the context checked up front."""
     from ownllm.errors import ConfigError
@@ -382,7 +396,8 @@ def model_id_for(source: str) -> str:
 
 def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
-          system: str | None = None, device: str = "auto", dtype: str = "auto") -> None:
+          system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
+          max_request_bytes: int | None = None) -> None:
     """Load ``source`` and serve it until Ctrl-C."""
     import uvicorn
 
@@ -390,12 +405,11 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
 
     model = load_model(source, device=device, dtype=dtype)
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
-                             max_queue=max_queue, request_timeout=request_timeout, system=system)
+                             max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
+                             allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: listening on {host} without --api-key: anyone who can reach this machine can use it",
-              flush=True)
+    warn_if_exposed(host, api_key, "ownllm serve")
     uvicorn.run(create_app(model, settings), host=host, port=port, log_level="warning")

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.errors import OwnLLMError
-from ownllm.web.common import APIError, add_page, install_errors_and_auth
+from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
 from ownllm.studio import jobs
 from ownllm.rundir import is_run_dir, read_json, trained_output
 from ownllm.studio.runs import read_metrics, run_view, training_state
@@ -31,6 +31,7 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 STATIC_FILES = ("studio.js", "studio.css")
 RUN_NAME = re.compile(r"\w[\w.\-]{0,63}")  # \w includes Chinese characters
 MAX_UPLOAD = 1 << 30
+MAX_JSON = 1 << 20  # every request but an upload is a small JSON body
 DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
 
 
@@ -59,6 +60,7 @@ class PlanRequest(_Body):
     method: str = "lora"
     time_budget: str | None = "3h"
     epochs: float | None = Field(None, gt=0)  # None: chosen from the dataset's size, as `ownllm train` does
+    protect: str = "default"                  # forgetting protection, as `ownllm train --protect`
 
 
 class TrainRequest(PlanRequest):
@@ -96,10 +98,12 @@ def _report_view(report: dict) -> dict:
 class Studio:
     """The runs folder and what the server holds in memory: chat models and a lock per action."""
 
-    def __init__(self, runs: str, parallel_training: bool = False):
+    def __init__(self, runs: str, parallel_training: bool = False, data_roots: list[str] | None = None):
         self.runs = os.path.abspath(runs)
         self.parallel_training = parallel_training
         self.uploads = os.path.join(self.runs, ".uploads")
+        # the folders whose files the page may name by path: the runs (uploads included) and --data-root
+        self.roots = [os.path.realpath(r) for r in [self.runs, *(data_roots or [os.getcwd()])]]
         self.chat_models: dict = {}
         self.chat_lock = threading.Lock()
         self.start_lock = threading.Lock()
@@ -112,6 +116,25 @@ class Studio:
         if must_exist and not os.path.isdir(path):
             raise APIError(404, f"no run '{name}' in {self.runs}", kind="not_found_error")
         return path
+
+    def check_path(self, path: str, field: str) -> str:
+        """``path`` if it lies under one of the allowed roots, else a 403 naming the flag that allows it:
+        the page must not read any file on the machine for whoever reaches it."""
+        real = os.path.realpath(os.path.expanduser(path))
+        if not any(real == r or real.startswith(r + os.sep) for r in self.roots):
+            raise APIError(403, f"{path} is outside the folders this studio may read ({', '.join(self.roots)}); "
+                                "start it with --data-root FOLDER to allow another", param=field, code="path_not_allowed")
+        return path
+
+    def check_model(self, name: str | None, field: str = "model") -> None:
+        """A model given as a folder or file must lie under the roots too; registry aliases and hub ids pass."""
+        if name and (name.startswith((".", "/", "~")) or os.path.exists(name)):
+            self.check_path(name, field)
+
+    def check_options(self, o: "DataOptions") -> None:
+        for path in o.inputs:
+            self.check_path(path, "inputs")
+        self.check_model(o.model)
 
     def names(self) -> list[str]:
         if not os.path.isdir(self.runs):
@@ -154,15 +177,18 @@ def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
     from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
     from ownllm.rundir import data_stats
     from ownllm.training.defaults import resolve_defaults
+    from ownllm.training.protect import replay_for_plan
     from ownllm.utils import atomic_write
 
     run = studio.run_dir(name)
     examples, tpe = data_stats(run)
     # the settings `ownllm train` will use for this data, so the plan describes the run that starts
-    cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs), examples)
+    cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs,
+                                       protect=req.protect).validate(), examples)
     result = plan(spec_for(req.model), this_machine(), examples=examples, tokens_per_example=tpe,
                   epochs=float(cfg.epochs), method=req.method, budget_hours=parse_duration(req.time_budget or None),
-                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16)
+                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16,
+                  replay_rows=replay_for_plan(cfg.protect, req.method, examples))
     result["text"] = format_plan(result)
     atomic_write(os.path.join(run, "plan.json"), json.dumps(result, ensure_ascii=False, indent=2))
     return result
@@ -172,14 +198,14 @@ def train_argv(run: str, req: TrainRequest) -> list[str]:
     """The `ownllm train` command line for the page's choices."""
     from ownllm.config import TrainConfig
 
-    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method]
+    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method, "--protect", req.protect]
     for flag, value in (("--epochs", req.epochs), ("--time-budget", req.time_budget), ("--max-steps", req.max_steps),
                         ("--lr", req.lr), ("--logging-steps", req.logging_steps), ("--save-steps", req.save_steps),
                         ("--eval-steps", req.save_steps)):
         if value:
             argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     TrainConfig(data=run, model=req.model, method=req.method, epochs=req.epochs, time_budget=req.time_budget or None,
-                max_steps=req.max_steps, lr=req.lr).validate()  # every mistake now, not in the job's log
+                max_steps=req.max_steps, lr=req.lr, protect=req.protect).validate()  # every mistake now, not in the job's log
     return argv
 
 
@@ -264,9 +290,12 @@ async def save_upload(studio: Studio, request: Request) -> dict:
 
 
 # -- the app ------------------------------------------------------------------------------------------
-def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
+def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.1",
+               allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="ownllm studio", docs_url=None, redoc_url=None, openapi_url=None)
-    install_errors_and_auth(app, api_key, lambda path: not path.startswith("/api/"))
+    install_errors_and_guard(app, Guard(bound_host=host, allowed_hosts=allowed_hosts, api_key=api_key,
+                                        is_open=lambda path: not path.startswith("/api/"), max_body=MAX_JSON,
+                                        upload_paths=("/api/upload",)))
 
     @app.exception_handler(OwnLLMError)
     async def _mistake(request, exc: OwnLLMError):  # a person's mistake (bad file, flag, model): a 400 naming it
@@ -283,12 +312,12 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     @app.get("/api/info")
     async def info():
         from ownllm import __version__
-        from ownllm.config import METHODS
+        from ownllm.config import METHODS, PROTECTION_LEVELS
         from ownllm.export.formats import FORMATS
         from ownllm.export.gguf import QUANTS
         from ownllm.planning.hardware import detect
 
-        return {"version": __version__, "runs": studio.runs, "machine": detect().as_dict(), "methods": list(METHODS),
+        return {"version": __version__, "runs": studio.runs, "machine": detect().as_dict(), "methods": list(METHODS), "protection": list(PROTECTION_LEVELS),
                 "formats": list(FORMATS), "quants": list(QUANTS), "parallel_training": studio.parallel_training}
 
     @app.get("/api/models")
@@ -303,6 +332,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     async def inspect(req: DataOptions):
         from ownllm.data.prepare import prepare_dataset
 
+        studio.check_options(req)
         prepared = await asyncio.to_thread(prepare_dataset, req.inputs, None, **_prepare_options(req))
         return {"report": _report_view(prepared.report)}
 
@@ -314,6 +344,7 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
     async def new_run(req: NewRun):
         from ownllm.data.prepare import prepare_dataset
 
+        studio.check_options(req)
         run = studio.run_dir(req.name, must_exist=False)
         if os.path.exists(run):
             raise APIError(409, f"a run named '{req.name}' exists already: pick another name", param="name")
@@ -331,10 +362,12 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
 
     @app.post("/api/runs/{name}/plan")
     async def plan_run(name: str, req: PlanRequest):
+        studio.check_model(req.model)
         return await asyncio.to_thread(make_plan, studio, name, req)
 
     @app.post("/api/runs/{name}/train")
     async def train(name: str, req: TrainRequest):
+        studio.check_model(req.model)
         run = studio.run_dir(name)
         if not os.path.exists(os.path.join(run, "data", "train.jsonl")):
             raise APIError(400, f"run '{name}' has no prepared data (step 1)", code="no_data")
@@ -393,7 +426,8 @@ def create_app(studio: Studio, api_key: str | None = None) -> FastAPI:
 
 
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
-           parallel_training: bool = False) -> None:
+           parallel_training: bool = False, data_roots: list[str] | None = None,
+           allowed_hosts: tuple[str, ...] = ()) -> None:
     """Serve the studio until Ctrl-C. Training jobs go on when it stops."""
     import uvicorn
 
@@ -401,7 +435,6 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"ownllm studio at http://{shown}:{port}/ (runs in {os.path.abspath(runs)})"
           f"{'; API key required' if api_key else ''}. Ctrl-C stops the page; training jobs go on.", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: listening on {host} without --api-key: anyone who can reach this machine can train, "
-              "read and download here", flush=True)
-    uvicorn.run(create_app(Studio(runs, parallel_training), api_key), host=host, port=port, log_level="warning")
+    warn_if_exposed(host, api_key, "ownllm studio")
+    app = create_app(Studio(runs, parallel_training, data_roots), api_key, host=host, allowed_hosts=allowed_hosts)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

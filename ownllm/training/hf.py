@@ -13,6 +13,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ownllm.data.render import IGNORE
 from ownllm.errors import DiskFullError
+from ownllm.training.protect import base_logprobs, kl_sum
 
 
 class NonFiniteLoss(Exception):
@@ -34,7 +35,10 @@ def pad_collator(pad_id: int):
             ids[i, :n] = torch.tensor(r["input_ids"])
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if "replay" in rows[0]:  # forgetting protection: which rows are replayed general prompts
+            batch["replay"] = torch.tensor([bool(r["replay"]) for r in rows])
+        return batch
 
     return collate
 
@@ -54,7 +58,7 @@ def supports_trained_positions_loss(model) -> bool:
     return getattr(config, "model_type", None) in TRAINED_POSITIONS_TYPES and model.get_output_embeddings() is not None
 
 
-def trained_positions_loss(model):
+def trained_positions_loss(model, kl_weight: float = 0.0):
     """A ``compute_loss_func`` for transformers' Trainer: the output layer and the cross-entropy run
     only at positions with a label (assistant tokens), instead of over every position as the model's
     own loss does; with many trained tokens the logits are made in chunks that are recomputed in the
@@ -64,7 +68,11 @@ def trained_positions_loss(model):
     The final hidden states come from a forward hook on the decoder, set only inside
     ``loss_fn.capturing()``: asking the model for ``output_hidden_states`` would keep every layer's
     output, and accelerate's mixed precision hands all of them back as fp32 copies. Call the model with
-    ``logits_to_keep=no_logits(input_ids)`` so that it makes no logits of its own."""
+    ``logits_to_keep=no_logits(input_ids)`` so that it makes no logits of its own.
+
+    Forgetting protection (``kl_weight`` > 0): rows marked as replay with ``loss_fn.set_replay(rows,
+    base_logprobs)`` contribute ``kl_weight`` x KL(base || tuned) at their answer positions instead of
+    cross-entropy (see ``ownllm.training.protect``); the sum is divided by the same token count."""
     import contextlib
 
     import torch.nn.functional as F
@@ -91,7 +99,15 @@ def trained_positions_loss(model):
     def loss_fn(outputs, labels, num_items_in_batch=None):
         targets = labels[:, 1:]
         keep = targets != IGNORE
-        hidden = captured.pop("hidden")[:, :-1][keep]
+        count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        hidden = captured.pop("hidden")[:, :-1]
+        replay, kl = captured.pop("replay", None), None
+        if replay is not None:  # (rows, base log-probs at those rows' answer positions, in keep's order)
+            rows, base = replay
+            head = model.get_output_embeddings()
+            kl = kl_sum(head(hidden[keep & rows[:, None]].to(head.weight.dtype)), base)
+            keep = keep & ~rows[:, None]
+        hidden = hidden[keep]
         targets = targets[keep]
         vocab = model.get_output_embeddings().weight.shape[0]
         if hidden.shape[0] * vocab <= CE_UNCHUNKED_LIMIT or not torch.is_grad_enabled():
@@ -99,10 +115,14 @@ def trained_positions_loss(model):
         else:
             total = sum(checkpoint(ce_sum, hidden[i:i + CE_CHUNK_ROWS], targets[i:i + CE_CHUNK_ROWS],
                                    use_reentrant=False) for i in range(0, hidden.shape[0], CE_CHUNK_ROWS))
-        count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        if kl is not None:
+            total = total + kl_weight * kl
         return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
-    loss_fn.capturing = capturing
+    def set_replay(rows, base_logprobs) -> None:
+        captured["replay"] = (rows, base_logprobs)
+
+    loss_fn.capturing, loss_fn.set_replay, loss_fn.kl_weight = capturing, set_replay, kl_weight
     return loss_fn
 
 
@@ -123,8 +143,15 @@ class HFTrainer(transformers.Trainer):
         self._since_log = (time.perf_counter(), 0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        replay = inputs.pop("replay", None)
         if self.compute_loss_func is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if replay is not None and bool(replay.any()) and self.compute_loss_func.kl_weight:
+            rows = replay.to(inputs["labels"].device)
+            keep = inputs["labels"][rows][:, 1:] != IGNORE
+            base = base_logprobs(self.accelerator.unwrap_model(model), inputs["input_ids"][rows],
+                                 inputs["attention_mask"][rows], keep)
+            self.compute_loss_func.set_replay(rows, base)
         # the loss needs the final hidden states, not full-vocabulary logits
         with self.compute_loss_func.capturing():
             return super().compute_loss(model, {**inputs, "logits_to_keep": no_logits(inputs["input_ids"])},

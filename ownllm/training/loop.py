@@ -136,8 +136,10 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
     return TrainingArguments(**kwargs)
 
 
-def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths, extra_callbacks=()):
-    """The transformers Trainer for this run; ``lengths``: the training rows' token counts."""
+def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths, extra_callbacks=(),
+                     kl_weight: float = 0.0):
+    """The transformers Trainer for this run; ``lengths``: the training rows' token counts; ``kl_weight``:
+    forgetting protection's weight on replay rows (0: none)."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
@@ -156,7 +158,7 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     hf = HFTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
                    data_collator=pad_collator(tokenizer.pad_token_id), processing_class=tokenizer,
                    callbacks=callbacks, nan_policy=cfg.nan_policy,
-                   compute_loss_func=trained_positions_loss(model) if supports_trained_positions_loss(model) else None)
+                   compute_loss_func=trained_positions_loss(model, kl_weight) if supports_trained_positions_loss(model) else None)
     from transformers.trainer_callback import PrinterCallback
 
     hf.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its prints
@@ -186,6 +188,8 @@ def run_training(trainer, data) -> dict:
     trainer.model, trainer.tokenizer = model, tokenizer
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg) if data.val else (None, 0)
+    with distributed.main_first():  # the main process generates (and caches) the replay answers first
+        train_ds, trainer.protection = add_replay(model, tokenizer, cfg, train_ds)
     if trainer._resume:
         _follow_checkpoint_batch(cfg, trainer._resume, trainer.adjusted)
     if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
@@ -201,11 +205,12 @@ def run_training(trainer, data) -> dict:
          f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}, "
          f"{attention} attention")
     start, resume = time.time(), trainer._resume
-    budget = fit_to_budget(cfg, lengths, device, start, trainer.adjusted) if cfg.time_budget else None
+    budget = fit_to_budget(cfg, lengths, trainer.protection.get("replay_rows", 0), start,
+                           trainer.adjusted) if cfg.time_budget else None
     trainer.budget = budget
     while True:
         hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths,
-                              [budget["callback"]] if budget else [])
+                              [budget["callback"]] if budget else [], trainer.protection.get("kl_weight", 0.0))
         hf.own_signals.install()
         try:
             hf.train(resume_from_checkpoint=resume)
@@ -262,14 +267,40 @@ def _follow_checkpoint_batch(cfg, checkpoint: str, adjusted: dict) -> None:
         _adjust(adjusted, "resumed with the checkpoint's micro-batch", batch_size=saved, grad_accum=cfg.grad_accum)
 
 
-def fit_to_budget(cfg, lengths: list[int], device: str, start: float, adjusted: dict) -> dict:
-    """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget."""
+def add_replay(model, tokenizer, cfg, train_ds):
+    """Forgetting protection: the replay rows appended to the training rows (a ``replay`` column marks
+    them), and what the summary records. Validation stays the domain's own rows."""
+    from datasets import concatenate_datasets
+
+    from ownllm.training.data import tokenize
+    from ownllm.training.hf import supports_trained_positions_loss
+    from ownllm.training.protect import protection_for, replay_rows
+
+    protection = protection_for(cfg)
+    if protection is None or not supports_trained_positions_loss(model):
+        if cfg.protect != "off":
+            _log(f"ownllm: forgetting protection is not applied to {cfg.method} on this model "
+                 "(it needs LoRA, DoRA or QLoRA on a Llama/Qwen/Mistral-type model)")
+        return train_ds, {"level": cfg.protect, "applied": False}
+    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, len(train_ds), protection), tokenizer, cfg)
+    mixed = concatenate_datasets([train_ds.add_column("replay", [0] * len(train_ds)),
+                                  replay.add_column("replay", [1] * len(replay))])
+    _log(f"ownllm: forgetting protection '{cfg.protect}': {len(replay)} replayed general answers of the base "
+         f"model beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
+    return mixed, {"level": cfg.protect, "applied": True, "replay_rows": len(replay),
+                   "kl_weight": protection.kl_weight}
+
+
+def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: dict) -> dict:
+    """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget.
+    ``lengths``: every training row's tokens, the ``replay`` replayed rows among them."""
     from ownllm.planning.profiles import this_machine
     from ownllm.planning.recommend import parse_duration, plan, spec_for
     from ownllm.training.callbacks import TimeBudgetCallback
 
     hours = parse_duration(cfg.time_budget)
-    p = plan(spec_for(cfg.model), this_machine(), examples=len(lengths), tokens_per_example=sum(lengths) / len(lengths),
+    p = plan(spec_for(cfg.model), this_machine(), examples=len(lengths) - replay, replay_rows=replay,
+             tokens_per_example=sum(lengths) / len(lengths),
              epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
              grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
     rec, predicted = p["recommendation"], p["hours"]
@@ -338,6 +369,7 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
         "best_val_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": trainer.attention, "added_terms": trainer.term_stats,
+        "protection": trainer.protection,
         "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
                                                 "predicted_hours": budget["predicted_hours"],
                                                 "actual_hours": round(wall / 3600, 6)},

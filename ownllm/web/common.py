@@ -3,9 +3,12 @@ the page's security headers, the API-key check, and the page with its static fil
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import os
+from dataclasses import dataclass
+from typing import Callable
 
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -27,8 +30,148 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def install_errors_and_auth(app, api_key: str | None, is_open) -> None:
-    """Errors answered as {"error": {...}} JSON, and ``Authorization: Bearer KEY`` on every path not ``is_open``."""
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+FORM_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}  # what an HTML form sends
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass
+class Guard:
+    """What every request must pass before it reaches a route, checked on the raw ASGI request (a pure
+    middleware: ``@app.middleware("http")`` would stop ``request.is_disconnected()`` from ever seeing a
+    client leave):
+
+    - ``Host`` names this server: an IP address, localhost, the bound name or an ``--allowed-host``
+      (else 421: a page on another site that rebinds its DNS name to this machine carries its own name);
+    - a request that changes state (not GET/HEAD/OPTIONS) from a browser comes from this server's own
+      page: a foreign ``Origin`` gets 403, and so do the content types an HTML form can send without
+      asking (form fields, multipart, text/plain) unless a header that forms cannot set comes with them;
+    - a body is at most ``max_body`` bytes (413), except on ``upload_paths``, which stream and cap it;
+    - ``Authorization: Bearer KEY`` on every path that ``is_open`` does not open (401).
+    """
+
+    bound_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    api_key: str | None = None
+    is_open: Callable[[str], bool] = lambda path: False
+    max_body: int = 1 << 20
+    upload_paths: tuple[str, ...] = ()
+
+    def host_allowed(self, host: str) -> bool:
+        name = _hostname(host)
+        if not name:
+            return False
+        try:
+            ipaddress.ip_address(name)
+            return True  # an address literal cannot be a rebound DNS name
+        except ValueError:
+            pass
+        return name in LOOPBACK_NAMES | {self.bound_host.lower()} | {h.lower() for h in self.allowed_hosts}
+
+    def problem(self, method: str, path: str, headers: dict[str, str]) -> APIError | None:
+        """The first rule the request breaks, as the error to answer, or None."""
+        host = headers.get("host", "")
+        if not self.host_allowed(host):
+            return APIError(421, f"this server does not answer to the host name '{host}'; start it with "
+                                 f"--allowed-host {_hostname(host) or 'NAME'} if that name is yours",
+                            code="host_not_allowed")
+        if method not in SAFE_METHODS:
+            origin = headers.get("origin")
+            if origin is not None and not self._same_origin(origin, host):
+                return APIError(403, f"requests from another site ({origin}) are refused; use this server's own page "
+                                     "or a client that sends no Origin header", code="cross_origin")
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype in FORM_TYPES and not {"authorization", "x-filename"} & headers.keys():
+                return APIError(415, f"a {ctype} body is refused here (it is what a form on another site can send); "
+                                     "send JSON with Content-Type: application/json", code="unsupported_media_type")
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body and path not in self.upload_paths:
+                return _too_large(self.max_body)
+        if self.api_key and not self.is_open(path):
+            given = headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            # headers arrive as latin-1 text: back to their bytes, compared with the key's UTF-8 bytes
+            if not hmac.compare_digest(token.encode("latin-1", "replace"), self.api_key.encode("utf-8")):
+                return APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
+                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def _same_origin(self, origin: str, host: str) -> bool:
+        from urllib.parse import urlsplit
+
+        netloc = urlsplit(origin).netloc.lower()
+        return netloc == host.lower() or _hostname(netloc) in {h.lower() for h in self.allowed_hosts}
+
+    def middleware(self, app):
+        """``app`` wrapped: requests that break a rule are answered here, in OpenAI's error shape."""
+        guard = self
+
+        async def guarded(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            err = guard.problem(scope["method"], scope["path"], headers)
+            if err is not None:
+                return await _answer(err, send)
+            if scope["method"] in SAFE_METHODS or scope["path"] in guard.upload_paths \
+                    or headers.get("content-length", "").isdigit():
+                return await app(scope, receive, send)
+            return await _buffered(app, scope, receive, send, guard.max_body)  # chunked: counted as it arrives
+
+        return guarded
+
+
+async def _buffered(app, scope, receive, send, limit: int) -> None:
+    """Read a body of unknown length (chunked) up to ``limit`` bytes, answering 413 past it; then hand it
+    to ``app`` in one piece, and later ``receive`` calls to the client (so a disconnect is still seen)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return await _answer(_too_large(limit), send)
+        if not message.get("more_body"):
+            break
+    body, given = b"".join(chunks), False
+
+    async def replay():
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    await app(scope, replay, send)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit:,} bytes (--max-request-bytes)",
+                    code="request_too_large")
+
+
+def _hostname(host: str) -> str:
+    """'example.com:8000' -> 'example.com'; '[::1]:8000' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _answer(err: APIError, send) -> None:
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install_errors_and_guard(app, guard: Guard) -> None:
+    """Every error answered as {"error": {...}} JSON (the route's own, a malformed body, an unknown path or
+    method, a body over the limit), and ``guard`` in front of every request."""
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -39,20 +182,36 @@ def install_errors_and_auth(app, api_key: str | None, is_open) -> None:
         err = exc.errors()[0]
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         if err.get("type") == "json_invalid":
-            return JSONResponse(APIError(400, "the request body is not valid JSON").body(), status_code=400)
+            return JSONResponse(APIError(400, "the request body is not valid JSON (or not UTF-8)").body(),
+                                status_code=400)
         param = ".".join(loc) or None
         return JSONResponse(APIError(400, f"{param or 'body'}: {err.get('msg')}", param=param).body(), status_code=400)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and not is_open(request.url.path):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                err = APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
-                               code="invalid_api_key")
-                return JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        err = APIError(exc.status_code, message.get(exc.status_code, str(exc.detail)), kind=kind)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    app.add_middleware(_GuardMiddleware, guard=guard)
+
+
+class _GuardMiddleware:
+    """Starlette's middleware protocol around ``Guard.middleware`` (pure ASGI, so disconnects are seen)."""
+
+    def __init__(self, app, guard: Guard):
+        self.app = guard.middleware(app)
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+def warn_if_exposed(host: str, api_key: str | None, command: str) -> None:
+    """Binding to a non-loopback address without a key lets anyone on the network in: say so, loudly."""
+    if _hostname(host) not in LOOPBACK_NAMES and not api_key:
+        print(f"warning: {command} listens on {host} without --api-key: anyone who can reach this machine can use "
+              "it (and, for the studio, read files under its data roots)", flush=True)
 
 
 def add_page(app, folder: str, files: tuple[str, ...]) -> None:

@@ -10,11 +10,11 @@ const I18N = {
     system: "系统提示（可选）", checkData: "检查数据", runName: "运行名称", createRun: "创建运行",
     reportTitle: "数据体检报告", rejected: "被拒绝的行", lengths: "每行的 token 数",
     examples: "渲染后的样例（高亮部分参与训练）", planTitle: "模型、方法与时间预算", model: "模型",
-    customModel: "或模型文件夹", method: "方法", budget: "时间预算", epochs: "轮数", advanced: "高级",
+    customModel: "或模型文件夹", method: "方法", protect: "保持通用能力", budget: "时间预算", epochs: "轮数", advanced: "高级",
     maxSteps: "最多步数", lr: "学习率", logSteps: "每 N 步记录", saveSteps: "每 N 步存检查点",
     makePlan: "查看计划", trainTitle: "训练", start: "开始训练", stop: "停止（保存检查点）", resume: "继续训练",
     state: "状态", trainLoss: "训练损失", valLoss: "验证损失", reportCard: "训练前后对比报告",
-    evaluate: "在留出的测试集上评估", forgetting: "通用文本困惑度上升：模型遗忘了部分通用语言能力。",
+    evaluate: "在留出的测试集上评估", forgetting: "模型遗忘了部分基础模型会的内容：见通用问题保留数与通用文本困惑度。",
     chatTitle: "同时问两个模型", fullReport: "下载完整报告（HTML）", send: "提问", exportTitle: "导出与下载", quant: "GGUF 权重", export: "导出",
     newRun: "（新运行）", none: "无", rows: "行", total: "读取行数", kept: "保留", rejectedN: "拒绝",
     duplicates: "重复", split: "训练 / 验证 / 测试", tokens: "token（均值 / p95 / 最大）", truncated: "被截断",
@@ -29,7 +29,7 @@ const I18N = {
     memNow: "内存", waiting: "等待中", dedupNear: "近似重复也去掉", dedupExact: "仅去掉完全相同", dedupOff: "不去重",
     piiKeep: "保留", piiMask: "遮盖（邮箱、电话、证件号、卡号）",
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
-    m_bleu: "BLEU", m_val_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度",
+    m_bleu: "BLEU", m_val_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
     m_tokens_per_second: "生成速度（token/秒）",
   },
 };
@@ -51,6 +51,7 @@ Object.assign(EN, {
   m_contains: "contains the reference", m_exact_match: "exact match", m_token_f1: "token F1", m_rouge_l: "ROUGE-L",
   m_bleu: "BLEU", m_val_loss: "loss on the test answers", m_perplexity: "perplexity",
   m_general_perplexity: "general-text perplexity", m_tokens_per_second: "generation tokens/s",
+  m_general_kept: "general questions answered right (kept of the base model's)",
 });
 
 const $ = (id) => document.getElementById(id);
@@ -274,7 +275,8 @@ function chosenModel() {
 }
 function planRequest() {
   return { model: chosenModel(), method: $("method").value, time_budget: $("budget").value.trim() || null,
-           epochs: Number($("epochs").value) || null };  // empty: chosen from the data's size
+           epochs: Number($("epochs").value) || null,  // empty: chosen from the data's size
+           protect: $("protect").value || "default" };
 }
 async function makePlan() {
   if (!state.run) throw new Error(T("needRun"));
@@ -383,6 +385,13 @@ function renderEval(view) {
     tr.append(el("td", T("m_" + m)), el("td", fmt(e.base && e.base[m])), el("td", fmt(e.tuned[m])));
     return tr;
   });
+  const g = e.general_answers;
+  if (g && g.base_right) {  // of the probe questions the base model answered right, how many the tuned one still does
+    const tr = el("tr");
+    tr.append(el("td", T("m_general_kept")), el("td", String(g.base_right)),
+              el("td", `${g.kept} (${Math.round(g.kept_share * 100)}%)`));
+    rows.push(tr);
+  }
   table.replaceChildren(head, ...rows);
 }
 async function askBoth() {
@@ -491,6 +500,8 @@ async function init() {
     `${m.cpu} · ${m.cores} cores · ${m.ram_gb} GB`;
   const fill = (id, items) => $(id).replaceChildren(...items.map((v) => { const o = el("option", v); o.value = v; return o; }));
   fill("method", info.methods);
+  fill("protect", info.protection);
+  $("protect").value = "default";
   fill("export-format", info.formats);
   fill("export-quant", info.quants);
   $("export-quant").value = "q8_0";

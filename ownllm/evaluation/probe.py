@@ -1,0 +1,134 @@
+"""The general-ability probe: short questions with whole-word answers (English and Chinese) and a
+few format-following prompts judged by rule, shipped in ``resources/general_probe.jsonl``.
+
+The report card asks the base and the tuned model every question and counts, of the answers the
+base model got right, how many the tuned one still gets right: what a fine-tune must keep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+
+from ownllm.evaluation.measure import generate_greedy
+from ownllm.evaluation.metrics import is_cjk, normalize
+
+KEPT_WARN = 0.90        # warn when the tuned model keeps fewer of the base model's right answers
+PERPLEXITY_WARN = 0.10  # warn when general-text perplexity rises by more
+PROBE_NEW_TOKENS = 32   # enough for a short sentence holding the answer
+_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                 "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+
+
+def probe_items() -> list[dict]:
+    text = resources.files("ownllm.resources").joinpath("general_probe.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _has_word(answer: str, word: str) -> bool:
+    """``word`` in ``answer`` as a whole word (Latin script) or a character span (CJK); numbers as numbers."""
+    a, w = normalize(answer), normalize(word)
+    if not w:
+        return False
+    if is_cjk(w):
+        return w in a
+    if w.isdigit():
+        return int(w) in _numbers(a)
+    return re.search(rf"(?<![\w]){re.escape(w)}(?![\w])", a) is not None
+
+
+def _numbers(text: str) -> set[int]:
+    found = {int(n) for n in re.findall(r"(?<![\d.])\d+(?![\d.])", text.replace(",", ""))}
+    return found | {v for k, v in _NUMBER_WORDS.items() if re.search(rf"\b{k}\b", text)}
+
+
+def judge(item: dict, answer: str) -> bool:
+    """Whether ``answer`` is right for the probe ``item`` (its accepted answers, or its format rule)."""
+    answers = item.get("answers") or []
+    if item["kind"] == "fact":
+        return any(_has_word(answer, a) for a in answers)
+    rule, words = item["rule"], normalize(answer).split()
+    if rule == "one_word":
+        return (len(words) == 1 or (is_cjk(answer) and len(normalize(answer)) <= 4)) and \
+            any(_has_word(answer, a) for a in answers)
+    if rule == "number_only":
+        return len(words) == 1 and words[0] in answers
+    if rule == "list3":
+        parts = [p for p in re.split(r"[,，、\n]|\band\b", answer.strip().rstrip(".。")) if p.strip(" -*•0123456789.")]
+        return len(parts) == 3
+    if rule == "uppercase":
+        return any(a in answer for a in answers)  # case-sensitive on purpose
+    if rule == "yes_no":
+        return bool(words) and words[0] == answers[0]
+    raise ValueError(f"unknown probe rule {rule!r}")
+
+
+def render_questions(items: list[dict], tokenizer, template) -> list[str]:
+    return [tokenizer.apply_chat_template([{"role": "user", "content": i["question"]}], chat_template=template,
+                                          tokenize=False, add_generation_prompt=True) for i in items]
+
+
+def ask(model, tokenizer, template, items: list[dict] | None = None) -> list[dict]:
+    """Every probe question, answered greedily: ``[{id, question, answer, right}]``."""
+    items = items or probe_items()
+    answers, _, _ = generate_greedy(model, tokenizer, render_questions(items, tokenizer, template), PROBE_NEW_TOKENS)
+    return [{"id": i["id"], "lang": i["lang"], "question": i["question"], "answer": a, "right": judge(i, a)}
+            for i, a in zip(items, answers)]
+
+
+def base_answers(model, tokenizer, template, base_name: str | None) -> list[dict]:
+    """The base model's probe answers, cached per base model (greedy, so they never change)."""
+    from ownllm.utils import read_jsonl, write_jsonl
+
+    path = _cache_path(base_name, template)
+    if path and os.path.exists(path):
+        return read_jsonl(path)
+    answers = ask(model, tokenizer, template)
+    if path:
+        write_jsonl(path, answers)
+    return answers
+
+
+def cached_base_answers(base_name: str | None, template) -> list[dict] | None:
+    from ownllm.utils import read_jsonl
+
+    path = _cache_path(base_name, template)
+    return read_jsonl(path) if path and os.path.exists(path) else None
+
+
+def _cache_path(base_name: str | None, template) -> str | None:
+    from ownllm.errors import OwnLLMError
+    from ownllm.models.load import cache_dir, fingerprint
+
+    if not base_name:
+        return None
+    raw = resources.files("ownllm.resources").joinpath("general_probe.jsonl").read_text(encoding="utf-8")
+    try:
+        key = fingerprint(base_name, template or "", raw, str(PROBE_NEW_TOKENS))
+    except OwnLLMError:  # the base model is not here any more: no cache, the caller measures afresh or skips
+        return None
+    return cache_dir("probe", f"{key}.jsonl")
+
+
+def compare_to_base(model, tokenizer, template, base: list[dict], examples: int = 5) -> dict:
+    """Ask ``model`` the questions the base model answered right; how many it still gets right, with
+    examples of lost answers. Warns below ``KEPT_WARN``."""
+    items = {i["id"]: i for i in probe_items()}
+    right = [b for b in base if b["right"] and b["id"] in items]
+    tuned = ask(model, tokenizer, template, [items[b["id"]] for b in right]) if right else []
+    lost = [{"question": b["question"], "base": b["answer"], "tuned": t["answer"]}
+            for b, t in zip(right, tuned) if not t["right"]]
+    n_kept = len(right) - len(lost)
+    share = n_kept / len(right) if right else None
+    return {"questions": len(base), "base_right": len(right), "kept": n_kept,
+            "kept_share": None if share is None else round(share, 4),
+            "base_right_by_lang": _by_lang(right), "kept_by_lang": _by_lang([t for t in tuned if t["right"]]),
+            "lost_examples": lost[:examples], "warning": share is not None and share < KEPT_WARN}
+
+
+def _by_lang(rows: list[dict]) -> dict:
+    out: dict = {}
+    for r in rows:
+        out[r["lang"]] = out.get(r["lang"], 0) + 1
+    return out

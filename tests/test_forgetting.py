@@ -1,0 +1,248 @@
+"""Forgetting protection and the general-ability probe: what a fine-tune keeps of the base model."""
+import json
+import math
+
+import pytest
+import torch
+
+from ownllm.evaluation import probe
+from ownllm.evaluation.metrics import normalize
+
+
+def test_replay_prompts_never_ask_a_probe_question():
+    """The measurement means nothing if training replays the questions the probe asks."""
+    from ownllm.training.protect import replay_prompts
+
+    questions = [normalize(i["question"]) for i in probe.probe_items()]
+    replay = [normalize(p) for p in replay_prompts()]
+    assert len(questions) >= 150 and len(replay) >= 100
+    assert not set(questions) & set(replay)
+    for r in replay:  # nor a near copy of one (a shared question with other words around it)
+        words = set(r.split())
+        for q in questions:
+            qw = set(q.split())
+            assert len(words & qw) / len(words | qw) < 0.6, (r, q)
+
+
+def test_probe_items_are_well_formed_in_both_languages():
+    items = probe.probe_items()
+    assert len({i["id"] for i in items}) == len(items)
+    assert sum(i["lang"] == "zh" for i in items) >= 40 and sum(i["kind"] == "format" for i in items) >= 8
+    for i in items:
+        assert i["kind"] in ("fact", "format") and (i["answers"] or i.get("rule") == "list3"), i
+
+
+@pytest.mark.parametrize("question_id,answer,right", [
+    ("en-000", "The capital of France is Paris.", True),
+    ("en-000", "The capital of France is called Le Système.", False),
+    ("en-000", "Parisian cafés are nice.", False),         # a whole word, not a prefix
+    ("en-090", "There are seven days in a week.", True),   # numbers as numbers, in words too
+    ("en-090", "A week has 7 days.", True),
+    ("en-090", "You can stay up to 17 hours a day.", False),
+    ("zh-000", "中国的首都是北京。", True),
+    ("zh-000", "中国的首都是上海。", False),
+])
+def test_probe_judges_whole_words_numbers_and_chinese(question_id, answer, right):
+    item = next(i for i in probe.probe_items() if i["id"] == question_id)
+    assert probe.judge(item, answer) is right
+
+
+def test_probe_format_rules():
+    def item(rule, answers):
+        return {"kind": "format", "rule": rule, "answers": answers}
+
+    assert probe.judge(item("one_word", ["green"]), "Green.")
+    assert not probe.judge(item("one_word", ["green"]), "The answer is green.")
+    assert probe.judge(item("number_only", ["4"]), "4")
+    assert not probe.judge(item("number_only", ["4"]), "A dog has 4 legs.")
+    assert probe.judge(item("list3", []), "red, green, blue")
+    assert not probe.judge(item("list3", []), "red and blue")
+    assert probe.judge(item("uppercase", ["HELLO"]), "HELLO")
+    assert not probe.judge(item("uppercase", ["HELLO"]), "hello")
+    assert probe.judge(item("yes_no", ["no"]), "No, ice is cold.")
+
+
+def _train_on_probe(tiny_model_dir, items, steps=100):
+    """A tiny model that has learned a few probe answers by heart (full fine-tune, plain torch)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ownllm.data.render import chat_template_for, render_row
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    template = chat_template_for(tok)
+    rendered = [render_row({"messages": [{"role": "user", "content": i["question"]},
+                                         {"role": "assistant", "content": f"{i['answers'][0]}."}]}, tok, template=template)
+                for i in items]
+    longest = max(len(r.input_ids) for r in rendered)
+    ids = torch.full((len(rendered), longest), tok.pad_token_id)
+    labels = torch.full((len(rendered), longest), -100)
+    mask = torch.zeros((len(rendered), longest), dtype=torch.long)
+    for k, r in enumerate(rendered):
+        ids[k, :len(r.input_ids)], labels[k, :len(r.labels)], mask[k, :len(r.input_ids)] = (
+            torch.tensor(r.input_ids), torch.tensor(r.labels), 1)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tok, template
+
+
+def test_probe_catches_a_damaged_model(tiny_model_dir):
+    """A tiny model that answers some probe questions keeps them all; the same model with noise in its
+    weights loses most of them, and the report's warning fires."""
+    items = [i for i in probe.probe_items() if i["kind"] == "fact" and i["lang"] == "en"][:12]
+    model, tok, template = _train_on_probe(tiny_model_dir, items)
+    base = probe.ask(model, tok, template, items)
+    assert sum(b["right"] for b in base) >= 8, [b["answer"] for b in base]
+    same = probe.compare_to_base(model, tok, template, base)
+    assert same["kept"] == same["base_right"] and not same["warning"]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.std())
+    damaged = probe.compare_to_base(model, tok, template, base)
+    assert damaged["kept"] <= damaged["base_right"] // 2 and damaged["warning"]
+    assert damaged["lost_examples"] and damaged["lost_examples"][0]["question"] in [i["question"] for i in items]
+
+
+def test_kl_sum_gradient_is_the_difference_of_distributions():
+    from ownllm.training.protect import kl_sum
+
+    torch.manual_seed(0)
+    tuned = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    base = torch.log_softmax(torch.randn(3, 7, dtype=torch.float64), dim=-1)
+    kl = kl_sum(tuned, base)
+    expected = (base.exp() * (base - torch.log_softmax(tuned, -1))).sum()
+    assert torch.allclose(kl, expected)
+    kl.backward()
+    assert torch.allclose(tuned.grad, torch.softmax(tuned, -1) - base.exp(), atol=1e-6)
+    assert float(kl_sum(base.clone(), base)) == pytest.approx(0.0, abs=1e-6)  # fp32 inside
+
+
+def _lora_batch(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0),
+                           autocast_adapter_dtype=False).eval()  # all float64: finite differences need it
+    ids = torch.tensor([[5, 17, 300, 41, 9, 77, 12, 2], [8, 88, 900, 14, 3, 6, 2, 2]])
+    mask = torch.tensor([[1] * 8, [1] * 7 + [0]])
+    labels = torch.tensor([[-100, -100, -100, 41, 9, 77, 12, 2], [-100, -100, 900, 14, 3, 6, 2, -100]])
+    return model, ids, mask, labels
+
+
+def _protected_loss(model, ids, mask, labels, rows, kl_weight=1.0):
+    from ownllm.training.hf import no_logits, trained_positions_loss
+    from ownllm.training.protect import base_logprobs
+
+    loss_fn = trained_positions_loss(model, kl_weight)
+    loss_fn.set_replay(rows, base_logprobs(model, ids[rows], mask[rows], labels[rows][:, 1:] != -100))
+    with loss_fn.capturing():
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=no_logits(ids))
+        return loss_fn(out, labels)
+
+
+def test_kl_term_is_zero_for_a_zero_adapter_and_matches_finite_differences(tiny_model_dir):
+    model, ids, mask, labels = _lora_batch(tiny_model_dir)
+    replay_only = torch.tensor([True, True])
+    assert abs(float(_protected_loss(model, ids, mask, labels, replay_only))) < 1e-12  # LoRA B starts at zero
+    torch.manual_seed(0)
+    params = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)
+    loss = _protected_loss(model, ids, mask, labels, replay_only)
+    assert float(loss) > 0
+    p = params[3]
+    (grad,) = torch.autograd.grad(loss, p)
+    h, idx = 1e-4, (1, 2)  # the model's attention softmax runs in fp32 even in a float64 model
+    with torch.no_grad():
+        p[idx] += h
+        up = float(_protected_loss(model, ids, mask, labels, replay_only))
+        p[idx] -= 2 * h
+        down = float(_protected_loss(model, ids, mask, labels, replay_only))
+        p[idx] += h
+    assert (up - down) / (2 * h) == pytest.approx(float(grad[idx]), rel=1e-3)
+    # a mixed batch: the domain row keeps its cross-entropy, the replay row adds its weighted KL
+    mixed = torch.tensor([False, True])
+    ce_only = _protected_loss(model, ids, mask, labels, mixed, kl_weight=0.0)
+    both = _protected_loss(model, ids, mask, labels, mixed, kl_weight=2.0)
+    assert float(both) > float(ce_only) > 0
+
+
+def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(tiny_model_dir, qa_file, tmp_path,
+                                                                              monkeypatch):
+    import yaml
+
+    from ownllm.training import hf
+    from ownllm.training.trainer import Trainer
+
+    seen = []
+    real = hf.HFTrainer.evaluate
+
+    def spy(self, *args, **kwargs):
+        seen.append((len(self.eval_dataset), self.eval_dataset.column_names))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hf.HFTrainer, "evaluate", spy)
+    args = {"precision": "fp32", "batch_size": 4, "max_steps": 2, "save_steps": 2, "early_stopping_patience": 0,
+            "output_dir": str(tmp_path / "p")}
+    summary = Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args).train()
+    p = summary["protection"]
+    assert p["applied"] and p["replay_rows"] == max(16, math.ceil(0.35 * summary["train_rows"]))
+    assert seen and all(n == summary["val_rows"] and "replay" not in cols for n, cols in seen)
+    assert yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())["protect"] == "default"
+    off = Trainer(model=tiny_model_dir, train_dataset=qa_file, args={**args, "output_dir": str(tmp_path / "o"),
+                                                                      "protect": "off"}).train()
+    assert off["protection"] == {"level": "off", "applied": False}
+    full = Trainer(model=tiny_model_dir, train_dataset=qa_file, args={**args, "output_dir": str(tmp_path / "f"),
+                                                                       "method": "full"}).train()
+    assert full["protection"]["applied"] is False  # no adapter to switch off: the base is not in memory
+
+
+def test_report_card_counts_kept_answers_and_warns(tiny_model_dir, qa_file, tmp_path):
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.report import forgetting_warnings, to_markdown
+    from ownllm.training.trainer import Trainer
+
+    Trainer(model=tiny_model_dir, train_dataset=qa_file, args={"precision": "fp32", "batch_size": 4, "max_steps": 1,
+                                                                "output_dir": str(tmp_path / "r")}).train()
+    result = evaluate(str(tmp_path / "r"), max_new_tokens=4)
+    g = result["general_answers"]
+    assert g["questions"] == len(probe.probe_items()) and "general answers kept" in result["headline"]
+    saved = json.loads((tmp_path / "r" / "eval" / "metrics.json").read_text())
+    assert saved["general_answers"] == g
+    # --no-base: the base answers cached by the evaluation above are reused
+    assert evaluate(str(tmp_path / "r"), no_base=True, max_new_tokens=4)["general_answers"]["questions"] == g["questions"]
+
+    lost = {"questions": 176, "base_right": 60, "kept": 30, "kept_share": 0.5, "warning": True,
+            "lost_examples": [{"question": "What is the capital of France?", "base": "Paris.", "tuned": "Le Système."}]}
+    card = {"headline": "h", "tuned": {}, "general_answers": lost, "general_perplexity_change": 0.72}
+    warnings = forgetting_warnings(card)
+    assert len(warnings) == 2 and "30 of the 60" in warnings[0] and "72%" in warnings[1]
+    md = to_markdown(card, [])
+    assert "Le Système" in md and "## What the model kept" in md
+    assert not forgetting_warnings({**card, "general_answers": {**lost, "warning": False},
+                                    "general_perplexity_change": 0.05})
+
+
+def test_planner_counts_the_replayed_rows():
+    from ownllm.planning.profiles import get_profile
+    from ownllm.planning.recommend import plan, spec_for
+    from ownllm.training.protect import replay_for_plan
+
+    spec, gpu = spec_for("smollm2-135m"), get_profile("RTX 4090")
+    replay = replay_for_plan("default", "lora", 1000)
+    assert replay == 141 and replay_for_plan("off", "lora", 1000) == 0 and replay_for_plan("default", "full", 1000) == 0
+    plain = plan(spec, gpu, examples=1000, tokens_per_example=100)
+    protected = plan(spec, gpu, examples=1000, tokens_per_example=100, replay_rows=replay)
+    assert protected["examples"] == 1000 and protected["replay_rows"] == replay
+    # each replayed row trains and also runs the base model forward: more than its share of the time
+    assert protected["hours"] / plain["hours"] > 1 + replay / 1000

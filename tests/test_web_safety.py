@@ -1,0 +1,218 @@
+"""Both web servers against other websites, floods and slow clients (the shared guard in ownllm.web)."""
+import concurrent.futures
+import contextlib
+import time
+
+import pytest
+
+from ownllm.web.common import Guard
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from ownllm.models.load import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
+def _serve(tiny, base_url="http://127.0.0.1", **settings):
+    from fastapi.testclient import TestClient
+
+    from ownllm.serving.app import ServeSettings, create_app
+
+    return TestClient(create_app(tiny, ServeSettings(model_id="tiny", **settings)), base_url=base_url,
+                      raise_server_exceptions=False)
+
+
+def _studio(tmp_path, base_url="http://127.0.0.1", **kw):
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio.app import Studio, create_app
+
+    studio = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path / "mine")])
+    return TestClient(create_app(studio, **kw), base_url=base_url, raise_server_exceptions=False)
+
+
+def _openai_shaped(r, status):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+
+
+def test_host_names_are_checked(tiny, tmp_path):
+    guard = Guard(bound_host="127.0.0.1", allowed_hosts=("my.box",))
+    for host in ("127.0.0.1:8000", "localhost:7860", "[::1]:8000", "192.168.1.5:8000", "my.box", "MY.BOX:80"):
+        assert guard.host_allowed(host), host
+    for host in ("evil.example", "evil.example:8000", "localhost.evil.example", ""):
+        assert not guard.host_allowed(host), host
+    _openai_shaped(_serve(tiny, "http://evil.example:8000").get("/v1/models"), 421)
+    assert "--allowed-host evil.example" in _serve(tiny, "http://evil.example").get("/").json()["error"]["message"]
+    _openai_shaped(_studio(tmp_path, "http://evil.example:7860").get("/api/runs"), 421)
+    assert _serve(tiny, "http://my.box", allowed_hosts=("my.box",)).get("/v1/models").status_code == 200
+    assert _studio(tmp_path, "http://localhost:7860").get("/api/runs").status_code == 200
+
+
+def test_cross_site_requests_cannot_change_state(tiny, tmp_path):
+    studio, evil = _studio(tmp_path), {"Origin": "http://evil.example"}
+    (tmp_path / "mine").mkdir()
+    for method, path, kw in (("post", "/api/runs/x/stop", {}), ("post", "/api/runs/x/resume", {}),
+                             ("post", "/api/runs", {"json": {"name": "x", "inputs": ["a.jsonl"]}}),
+                             ("post", "/api/data/inspect", {"json": {"inputs": ["a.jsonl"]}}),
+                             ("post", "/api/upload", {"content": b"{}", "headers": {"X-Filename": "a.jsonl"}})):
+        r = getattr(studio, method)(path, **{**kw, "headers": {**kw.get("headers", {}), **evil}})
+        _openai_shaped(r, 403)
+        assert "another site" in r.json()["error"]["message"]
+    # what a plain HTML form can send, from anywhere, without a custom header
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    _openai_shaped(studio.post("/api/runs/x/stop", content=b"a=1", headers=form), 415)
+    _openai_shaped(_serve(tiny).post("/v1/chat/completions", content=b"{}", headers={"Content-Type": "text/plain"}), 415)
+    _openai_shaped(_serve(tiny).post("/v1/chat/completions", json=CHAT, headers=evil), 403)
+    # the page's own requests still pass: same origin, and clients that send no Origin at all
+    same = {"Origin": "http://127.0.0.1"}
+    assert studio.post("/api/runs/x/stop", headers=same).status_code == 404  # past the guard: no run 'x'
+    assert _serve(tiny).post("/v1/chat/completions", json=CHAT, headers=same).status_code == 200
+    assert _serve(tiny).post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_studio_reads_files_only_under_its_roots(tmp_path):
+    import json
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"q{i}?"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(10)]
+    (mine / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text((mine / "ok.jsonl").read_text())
+    client = _studio(tmp_path)
+    assert client.post("/api/data/inspect", json={"inputs": [str(mine / "ok.jsonl")]}).status_code == 200
+    for path in (str(secret), "/etc/passwd", str(mine / ".." / "secret.jsonl")):
+        r = client.post("/api/data/inspect", json={"inputs": [path]})
+        _openai_shaped(r, 403)
+        assert "--data-root" in r.json()["error"]["message"]
+    r = client.post("/api/runs", json={"name": "s", "inputs": [str(secret)]})
+    assert r.status_code == 403 and not (tmp_path / "runs" / "s").exists()
+    (mine / "link.jsonl").symlink_to(secret)  # a link out of the root is outside it
+    assert client.post("/api/data/inspect", json={"inputs": [str(mine / "link.jsonl")]}).status_code == 403
+    r = client.post("/api/runs/none/plan", json={"model": str(tmp_path)})
+    _openai_shaped(r, 403)
+
+
+def test_oversized_body_is_refused_at_once_while_health_answers(tiny, live_server):
+    import httpx
+
+    with live_server(tiny, max_request_bytes=64 * 1024) as (url, app):
+        big = b'{"model": "tiny", "prompt": "' + b"x" * (8 << 20) + b'"}'
+        start = time.monotonic()
+        r = httpx.post(url + "/v1/completions", content=big, headers={"Content-Type": "application/json"}, timeout=30)
+        _openai_shaped(r, 413)
+        assert time.monotonic() - start < 5
+        # a chunked body (no Content-Length) is counted as it arrives
+        r = httpx.post(url + "/v1/completions", content=iter([big[:40000], big[40000:90000]]),
+                       headers={"Content-Type": "application/json"}, timeout=30)
+        _openai_shaped(r, 413)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+
+
+@pytest.fixture
+def live_server(serving):
+    @contextlib.contextmanager
+    def start(model, **settings):
+        from ownllm.serving.app import ServeSettings, create_app
+
+        app = create_app(model, ServeSettings(model_id="tiny", **settings))
+        with serving(app) as url:
+            yield url, app
+
+    return start
+
+
+@contextlib.contextmanager
+def _slowed(model, seconds: float):
+    inner, original = model.model, model.model.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    inner.forward = slow
+    try:
+        yield
+    finally:
+        inner.forward = original
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny, live_server):
+    import httpx
+
+    body = {**CHAT, "max_tokens": 400}
+    with _slowed(tiny, 0.05), live_server(tiny, max_concurrency=1) as (url, app):
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes its connection
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
+        left = time.monotonic()
+        while app.state.engine.active and time.monotonic() - left < 10:
+            time.sleep(0.05)
+        # 400 tokens at 0.05 s each would hold the slot for 20 s
+        assert app.state.engine.active == 0 and time.monotonic() - left < 2
+
+
+def test_seeded_requests_are_reproducible_beside_each_other(tiny, live_server):
+    import httpx
+
+    def ask(seed):
+        body = {**CHAT, "max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": seed}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with live_server(tiny, max_concurrency=2) as (url, app):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = list(pool.map(ask, [7, 8]))
+            second = list(pool.map(ask, [7, 8]))
+        alone = ask(7)
+    assert first == second and first[0] == alone
+    assert first[0] != first[1]  # different seeds draw differently
+
+
+@pytest.mark.parametrize("field,value", [("max_tokens", True), ("max_tokens", "5"), ("temperature", "0.5"),
+                                         ("seed", 1.5), ("stream", "yes"), ("top_k", False)])
+def test_numbers_and_booleans_are_strict(tiny, field, value):
+    r = _serve(tiny).post("/v1/chat/completions", json={**CHAT, field: value})
+    _openai_shaped(r, 400)
+    assert r.json()["error"]["param"] == field
+
+
+def test_every_error_answer_has_openais_shape(tiny, live_server):
+    client = _serve(tiny, api_key="clé-秘密")
+    auth = {"Authorization": "Bearer clé-秘密".encode()}  # a client sends the key's UTF-8 bytes
+    _openai_shaped(client.post("/v1/chat/completions", json=CHAT), 401)
+    assert client.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200  # a non-ASCII key works
+    _openai_shaped(client.get("/v1/nothing", headers=auth), 404)
+    _openai_shaped(client.get("/v1/chat/completions", headers=auth), 405)
+    _openai_shaped(client.post("/v1/chat/completions", content=b'{"model": "tiny", "x": "\xff\xfe"}',
+                               headers={**auth, "Content-Type": "application/json"}), 400)
+    _openai_shaped(client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 0}, headers=auth), 400)
+    _openai_shaped(_serve(tiny, "http://evil.example").get("/health"), 421)
+    _openai_shaped(_serve(tiny, max_request_bytes=2048).post("/v1/completions", content=b"{" + b" " * 4096 + b"}",
+                                                               headers={"Content-Type": "application/json"}), 413)
+    import httpx
+
+    with _slowed(tiny, 0.05), live_server(tiny, max_concurrency=1, max_queue=0) as (url, app):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, url + "/v1/chat/completions", json={**CHAT, "max_tokens": 30}, timeout=60)
+            while not app.state.engine.active:
+                time.sleep(0.01)
+            _openai_shaped(httpx.post(url + "/v1/chat/completions", json=CHAT, timeout=60), 429)
+            assert pending.result().status_code == 200
+
+
+def test_exposed_servers_warn(capsys):
+    from ownllm.web.common import warn_if_exposed
+
+    warn_if_exposed("0.0.0.0", None, "ownllm serve")
+    assert "without --api-key" in capsys.readouterr().out
+    warn_if_exposed("0.0.0.0", "key", "ownllm serve")
+    warn_if_exposed("127.0.0.1", None, "ownllm serve")
+    assert capsys.readouterr().out == ""
