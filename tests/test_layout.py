@@ -146,7 +146,7 @@ def test_an_epoch_and_additional_epochs_train_the_steps_transformers_runs(tiny_m
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _distinct_rows(37)), encoding="utf-8")
-    args = {"precision": "fp32", "batch_size": 4, "grad_accum": 3, "epochs": 1, "split": "1,0,0",
+    args = {"precision": "fp32", "batch_size": 4, "grad_accum": 3, "epochs": 1, "split": "1,0,0", "protect": "off",
             "early_stopping_patience": 0, "logging_steps": 1, "output_dir": str(tmp_path / "run")}
     first = Trainer(model=tiny_model_dir, train_dataset=str(data), args=args).train()
     assert first["train_rows"] == 37

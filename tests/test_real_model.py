@@ -74,7 +74,7 @@ def test_studio_flow_on_the_embedded_model(tmp_path):
 
     from ownllm.studio.app import Studio, create_app
 
-    client = TestClient(create_app(Studio(str(tmp_path / "runs"))))
+    client = TestClient(create_app(Studio(str(tmp_path / "runs"))), base_url="http://127.0.0.1")
 
     def settled(key):
         end = time.time() + 900

@@ -118,7 +118,12 @@ def test_guide_snippet_end_to_end(tiny_model_dir, tmp_path):
     again = trainer.train(additional_epochs=2)
     state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert again["epochs"] == pytest.approx(state["epoch"] + 2, abs=1e-3)
-    assert again["global_step"] == state["global_step"] + 2 * 6  # 41 rows / batch 8 = 6 steps per epoch
+    # an epoch is the training rows and forgetting protection's replayed rows: 43 + 16 rows / batch 8 = 8 steps
+    from ownllm.planning.estimate import steps_per_epoch
+
+    rows = summary["train_rows"] + summary["protection"]["replay_rows"]
+    assert summary["protection"]["replay_rows"] == 16 and steps_per_epoch(rows, 8) == 8
+    assert again["global_step"] == state["global_step"] + 2 * 8
 
 
 def test_unknown_args_are_rejected_with_suggestions(tiny_model_dir, qa_file):
