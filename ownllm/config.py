@@ -102,6 +102,8 @@ class TrainConfig:
             p.append(f"--init-adapter: not found: {self.init_adapter}")
         if self.data is not None and not os.path.exists(self.data):
             p.append(f"--data: not found: {self.data}")
+        if self.out is not None and os.path.isfile(self.out):
+            p.append(f"--out {self.out} is a file: give a folder for the run (it will be created)")
         if self.template:
             from ownllm.models.templates import TEMPLATES
 
@@ -139,6 +141,12 @@ def coerce(cls, key: str, value):
     typ = str(names[key].type)
     if "str" in typ and not isinstance(parsed, (str, type(None))):
         parsed = value
+    elif isinstance(parsed, str) and ("float" in typ or "int" in typ):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; a number field means a number
+        try:
+            parsed = float(value) if "float" in typ else int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number (got {value!r})") from None
     return key, parsed
 
 

@@ -17,6 +17,13 @@ def add_model_args(p) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights from a folder you trust")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+    add_merge_arg(p)
+
+
+def add_merge_arg(p) -> None:
+    p.add_argument("--no-merge", action="store_true",
+                   help="keep a run's LoRA/DoRA adapter unmerged (by default it is folded into the weights in "
+                        "memory, checked, so the tuned model generates as fast as the base model)")
 
 
 def add_gen_args(p) -> None:

@@ -31,6 +31,10 @@ def cmd_data_inspect(args) -> int:
 
 def cmd_data_prepare(args) -> int:
     from ownllm.data.prepare import prepare_dataset
+    from ownllm.errors import ConfigError
+
+    if os.path.isfile(args.out):
+        raise ConfigError(f"--out {args.out} is a file: give a folder for the run (it will be created)")
 
     r = prepare_dataset(args.inputs, args.out, val=args.val, test=args.test, **_prepare_options(args)).report
     print(f"format {r['format']} ({r['format_reason']}); {r['total_rows']} rows read, {r['kept_rows']} kept, "
@@ -93,10 +97,14 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
 def cmd_train(args) -> int:
     from ownllm.training.trainer import Trainer
 
-    if args.config and not args.config.endswith((".yaml", ".yml")) and "=" not in args.config:
+    if args.config and os.path.exists(os.path.join(args.config, "data", "train.jsonl")) and not args.data:
+        # `ownllm train RUN_DIR` after `ownllm data prepare ... --out RUN_DIR`: train that run, in place
+        args.data, args.out, args.config = args.config, args.out or args.config, None
+    elif args.config and not args.config.endswith((".yaml", ".yml")) and "=" not in args.config:
         from ownllm.errors import ConfigError
 
-        raise ConfigError(f"'{args.config}' is not a .yaml config", hint="use --data FILE for a dataset")
+        raise ConfigError(f"'{args.config}' is not a .yaml config or a prepared run directory",
+                          hint="use --data FILE for a dataset, or `ownllm train RUN_DIR` after `ownllm data prepare`")
     if (args.num_processes > 1 or args.num_machines > 1) and "WORLD_SIZE" not in os.environ:
         return _launch(args)
     if args.resume:
@@ -215,9 +223,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_data_prepare)
 
     p = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA, full, DoRA, prefix)",
-                       description="ownllm train --data my.jsonl [flags] | ownllm train config.yaml [key=value ...] "
+                       description="ownllm train --data my.jsonl [flags] | ownllm train RUN_DIR [flags] | "
+                                   "ownllm train config.yaml [key=value ...] "
                                    "| ownllm train --resume RUN_DIR [--checkpoint checkpoint-N] [--additional-epochs N]")
-    p.add_argument("config", nargs="?", help="a config.yaml (saved flags), e.g. runs/NAME/config.yaml")
+    p.add_argument("config", nargs="?", metavar="CONFIG|RUN_DIR",
+                   help="a config.yaml (saved flags), e.g. runs/NAME/config.yaml, or a run directory prepared by "
+                        "`ownllm data prepare` (trained in place)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest (or --checkpoint) checkpoint")
     p.add_argument("--checkpoint", help="with --resume: e.g. checkpoint-100")

@@ -30,7 +30,7 @@ def cmd_generate(args) -> int:
     kwargs = gen_kwargs(args)
     GenerationSettings.build(**kwargs)  # report bad values before the model loads
     model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, merge=not args.no_merge)
     for piece in model.stream(args.prompt, system_prompt=args.system, chat=False if args.raw else None, **kwargs):
         print(piece, end="", flush=True)
     print()
@@ -44,7 +44,7 @@ def cmd_chat(args) -> int:
     kwargs = gen_kwargs(args)
     GenerationSettings.build(**kwargs)
     model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, merge=not args.no_merge)
     system, history = args.system, []
     print(f"{model.name} — type a message; /reset clears the conversation, /system TEXT sets the "
           "system prompt, /exit quits.")

@@ -13,8 +13,8 @@ from ownllm.errors import DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, generate_greedy, loss_on_rows, perplexity
-from ownllm.models.load import base_of, load_model
-from ownllm.rundir import run_config
+from ownllm.models.load import base_of, load_model, merge_for_inference
+from ownllm.rundir import is_run_dir, run_config, trained_output
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
 
@@ -36,17 +36,21 @@ def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[
     return rows[:max_samples] if max_samples else rows
 
 
-def _side(model, tokenizer, rows, prompts, refs, template, max_new_tokens, max_seq_len) -> tuple[dict, list]:
+def _losses(model, tokenizer, rows, template, max_seq_len) -> dict:
+    """Loss and perplexity on the test answers, and perplexity on the general-text sample."""
     val_loss = loss_on_rows(model, tokenizer, rows, template, max_seq_len)
     general = loss_on_rows(model, tokenizer, general_rows(), None, max_seq_len)
-    out = {"val_loss": round(val_loss, 4), "perplexity": round(perplexity(val_loss), 3),
-           "general_perplexity": round(perplexity(general), 3)}
+    return {"val_loss": round(val_loss, 4), "perplexity": round(perplexity(val_loss), 3),
+            "general_perplexity": round(perplexity(general), 3)}
+
+
+def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, list]:
+    """Greedy answers to the test prompts, their scores, and the generation speed."""
     if not prompts:
-        return out, []
+        return {}, []
     answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens)
-    out.update(M.aggregate(answers, refs), seconds_per_answer=round(seconds / len(prompts), 3),
-               tokens_per_second=round(new / seconds, 1) if seconds else 0.0)
-    return out, answers
+    return {**M.aggregate(answers, refs), "seconds_per_answer": round(seconds / len(prompts), 3),
+            "tokens_per_second": round(new / seconds, 1) if seconds else 0.0}, answers
 
 
 def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
@@ -56,6 +60,9 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
 
     if not os.path.isdir(run_dir):
         raise OwnLLMError(f"run directory not found: {run_dir}")
+    if is_run_dir(run_dir) and trained_output(run_dir) is None:
+        raise OwnLLMError(f"{run_dir} has no trained model yet (no adapter/ or model/ in it)",
+                          hint=f"train it first: ownllm train {run_dir}")
     cfg = run_config(run_dir)
     rows = _test_rows(run_dir, data, max_samples)
     tuned = load_model(run_dir)
@@ -75,12 +82,19 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     if not no_base:
         base_model, base_ctx = base_of(tuned, cfg.get("model"))
         with base_ctx:
-            result["base"], answers["base"] = _side(base_model, tok, rows, prompts, refs, template, max_new_tokens, seq)
+            result["base"] = _losses(base_model, tok, rows, template, seq)
+            scores, answers["base"] = _answers(base_model, tok, prompts, refs, max_new_tokens)
+            result["base"].update(scores)
             base_probe = probe.base_answers(base_model, tok, template, cfg.get("model"))
-    result["tuned"], answers["tuned"] = _side(tuned.model, tok, rows, prompts, refs, template, max_new_tokens, seq)
+    result["tuned"] = _losses(tuned.model, tok, rows, template, seq)  # the trained model as it is
+    # answers from the adapter folded into the weights (checked), as `chat`/`serve` generate them;
+    # the base side above needed the adapter switched off, so the merge comes only now
+    generator, note = merge_for_inference(tuned.model, tok)
+    scores, answers["tuned"] = _answers(generator, tok, prompts, refs, max_new_tokens)
+    result["tuned"].update(scores, merged_for_generation=note is None)
     result["samples"] = len(rows)
     result["max_new_tokens"] = max_new_tokens
-    result.update(_general_check(tuned.model, tok, template, cfg, result, base_probe))
+    result.update(_general_check(generator, tok, template, cfg, result, base_probe))
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)

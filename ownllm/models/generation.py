@@ -124,6 +124,8 @@ class OwnModel:
     ``.model`` and ``.tokenizer`` are the plain transformers objects.
     """
 
+    merge_note: str | None = None  # why a run's adapter could not be folded into the weights (load_model(merge=True))
+
     def __init__(self, model, tokenizer, name: str = "", spec=None):
         self.model = model
         self.tokenizer = tokenizer

@@ -213,12 +213,15 @@ def _offline_error(source: ModelSource, why: str) -> ModelNotFoundError:
 
 
 def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-               allow_pickle: bool = False, trust_remote_code: bool = False, adapter: str | None = None):
+               allow_pickle: bool = False, trust_remote_code: bool = False, adapter: str | None = None,
+               merge: bool = False):
     """Load a model for generation: ``load_model("smollm2-135m").generate("...")``.
 
     ``name`` is a registry alias, a local Hugging Face folder, a ``.gguf`` file or a hub id;
     a run directory or an adapter folder loads its base model with the adapter on top; a
-    ``.onnx`` export (or its folder) runs with onnxruntime.
+    ``.onnx`` export (or its folder) runs with onnxruntime. ``merge``: fold a LoRA/DoRA adapter into
+    the weights in memory (checked against the unmerged model; files are not touched), so generation
+    costs what the base model's does; ``OwnModel.merge_note`` says why when it could not be merged.
     """
     from ownllm.models.generation import OwnModel
 
@@ -243,7 +246,49 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
                 model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model = PeftModel.from_pretrained(model, adapter)
         model.eval()
-    return OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
+    note = None
+    if merge and adapter:
+        model, note = merge_for_inference(model, tokenizer)
+        if note:
+            log.warning("ownllm: generating with the adapter unmerged: %s", note)
+    own = OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
+    own.merge_note = note
+    return own
+
+
+MERGE_PROBE = "The capital of France is Paris. 人工智能的未来是"
+
+
+def merge_for_inference(model, tokenizer):
+    """``(model, None)`` with a LoRA/DoRA adapter folded into the weights (in place: give it a model loaded
+    for this), after checking that merged and unmerged logits agree on a probe prompt; ``(model, why)``
+    unchanged when the adapter cannot be merged (prefix tuning, a quantized base)."""
+    import torch
+    from peft import PeftModel
+
+    from ownllm.errors import OwnLLMError
+
+    if not isinstance(model, PeftModel):
+        return model, None
+    kind = model.peft_config[model.active_adapter].peft_type.value
+    if kind != "LORA":  # DoRA is LoRA with use_dora
+        return model, f"{kind.lower().replace('_', ' ')} adapters cannot be folded into the weights"
+    if getattr(model.get_base_model(), "is_quantized", False):
+        return model, "the base model is quantized: merging would round the adapter into its 4/8-bit weights"
+    enc = {k: v.to(model.device) for k, v in tokenizer(MERGE_PROBE, return_tensors="pt").items()}
+    with torch.inference_mode():
+        before = model(**enc).logits.float()
+    merged = model.merge_and_unload().eval()
+    with torch.inference_mode():
+        after = merged(**enc).logits.float()
+    diff = float((before - after).abs().max())
+    # fp32 sums in another order: ~1e-5; bf16/fp16 weights round the merged sum: relative to the logits
+    tolerance = 1e-3 if after.dtype == torch.float32 and next(merged.parameters()).dtype == torch.float32 \
+        else 0.05 * float(before.abs().max())
+    if diff > tolerance:
+        raise OwnLLMError(f"merging the adapter changed the logits by {diff:.4g} (tolerance {tolerance:.4g})",
+                          hint="run with --no-merge, and report this with the run's adapter_config.json")
+    return merged, None
 
 
 def base_of(tuned, base_name: str | None):

@@ -397,13 +397,13 @@ def model_id_for(source: str) -> str:
 def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
           system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
-          max_request_bytes: int | None = None) -> None:
+          max_request_bytes: int | None = None, merge: bool = True) -> None:
     """Load ``source`` and serve it until Ctrl-C."""
     import uvicorn
 
     from ownllm.models.load import load_model
 
-    model = load_model(source, device=device, dtype=dtype)
+    model = load_model(source, device=device, dtype=dtype, merge=merge)
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
                              allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes)
