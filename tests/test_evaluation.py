@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -108,3 +109,43 @@ def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
             args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4, "method": "full"}).train()
     assert (run / "model" / "config.json").exists()
     assert evaluate(str(run), max_new_tokens=4)["tuned"]["val_loss"] > 0
+
+
+@pytest.mark.parametrize("pred,ref,expected", [
+    ("I do not know", "no", 0.0),              # a word, not letters inside other words
+    ("within 45 days", "4", 0.0),              # numbers as numbers
+    ("Refunds within 45 days.", "45", 1.0),
+    ("There are seven days in a week.", "7", 1.0),
+    ("A, B, C or D", "B", 0.0),                 # naming every choice is not choosing one
+    ("B. The second option.", "B", 1.0),
+    ("咨询请拨打热线，周一到周五。", "周一到周五", 1.0),
+    ("The return window is 30 days.", "30 days", 1.0),
+    ("The return window is 300 days.", "30 days", 0.0),
+])
+def test_contains_matches_words_numbers_and_one_choice(pred, ref, expected):
+    from ownllm.evaluation.metrics import contains
+
+    assert contains(pred, ref) == expected
+
+
+def test_headline_says_when_test_answers_were_trained_on():
+    from ownllm.evaluation.compare import _answer_overlap, headline
+
+    import json as _json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as run:
+        os.makedirs(os.path.join(run, "data"))
+        with open(os.path.join(run, "data", "train.jsonl"), "w") as f:
+            f.write(_json.dumps({"messages": [{"role": "user", "content": "q"},
+                                              {"role": "assistant", "content": "Refunds take 5 days."}]}) + "\n")
+        samples = [{"reference": "Refunds take 5 days.", "base_scores": {"contains": 0.0}, "tuned_scores": {"contains": 1.0}},
+                   {"reference": "Call us on Monday.", "base_scores": {"contains": 0.0}, "tuned_scores": {"contains": 0.0}}]
+        overlap = _answer_overlap(run, samples)
+    assert overlap["answers_seen_in_training"] == {"seen": 1, "questions": 2}
+    assert overlap["by_overlap"] == {"seen": {"base": 0.0, "tuned": 1.0}, "unseen": {"base": 0.0, "tuned": 0.0}}
+    side = {"contains": 0.5, "token_f1": 0.5, "val_loss": 1.0, "general_perplexity": 0}
+    text = headline({"samples": 2, "base": side, "tuned": side, **overlap})
+    assert "1 of 2 reference answers appear word for word in training" in text and "100% / 0%" in text
+    choice = {**side, "choice_accuracy": 0.75}
+    assert headline({"samples": 4, "base": choice, "tuned": choice}).startswith("choice accuracy 75% → 75%")

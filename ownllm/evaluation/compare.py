@@ -98,6 +98,7 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)
+    result.update(_answer_overlap(run_dir if not data else None, samples))
     out = os.path.join(run_dir, "eval")
     os.makedirs(out, exist_ok=True)
     write_jsonl(os.path.join(out, "samples.jsonl"), samples)
@@ -127,6 +128,27 @@ def _general_check(model, tok, template, cfg: dict, result: dict, base_probe) ->
     return out
 
 
+def _answer_overlap(run_dir: str | None, samples: list[dict]) -> dict:
+    """How many test references are, word for word, the answer of a training row: then the test measures
+    recall of trained answers for new phrasings, not answers the model never saw. Marks each sample and,
+    when both kinds exist, scores them apart."""
+    path = os.path.join(run_dir or "", "data", "train.jsonl")
+    if not samples or not run_dir or not os.path.exists(path):
+        return {}
+    trained = {M.normalize(m["content"]) for r in read_jsonl(path) for m in r.get("messages", [])
+               if m.get("role") == "assistant"}
+    for s in samples:
+        s["seen_in_training"] = M.normalize(s["reference"]) in trained
+    seen = [s for s in samples if s["seen_in_training"]]
+    out = {"answers_seen_in_training": {"seen": len(seen), "questions": len(samples)}}
+    if 0 < len(seen) < len(samples):
+        unseen = [s for s in samples if not s["seen_in_training"]]
+        out["by_overlap"] = {name: {side: round(sum(s[f"{side}_scores"]["contains"] for s in group) / len(group), 4)
+                                    for side in ("base", "tuned") if f"{side}_scores" in group[0]}
+                             for name, group in (("seen", seen), ("unseen", unseen))}
+    return out
+
+
 def _samples(rows, refs, answers) -> list[dict]:
     if not refs:
         return []
@@ -147,15 +169,30 @@ def headline(result: dict) -> str:
         b = result.get("base")
         return (f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}" if b else f"perplexity {t['perplexity']:.2f}") \
             + f" on {n} held-out text chunks"
+    # the headline metric follows the task: the choice picked for A-D questions, else the reference found
+    key, name = ("choice_accuracy", "choice accuracy") if "choice_accuracy" in t else ("contains", "contains-accuracy")
     if "base" not in result:
-        return (f"contains-accuracy {t['contains']:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
-                + _kept_text(result))
+        return (f"{name} {t[key]:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
+                + _kept_text(result) + _overlap_text(result))
     b = result["base"]
-    text = (f"contains-accuracy {b['contains']:.0%} → {t['contains']:.0%}, token F1 {b['token_f1']:.2f} → "
+    text = (f"{name} {b[key]:.0%} → {t[key]:.0%}, token F1 {b['token_f1']:.2f} → "
             f"{t['token_f1']:.2f}, loss {b['val_loss']:.2f} → {t['val_loss']:.2f} on {n} held-out questions")
     if b["general_perplexity"]:
         text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
-    return text + _kept_text(result)
+    return text + _kept_text(result) + _overlap_text(result)
+
+
+def _overlap_text(result: dict) -> str:
+    o = result.get("answers_seen_in_training")
+    if not o or not o["seen"]:
+        return ""
+    text = (f"; {o['seen']} of {o['questions']} reference answers appear word for word in training (for those, this "
+            "measures recall of trained answers for new phrasings)")
+    by = result.get("by_overlap")
+    if by:
+        text += (f"; contains on answers seen / unseen in training: {by['seen']['tuned']:.0%} / "
+                 f"{by['unseen']['tuned']:.0%}")
+    return text
 
 
 def _kept_text(result: dict) -> str:

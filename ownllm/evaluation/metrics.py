@@ -39,9 +39,33 @@ def exact_match(pred: str, ref: str) -> float:
     return float(normalize(pred) == normalize(ref))
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?(?![\w])")
+_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                 "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+
+
+def _numbers(text: str) -> set[float]:
+    text = unicodedata.normalize("NFKC", text or "")
+    found = {float(n.replace(",", ".")) for n in _NUMBER.findall(text)}
+    return found | {float(v) for k, v in _NUMBER_WORDS.items() if re.search(rf"\b{k}\b", text.lower())}
+
+
 def contains(pred: str, ref: str) -> float:
-    r = normalize(ref)
-    return float(bool(r) and r in normalize(pred))
+    """Whether the answer holds the reference: as whole words in Latin script ("no" is not in "I do not
+    know"), as a character span in Chinese/Japanese/Korean, as a number when the reference is one ("4" is
+    not in "45 days"; "seven" is 7). For a one-letter choice (A–D), an answer that names several choices
+    is wrong ("A, B, C or D" does not contain "B")."""
+    r, p = normalize(ref), normalize(pred)
+    if not r:
+        return 0.0
+    if is_multiple_choice([ref]):
+        named = set(re.findall(r"(?<![A-Za-z])([A-D])(?![A-Za-z])", unicodedata.normalize("NFKC", pred or "")))
+        return float(parse_choice(pred) == parse_choice(ref) and len(named) <= 1)
+    if _NUMBER.fullmatch(unicodedata.normalize("NFKC", ref).strip()):
+        return float(next(iter(_numbers(ref))) in _numbers(pred))
+    if is_cjk(r):
+        return float(r in p)
+    return float(re.search(rf"(?<!\w){re.escape(r)}(?!\w)", p) is not None)
 
 
 def token_f1(pred: str, ref: str) -> float:

@@ -12,13 +12,11 @@ import re
 from importlib import resources
 
 from ownllm.evaluation.measure import generate_greedy
-from ownllm.evaluation.metrics import is_cjk, normalize
+from ownllm.evaluation.metrics import contains, is_cjk, normalize
 
 KEPT_WARN = 0.90        # warn when the tuned model keeps fewer of the base model's right answers
 PERPLEXITY_WARN = 0.10  # warn when general-text perplexity rises by more
 PROBE_NEW_TOKENS = 32   # enough for a short sentence holding the answer
-_NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-                 "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
 
 
 def probe_items() -> list[dict]:
@@ -27,20 +25,7 @@ def probe_items() -> list[dict]:
 
 
 def _has_word(answer: str, word: str) -> bool:
-    """``word`` in ``answer`` as a whole word (Latin script) or a character span (CJK); numbers as numbers."""
-    a, w = normalize(answer), normalize(word)
-    if not w:
-        return False
-    if is_cjk(w):
-        return w in a
-    if w.isdigit():
-        return int(w) in _numbers(a)
-    return re.search(rf"(?<![\w]){re.escape(w)}(?![\w])", a) is not None
-
-
-def _numbers(text: str) -> set[int]:
-    found = {int(n) for n in re.findall(r"(?<![\d.])\d+(?![\d.])", text.replace(",", ""))}
-    return found | {v for k, v in _NUMBER_WORDS.items() if re.search(rf"\b{k}\b", text)}
+    return bool(contains(answer, word))  # the report card's one rule: whole words, CJK spans, numbers as numbers
 
 
 def judge(item: dict, answer: str) -> bool:
