@@ -105,3 +105,49 @@ def chromium():
         pytest.skip("no chromium here: apt-get install chromium (.ci/run does)")
     os.makedirs(ARTIFACTS, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """The tiny model loaded for serving tests (shared by a module's tests)."""
+    from ownllm.models.load import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture
+def live_server(serving):
+    """``with live_server(model, **settings) as (url, app)``: the serve app for ``model``, live on loopback."""
+
+    @contextlib.contextmanager
+    def start(model, **settings):
+        from ownllm.serving.app import ServeSettings, create_app
+
+        app = create_app(model, ServeSettings(model_id="tiny", **settings))
+        with serving(app) as url:
+            yield url, app
+
+    return start
+
+
+@contextlib.contextmanager
+def _slowed(model, seconds: float):
+    """Real generation, each forward pass made slower: long enough to hold a slot for the load tests."""
+    inner = model.model
+    original = inner.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    inner.forward = slow_forward
+    try:
+        yield model
+    finally:
+        inner.forward = original
+
+
+@pytest.fixture(scope="session")
+def slowed():
+    """``with slowed(model, seconds):`` every forward pass of ``model`` takes ``seconds`` longer."""
+    return _slowed

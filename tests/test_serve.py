@@ -17,45 +17,6 @@ pytest.importorskip("uvicorn")
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "test-artifacts")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from ownllm.models.load import load_model
-
-    return load_model(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture
-def live_server(serving):
-    """``with live_server(model, **settings) as (url, app)``: the serve app for ``model``, live on loopback."""
-
-    @contextlib.contextmanager
-    def start(model, **settings):
-        from ownllm.serving.app import ServeSettings, create_app
-
-        app = create_app(model, ServeSettings(model_id="tiny", **settings))
-        with serving(app) as url:
-            yield url, app
-
-    return start
-
-
-@contextlib.contextmanager
-def slowed(model, seconds: float):
-    """Real generation, each forward pass made slower: long enough to hold a slot for the load tests."""
-    inner = model.model
-    original = inner.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    inner.forward = slow_forward
-    try:
-        yield model
-    finally:
-        inner.forward = original
-
-
 def test_openai_client_chat_and_completions_streaming_and_not(tiny, live_server):
     openai = pytest.importorskip("openai")
     with live_server(tiny) as (url, _):
@@ -185,7 +146,7 @@ def test_api_key_guards_every_route_but_health_and_page(tiny):
         "/v1/models", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}).headers
 
 
-def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server):
+def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
@@ -212,7 +173,7 @@ def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server):
         assert [x.status_code for x in results] == [200, 200]
 
 
-def test_disconnect_mid_stream_frees_the_slot(tiny, live_server):
+def test_disconnect_mid_stream_frees_the_slot(tiny, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True,
@@ -229,7 +190,7 @@ def test_disconnect_mid_stream_frees_the_slot(tiny, live_server):
         assert r.status_code == 200
 
 
-def test_request_timeout_ends_the_request(tiny, live_server):
+def test_request_timeout_ends_the_request(tiny, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}

@@ -1,6 +1,5 @@
 """Both web servers against other websites, floods and slow clients (the shared guard in ownllm.web)."""
 import concurrent.futures
-import contextlib
 import time
 
 import pytest
@@ -8,13 +7,6 @@ import pytest
 from ownllm.web.common import Guard
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from ownllm.models.load import load_model
-
-    return load_model(tiny_model_dir, device="cpu")
 
 
 def _serve(tiny, base_url="http://127.0.0.1", **settings):
@@ -116,39 +108,11 @@ def test_oversized_body_is_refused_at_once_while_health_answers(tiny, live_serve
         assert httpx.get(url + "/health", timeout=5).status_code == 200
 
 
-@pytest.fixture
-def live_server(serving):
-    @contextlib.contextmanager
-    def start(model, **settings):
-        from ownllm.serving.app import ServeSettings, create_app
-
-        app = create_app(model, ServeSettings(model_id="tiny", **settings))
-        with serving(app) as url:
-            yield url, app
-
-    return start
-
-
-@contextlib.contextmanager
-def _slowed(model, seconds: float):
-    inner, original = model.model, model.model.forward
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    inner.forward = slow
-    try:
-        yield
-    finally:
-        inner.forward = original
-
-
-def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny, live_server):
+def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny, live_server, slowed):
     import httpx
 
     body = {**CHAT, "max_tokens": 400}
-    with _slowed(tiny, 0.05), live_server(tiny, max_concurrency=1) as (url, app):
+    with slowed(tiny, 0.05), live_server(tiny, max_concurrency=1) as (url, app):
         with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes its connection
             httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
         left = time.monotonic()
@@ -184,7 +148,7 @@ def test_numbers_and_booleans_are_strict(tiny, field, value):
     assert r.json()["error"]["param"] == field
 
 
-def test_every_error_answer_has_openais_shape(tiny, live_server):
+def test_every_error_answer_has_openais_shape(tiny, live_server, slowed):
     client = _serve(tiny, api_key="clé-秘密")
     auth = {"Authorization": "Bearer clé-秘密".encode()}  # a client sends the key's UTF-8 bytes
     _openai_shaped(client.post("/v1/chat/completions", json=CHAT), 401)
@@ -199,7 +163,7 @@ def test_every_error_answer_has_openais_shape(tiny, live_server):
                                                                headers={"Content-Type": "application/json"}), 413)
     import httpx
 
-    with _slowed(tiny, 0.05), live_server(tiny, max_concurrency=1, max_queue=0) as (url, app):
+    with slowed(tiny, 0.05), live_server(tiny, max_concurrency=1, max_queue=0) as (url, app):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, url + "/v1/chat/completions", json={**CHAT, "max_tokens": 30}, timeout=60)
             while not app.state.engine.active:
