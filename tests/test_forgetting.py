@@ -126,9 +126,8 @@ def test_kl_sum_gradient_is_the_difference_of_distributions():
 
 def _lora_batch(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0),
                            autocast_adapter_dtype=False).eval()  # all float64: finite differences need it

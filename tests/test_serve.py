@@ -3,7 +3,6 @@ battery, auth on every route, 429 under a burst, disconnects and timeouts, and t
 real browser (Debian's chromium driven by Playwright)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
