@@ -130,6 +130,13 @@ def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):
         assert client.get("/api/runs/r1/download", params={"path": path}, headers=auth).status_code == 404
     r = client.get("/api/runs/r1/download", params={"path": "data/report.json"}, headers=auth)
     assert r.status_code == 200 and r.headers["content-disposition"].startswith("attachment")
+    # the page downloads through a plain link: a one-file, one-use token instead of the key
+    assert client.get("/api/runs/r1/download", params={"path": "data/report.json"}).status_code == 401
+    assert client.post("/api/runs/r1/download-token", json={"path": "data/report.json"}).status_code == 401
+    assert client.post("/api/runs/r1/download-token", headers=auth, json={"path": "/etc/passwd"}).status_code == 404
+    link = client.post("/api/runs/r1/download-token", headers=auth, json={"path": "data/report.json"}).json()["url"]
+    assert client.get(link.replace("report.json", "train.jsonl")).status_code == 401  # the token names one file
+    assert client.get(link).status_code == 200 and client.get(link).status_code == 401  # and is used once
     r = client.post("/api/runs/r1/chat", headers=auth, json={"message": "hi"})
     assert r.json()["error"]["code"] == "not_trained"
 

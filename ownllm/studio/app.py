@@ -12,16 +12,18 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.errors import OwnLLMError
-from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
+from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
 from ownllm.studio import jobs
 from ownllm.rundir import is_run_dir, read_json, trained_output
 from ownllm.studio.runs import read_metrics, run_view, training_state
@@ -33,6 +35,7 @@ RUN_NAME = re.compile(r"\w[\w.\-]{0,63}")  # \w includes Chinese characters
 MAX_UPLOAD = 1 << 30
 MAX_JSON = 1 << 20  # every request but an upload is a small JSON body
 DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
+DOWNLOAD_TOKEN_SECONDS = 60
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -80,6 +83,10 @@ class ChatRequest(_Body):
     max_tokens: int = Field(128, ge=1, le=2048)
 
 
+class DownloadRequest(_Body):
+    path: str = Field(min_length=1)
+
+
 class ExportRequest(_Body):
     format: str = "merged"
     quant: str = "q8_0"
@@ -105,6 +112,7 @@ class Studio:
         # the folders whose files the page may name by path: the runs (uploads included) and --data-root
         self.roots = [os.path.realpath(r) for r in [self.runs, *(data_roots or [os.getcwd()])]]
         self.chat_models: dict = {}
+        self.download_tokens: dict[str, tuple[str, str, float]] = {}  # token -> (run, file, expiry)
         self.chat_lock = threading.Lock()
         self.start_lock = threading.Lock()
 
@@ -289,13 +297,17 @@ async def save_upload(studio: Studio, request: Request) -> dict:
     return {"path": path, "name": given, "bytes": size}
 
 
+def _open_path(path: str) -> bool:
+    """Paths the key check leaves to the route: the page, and downloads (which take a token or the key)."""
+    return not path.startswith("/api/") or (path.startswith("/api/runs/") and path.endswith("/download"))
+
+
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.1",
                allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="ownllm studio", docs_url=None, redoc_url=None, openapi_url=None)
     install_errors_and_guard(app, Guard(bound_host=host, allowed_hosts=allowed_hosts, api_key=api_key,
-                                        is_open=lambda path: not path.startswith("/api/"), max_body=MAX_JSON,
-                                        upload_paths=("/api/upload",)))
+                                        is_open=_open_path, max_body=MAX_JSON, upload_paths=("/api/upload",)))
 
     @app.exception_handler(OwnLLMError)
     async def _mistake(request, exc: OwnLLMError):  # a person's mistake (bad file, flag, model): a 400 naming it
@@ -416,8 +428,27 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
             ["--quant", req.quant] if req.format == "gguf" else [])
         return await asyncio.to_thread(start_job, studio, name, "export", argv)
 
+    @app.post("/api/runs/{name}/download-token")
+    async def download_token(name: str, req: DownloadRequest):
+        download_path(studio, name, req.path)  # 404 now for a file that cannot be downloaded
+        token, now = secrets.token_urlsafe(18), time.monotonic()
+        for old in [t for t, (_, _, expiry) in studio.download_tokens.items() if expiry < now]:
+            del studio.download_tokens[old]
+        studio.download_tokens[token] = (name, req.path, now + DOWNLOAD_TOKEN_SECONDS)
+        query = urlencode({"path": req.path, "token": token})
+        return {"url": f"/api/runs/{quote(name)}/download?{query}", "expires_in": DOWNLOAD_TOKEN_SECONDS}
+
     @app.get("/api/runs/{name}/download")
-    async def download(name: str, path: str):
+    async def download(name: str, path: str, request: Request, token: str | None = None):
+        # a plain link streams the file to disk (GB for a GGUF or merged export): with a key set, the link
+        # carries a one-file token that lasts a minute, since a link cannot send the Authorization header
+        granted = studio.download_tokens.get(token) if token else None
+        valid = bool(granted) and granted[:2] == (name, path) and granted[2] > time.monotonic()
+        if valid:
+            del studio.download_tokens[token]  # one use
+        if api_key and not valid and not key_matches(request.headers.get("authorization", ""), api_key):
+            raise APIError(401, "missing or expired download token (ask the page again) or API key",
+                           code="invalid_api_key")
         full = download_path(studio, name, path)
         return FileResponse(full, filename=os.path.basename(full), content_disposition_type="attachment",
                             headers={"X-Content-Type-Options": "nosniff"})

@@ -88,10 +88,7 @@ class Guard:
             if length.isdigit() and int(length) > self.max_body and path not in self.upload_paths:
                 return _too_large(self.max_body)
         if self.api_key and not self.is_open(path):
-            given = headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            # headers arrive as latin-1 text: back to their bytes, compared with the key's UTF-8 bytes
-            if not hmac.compare_digest(token.encode("latin-1", "replace"), self.api_key.encode("utf-8")):
+            if not key_matches(headers.get("authorization", ""), self.api_key):
                 return APIError(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         return None
@@ -150,6 +147,13 @@ async def _buffered(app, scope, receive, send, limit: int) -> None:
 def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than {limit:,} bytes (--max-request-bytes)",
                     code="request_too_large")
+
+
+def key_matches(authorization: str, api_key: str) -> bool:
+    """``Authorization: Bearer KEY`` against the key, in constant time. Headers arrive as latin-1 text: back
+    to their bytes, compared with the key's UTF-8 bytes (so a non-ASCII key works)."""
+    token = authorization[7:] if authorization.lower().startswith("bearer ") else ""
+    return hmac.compare_digest(token.encode("latin-1", "replace"), api_key.encode("utf-8"))
 
 
 def _hostname(host: str) -> str:

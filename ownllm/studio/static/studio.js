@@ -447,16 +447,15 @@ function renderExports(view) {
   }));
 }
 async function download(path) {
-  // fetch (so the API key travels in a header), then hand the browser the bytes
-  const r = await api(`/api/runs/${encodeURIComponent(state.run)}/download?path=${encodeURIComponent(path)}`, { raw: true });
-  const url = URL.createObjectURL(await r.blob());
+  // a plain link, so the browser streams the file to disk (a GGUF or merged export is GBs, too big for a
+  // Blob in this page's memory); the link carries a one-file token that lasts a minute
+  const { url } = await api(`/api/runs/${encodeURIComponent(state.run)}/download-token`, { json: { path } });
   const a = el("a");
   a.href = url;
   a.download = path.split("/").pop();
   document.body.append(a);
   a.click();
   a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
 // -- wiring -----------------------------------------------------------------------------------------
