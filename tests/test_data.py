@@ -159,7 +159,7 @@ def test_very_long_line_is_rejected_not_fatal(prep, tmp_path):
 def test_duplicates_and_leakage(prep, tmp_path):
     text = rows_jsonl(20) + rows_jsonl(3)  # three exact duplicates
     near = chat("Question number 5 about topic 65?", "Answer 5: value 35!")
-    r = prep([write(tmp_path / "d.jsonl", text + json.dumps(near) + "\n")])
+    r = prep([write(tmp_path / "d.jsonl", text + json.dumps(near) + "\n")], max_rejected=0.2)
     assert r.report["exact_duplicates"] == 3 and r.report["near_duplicates"] == 1
     val = write(tmp_path / "val.jsonl", rows_jsonl(2, offset=0))
     r = prep([write(tmp_path / "d2.jsonl", rows_jsonl(20))], val=val, dedup="near")
@@ -175,8 +175,11 @@ def test_split_is_deterministic():
 
 
 def test_cleaning_keeps_chat_text():
-    assert C.clean("你好，世界！ＡＢＣ１２３") == "你好，世界！ABC123"
-    assert C.clean("a<br>b &amp; <b>c</b>\x00\u200b") == "a\nb & c"
+    assert C.clean("你好，世界！ＡＢＣ１２３ 10 m²") == "你好，世界！ＡＢＣ１２３ 10 m²"  # NFC by default: no meaning changed
+    assert C.clean("你好，世界！ＡＢＣ１２３", "nfkc") == "你好，世界！ABC123"       # NFKC keeps CJK punctuation
+    assert C.clean("a<br>b &amp; <b>c</b>\x00\u200b") == "a<br>b &amp; <b>c</b>"
+    assert C.clean("a<br>b &amp; <b>c</b>\x00\u200b", strip_html=True) == "a\nb & c"
+    assert C.clean("👨\u200d👩\u200d👧") == "👨\u200d👩\u200d👧"  # the zero-width joiner of emoji sequences stays
     assert C.clean("if a < b and c > d:\n    x = 1") == "if a < b and c > d:\n    x = 1"
     assert C.clean_text("Hello, World!") == "hello world"
 
@@ -191,10 +194,12 @@ def test_pii_masking():
 
 def test_dedup_units():
     d = Deduplicator("near")
-    assert d.check("The quick brown fox jumps over the lazy dog today", 1) == (None, None)
-    assert d.check("the quick brown fox  jumps over the lazy dog today", 2)[0] == "duplicate"
-    assert d.check("The quick brown fox jumps over the lazy dog today!", 3)[0] == "near_duplicate"
-    assert find_leaks(["a completely different sentence", "hello there world"], ["hello there world"]) == [1]
+    assert d.check({"text": "The quick brown fox jumps over the lazy dog today"}, 1) == (None, None)
+    assert d.check({"text": "the quick brown fox  jumps over the lazy dog today"}, 2) == ("duplicate", 1)
+    assert d.check({"text": "The quick brown fox jumps over the lazy dog today!"}, 3) == ("near_duplicate", 1)
+    assert d.check({"text": "The quick brown fox jumps over the lazy dog tonight"}, 4) == (None, None)
+    assert find_leaks([{"text": "a completely different sentence"}, {"text": "hello there world"}],
+                      [{"text": "hello there world"}]) == [(1, 0)]
 
 
 def test_render_labels_only_assistant_tokens(tokenizer_dir):

@@ -17,7 +17,8 @@ from ownllm.config import TrainConfig
 def _prepare_options(args) -> dict:
     return dict(format=args.format, columns=args.columns, split=args.split, seed=args.seed, strict=args.strict,
                 max_rejected=args.max_rejected, max_seq_len=args.max_seq_len, system=args.system, pii=args.pii,
-                dedup=args.dedup, model=args.model, template=args.template)
+                dedup=args.dedup, normalize=args.normalize, strip_html=args.strip_html, model=args.model,
+                template=args.template)
 
 
 def cmd_data_inspect(args) -> int:
@@ -60,7 +61,16 @@ def _add_prepare_args(p, with_out: bool) -> None:
     p.add_argument("--max-seq-len", type=int, default=1024, help="token limit used for the truncation count")
     p.add_argument("--system", help="system prompt added to every conversation")
     p.add_argument("--pii", default="keep", choices=["mask", "keep"], help="mask e-mails, phones, ID and card numbers")
-    p.add_argument("--dedup", default="near", choices=["exact", "near", "off"], help="duplicate removal (default near)")
+    p.add_argument("--dedup", default="near", choices=["exact", "near", "off"],
+                   help="duplicate removal on the user and assistant turns (never the system prompt); near "
+                        "(default) also removes rows that differ only slightly, never ones whose numbers or "
+                        "names differ; exact removes identical rows only")
+    p.add_argument("--normalize", default="nfc", choices=["nfc", "nfkc"],
+                   help="Unicode normalisation: nfc (default, changes no meaning) or nfkc (full-width letters "
+                        "and digits to ASCII, but also m² to m2 and ① to 1)")
+    p.add_argument("--strip-html", action="store_true",
+                   help="remove HTML tags and decode entities (off by default: it deletes literal tags in text "
+                        "about HTML)")
     p.add_argument("--template", help="chat template: the model's own, or chatml, llama3, qwen, deepseek, alpaca")
 
 

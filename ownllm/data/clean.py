@@ -8,7 +8,7 @@ import unicodedata
 # Full-width CJK punctuation is kept as written: NFKC would turn "，" into "," and "？" into "?",
 # which changes the style a Chinese model learns to answer in.
 _KEEP_FULLWIDTH = re.compile(r"([\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\u3000])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
 _HTML_TAG = re.compile(
     r"</?(?:p|br|div|span|b|i|u|em|strong|a|img|ul|ol|li|table|tr|td|th|tbody|thead|h[1-6]|font|hr|"
     r"sup|sub|small|center|section|article|header|footer|nav|blockquote)(?:\s[^<>]*)?/?>", re.I)
@@ -18,26 +18,41 @@ _TRAILING_WS = re.compile(r"[ \t]+\n")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
-def normalize(text: str) -> str:
-    """NFKC (full-width letters/digits → ASCII), keeping CJK full-width punctuation as written."""
+NORMALIZATIONS = ("nfc", "nfkc")
+
+
+def normalize(text: str, form: str = "nfkc") -> str:
+    """NFC, or NFKC (full-width letters/digits → ASCII) keeping CJK full-width punctuation as written."""
+    if form == "nfc":
+        return unicodedata.normalize("NFC", text)
     parts = _KEEP_FULLWIDTH.split(text)
     return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
 
 
-def clean(text: str) -> str:
-    """Unicode normalisation, control and zero-width characters, HTML tags and entities, whitespace.
+def clean(text: str, normalization: str = "nfc", strip_html: bool = False, changed: set | None = None) -> str:
+    """Safe by default: NFC, control and zero-width characters, line endings, trailing spaces and runs
+    of blank lines. Code indentation, single newlines and all punctuation are kept.
 
-    Code indentation, single newlines and all punctuation are kept.
+    ``normalization="nfkc"`` also folds compatibility characters ("１０ｍ" → "10m", but also "m²" → "m2",
+    "①" → "1"); ``strip_html`` removes common HTML tags and decodes entities (it would also delete a
+    literal "<table>" in a question about HTML). Both change meaning, so both are options. ``changed``
+    collects the names of the optional steps that changed something.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    if "<" in text:
-        text = _BLOCK_TAG.sub("\n", text)
-        text = _HTML_TAG.sub("", text)
-    if "&" in text and _ENTITY.search(text):
-        text = html.unescape(text)
-    text = normalize(text)
-    text = _TRAILING_WS.sub("\n", text)
+    if strip_html:
+        before = text
+        if "<" in text:
+            text = _BLOCK_TAG.sub("\n", text)
+            text = _HTML_TAG.sub("", text)
+        if "&" in text and _ENTITY.search(text):
+            text = html.unescape(text)
+        if changed is not None and text != before:
+            changed.add("html")
+    normalized = normalize(text, normalization)
+    if changed is not None and normalization != "nfc" and normalized != unicodedata.normalize("NFC", text):
+        changed.add(normalization)
+    text = _TRAILING_WS.sub("\n", normalized)
     text = _MANY_NEWLINES.sub("\n\n", text)
     return text.strip()
 
@@ -98,13 +113,15 @@ def mask_pii(text: str) -> tuple[str, int]:
     return text, count
 
 
-def clean_row(row: dict, pii: str = "keep") -> tuple[dict, int]:
-    """Clean every text of a canonical row; returns (row, PII items masked)."""
+def clean_row(row: dict, pii: str = "keep", normalization: str = "nfc", strip_html: bool = False,
+              changed: set | None = None) -> tuple[dict, int]:
+    """Clean every text of a canonical row; returns (row, PII items masked). ``changed`` collects the
+    optional steps ("nfkc", "html") that changed the row."""
     masked = 0
 
     def fix(t: str) -> str:
         nonlocal masked
-        t = clean(t)
+        t = clean(t, normalization, strip_html, changed)
         if pii == "mask":
             t, n = mask_pii(t)
             masked += n

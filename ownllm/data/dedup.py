@@ -1,4 +1,10 @@
-"""Exact and near-duplicate detection (MinHash LSH from datasketch), and the train/eval leakage check."""
+"""Exact and near-duplicate detection (MinHash LSH from datasketch), and the train/eval leakage check.
+
+Rows are compared on what makes them distinct: their user turns and their assistant turns, each on
+its own (or a text row's text). The system prompt is never compared: a long shared system prompt
+made distinct rows look alike. Rows whose turns differ in a number or a name are never duplicates
+("5 mg" vs "10 mg" inside shared boilerplate are different answers).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,22 +14,50 @@ import zlib
 _WS = re.compile(r"\s+")
 NUM_PERM = 64
 THRESHOLD = 0.9
+# Numbers (also 1,000 / 2.5 / 10:30 and Chinese numerals) and capitalised words that do not start a sentence.
+_NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*|[〇零一二两三四五六七八九十百千万亿]+")
+_WORD = re.compile(r"[A-Z][\w'’-]*")
+_SENTENCE_END = re.compile(r"(?:^|[.!?。！？:：\n]\s*)$")
+EXCERPT = 160
+_PUNCT = re.compile(r"[^\w\s]+")
 
 
 def _norm(text: str) -> str:
     return _WS.sub(" ", text.lower()).strip()
 
 
-def exact_key(text: str) -> str:
-    return hashlib.blake2b(_norm(text).encode("utf-8"), digest_size=16).hexdigest()
+def distinct_parts(row: dict) -> tuple[str, ...]:
+    """The parts of a canonical row that duplicates are judged on: (user turns, assistant turns), or (text,)."""
+    if "text" in row:
+        return (row["text"],)
+    asked = "\n".join(m["content"] for m in row["messages"] if m["role"] in ("user", "tool"))
+    answered = "\n".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
+    return asked, answered
 
 
-def _shingles(text: str, k: int = 5) -> list[bytes]:
-    # Character shingles: they work for Chinese (no spaces) as well as for English.
-    t = _norm(text)
+def markers(text: str) -> tuple[str, ...]:
+    """The numbers and names of a text, in order: two texts that differ here say different things."""
+    found = [m.group(0) for m in _NUMBER.finditer(text)]
+    found += [m.group(0).lower() for m in _WORD.finditer(text) if not _SENTENCE_END.search(text[max(0, m.start() - 3):m.start()])]
+    return tuple(found)
+
+
+def exact_key(parts: tuple[str, ...]) -> str:
+    return hashlib.blake2b("\x1f".join(_norm(p) for p in parts).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def excerpt(parts: tuple[str, ...], limit: int = EXCERPT) -> str:
+    text = " ⟩ ".join(_WS.sub(" ", p).strip() for p in parts)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shingles(text: str, k: int = 5) -> set[bytes]:
+    # Character shingles of the text without punctuation: they work for Chinese (no spaces) as well
+    # as for English. (Numbers and names are compared apart, by markers().)
+    t = _norm(_PUNCT.sub(" ", text))
     if len(t) <= k:
-        return [t.encode("utf-8")]
-    return list({t[i:i + k].encode("utf-8") for i in range(len(t) - k + 1)})
+        return {t.encode("utf-8")}
+    return {t[i:i + k].encode("utf-8") for i in range(len(t) - k + 1)}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -35,13 +69,14 @@ def _hash32(b: bytes) -> int:
 
 
 class NearDuplicateIndex:
-    """Rows whose character-shingle Jaccard similarity is about ``threshold`` or more."""
+    """Rows each of whose parts has a character-shingle Jaccard similarity of ``threshold`` or more
+    with the same part of an indexed row, with the same numbers and names."""
 
     def __init__(self, threshold: float = THRESHOLD, num_perm: int = NUM_PERM):
         from datasketch import MinHash, MinHashLSH
 
         self.num_perm, self.threshold = num_perm, threshold
-        self.texts: dict = {}
+        self.parts: dict = {}
         # (Buckets tuned lower than the threshold raise recall but flood templated data with
         # candidates: 100k rows went from 35 s to 13 min.)
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
@@ -49,64 +84,83 @@ class NearDuplicateIndex:
         template = MinHash(num_perm=num_perm, seed=1)
         self._permutations, self._scheme = template.permutations, template.scheme
 
-    def signature(self, text: str):
+    def signature(self, parts: tuple[str, ...]):
         from datasketch import MinHash
 
         # CRC-32: deterministic across processes (Python's hash() is salted per process, which made
         # results vary run to run) and an order of magnitude faster than datasketch's SHA-1.
         m = MinHash(num_perm=self.num_perm, permutations=self._permutations,
                     scheme=self._scheme, hashfunc=_hash32)
-        m.update_batch(_shingles(text))
+        # The buckets see all parts together; each candidate is then confirmed part by part.
+        m.update_batch([b"%d" % i + s for i, p in enumerate(parts) for s in _shingles(p)])
         return m
 
-    def query(self, signature, text: str) -> list:
-        """Indexed keys whose Jaccard similarity with ``text`` reaches the threshold.
+    def query(self, signature, parts: tuple[str, ...]) -> list:
+        """Indexed keys that are near-duplicates of ``parts``.
 
         LSH buckets only propose candidates (a 64-permutation estimate is too noisy to decide
-        alone); each candidate is confirmed with the exact Jaccard similarity of the shingles.
+        alone); each is confirmed with the exact Jaccard similarity of every part and its markers.
         """
         hits = self.lsh.query(signature)
         if not hits:
             return []
-        mine = set(_shingles(text))
-        return [k for k in hits if jaccard(mine, set(_shingles(self.texts[k]))) >= self.threshold]
+        mine = [(_shingles(p), markers(p)) for p in parts]
+        return [k for k in hits if self._same(mine, self.parts[k])]
 
-    def add(self, key, signature, text: str) -> None:
+    def _same(self, mine, theirs: tuple[str, ...]) -> bool:
+        return len(mine) == len(theirs) and all(
+            marks == markers(p) and jaccard(sh, _shingles(p)) >= self.threshold for (sh, marks), p in zip(mine, theirs))
+
+    def add(self, key, signature, parts: tuple[str, ...]) -> None:
         self.lsh.insert(key, signature)
-        self.texts[key] = text
+        self.parts[key] = parts
 
 
 class Deduplicator:
-    """Feed rows in order; ``seen(text)`` returns None, 'duplicate' or 'near_duplicate' (+ the first key)."""
+    """Feed canonical rows in order; ``check(row, key)`` returns (None, None), or ('duplicate' |
+    'near_duplicate', the key of the earlier row). ``kept[key]`` is an excerpt of each kept row."""
 
     def __init__(self, mode: str = "near"):
         self.mode = mode
         self.exact: dict[str, object] = {}
+        self.kept: dict[object, str] = {}
         self.near = NearDuplicateIndex() if mode == "near" else None
 
-    def check(self, text: str, key) -> tuple[str | None, object]:
+    def check(self, row: dict, key) -> tuple[str | None, object]:
         if self.mode == "off":
             return None, None
-        h = exact_key(text)
+        parts = distinct_parts(row)
+        h = exact_key(parts)
         if h in self.exact:
             return "duplicate", self.exact[h]
-        self.exact[h] = key
         if self.near is not None:
-            sig = self.near.signature(text)
-            hits = self.near.query(sig, text)
+            sig = self.near.signature(parts)
+            hits = self.near.query(sig, parts)
             if hits:
                 return "near_duplicate", hits[0]
-            self.near.add(key, sig, text)
+            self.near.add(key, sig, parts)
+        self.exact[h] = key
+        self.kept[key] = excerpt(parts)
         return None, None
 
 
-def find_leaks(train_texts: list[str], eval_texts: list[str]) -> list[int]:
-    """Indices of train rows that are exact or near duplicates of a validation/test row."""
-    if not eval_texts:
+def find_leaks(train_rows: list[dict], eval_rows: list[dict]) -> list[tuple[int, int]]:
+    """(train index, eval index) of train rows that are exact or near duplicates of a validation/test row."""
+    if not eval_rows:
         return []
-    exact = {exact_key(t) for t in eval_texts}
+    exact = {}
     index = NearDuplicateIndex()
-    for i, t in enumerate(eval_texts):
-        index.add(i, index.signature(t), t)
-    return [i for i, t in enumerate(train_texts)
-            if exact_key(t) in exact or index.query(index.signature(t), t)]
+    for i, row in enumerate(eval_rows):
+        parts = distinct_parts(row)
+        exact.setdefault(exact_key(parts), i)
+        index.add(i, index.signature(parts), parts)
+    leaks = []
+    for i, row in enumerate(train_rows):
+        parts = distinct_parts(row)
+        hit = exact.get(exact_key(parts))
+        if hit is None:
+            near = index.query(index.signature(parts), parts)
+            hit = near[0] if near else None
+        if hit is not None:
+            leaks.append((i, hit))
+    return leaks

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ownllm.data import formats, schema as schemas
-from ownllm.data.clean import clean_row
-from ownllm.data.dedup import Deduplicator, find_leaks
+from ownllm.data.clean import NORMALIZATIONS, clean_row
+from ownllm.data.dedup import Deduplicator, distinct_parts, excerpt, find_leaks
 from ownllm.data.split import parse_split, split_rows
-from ownllm.data.validate import check_row, row_text
+from ownllm.data.validate import check_row
 from ownllm.errors import ConfigError, DataError
 
 SAMPLE_FOR_DETECTION = 50
@@ -33,6 +33,8 @@ class PrepareConfig:
     system: str | None = None
     pii: str = "keep"
     dedup: str = "near"
+    normalize: str = "nfc"
+    strip_html: bool = False
     model: str | None = None
     template: str | None = None
 
@@ -42,6 +44,8 @@ class PrepareConfig:
             problems.append(f"--format must be one of {', '.join(formats.FORMATS)} (got {self.format})")
         if self.pii not in ("mask", "keep"):
             problems.append(f"--pii must be mask or keep (got {self.pii})")
+        if self.normalize not in NORMALIZATIONS:
+            problems.append(f"--normalize must be one of {', '.join(NORMALIZATIONS)} (got {self.normalize})")
         if self.dedup not in ("exact", "near", "off"):
             problems.append(f"--dedup must be exact, near or off (got {self.dedup})")
         if not 0 <= self.max_rejected <= 1:
@@ -81,97 +85,177 @@ class PreparedData:
                             (("train", self.train), ("validation", self.val), ("test", self.test)) if v})
 
 
-def _raw_rows(inputs) -> tuple[Iterator, list[str], list[str]]:
-    """Raw rows, streamed, from paths, a 🤗 Dataset or a list of dicts; plus files read and skipped."""
+@dataclass
+class _Source:
+    name: str
+    raws: Iterator
+    encoding: str | None = None
+
+
+def _sources(inputs, cfg: PrepareConfig, out: str | None = None) -> tuple[list[_Source], list[str], list[str]]:
+    """Each file (or the in-memory rows) as its own source of raw rows; plus the files skipped.
+
+    Files under ``out/data`` (this run's own output, when ``--out`` is the input folder) are skipped.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    if hasattr(inputs, "column_names") or (isinstance(inputs, list) and inputs and isinstance(inputs[0], dict)):
-        return formats.read_objects(inputs), [], []
+    if hasattr(inputs, "column_names") or (isinstance(inputs, list) and (not inputs or not isinstance(
+            inputs[0], (str, os.PathLike)))):
+        return [_Source("<memory>", formats.read_objects(inputs))], [], []
     files, skipped = formats.list_files(inputs)
+    if out:
+        own = os.path.realpath(os.path.join(out, "data")) + os.sep
+        skipped += [f for f in files if os.path.realpath(f).startswith(own)]
+        files = [f for f in files if not os.path.realpath(f).startswith(own)]
+        if not files:
+            raise DataError("the only dataset files found are this run's own output", where=own,
+                            hint="give the files to prepare, not the run directory")
     for f in files:
         formats.check_file(f)  # fail on an empty or binary file before reading any other
-    return itertools.chain.from_iterable(formats.read_file(f) for f in files), files, skipped
+    measure = limit = None
+    if any(f.lower().endswith((".txt", ".md")) for f in files):
+        from ownllm.data.report import shared_tokenizer
+
+        tokenizer = shared_tokenizer(cfg.model)
+        measure = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        limit = cfg.max_seq_len - 1  # room for the end-of-text token
+    sources = []
+    for f in files:
+        enc = None if f.lower().endswith(".parquet") else formats.detect_encoding(f)
+        sources.append(_Source(f, formats.read_file(f, enc, measure, limit or 2000), enc))
+    return sources, files, skipped
+
+
+def _excerpt(value, limit: int = 2000):
+    """A rejected row as stored in rejected.jsonl: whole when short, else its first ``limit`` characters."""
+    if not isinstance(value, (dict, list, str)):
+        value = repr(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters in all)"
 
 
 class _Rejects:
     def __init__(self, strict: bool):
         self.strict, self.rows = strict, []
 
-    def add(self, raw, reason: str, detail: str) -> None:
+    def add(self, source: str, line: int, value, reason: str, detail: str, **extra) -> None:
         if self.strict:
-            raise DataError(f"{reason}: {detail}", where=f"{raw.source}:{raw.line}",
+            raise DataError(f"{reason}: {detail}", where=f"{source}:{line}",
                             hint="fix the row, or drop --strict to skip bad rows and list them in rejected.jsonl")
-        value = raw.value if isinstance(raw.value, (dict, list, str)) else repr(raw.value)
-        if isinstance(value, str) and len(value) > 2000:
-            value = value[:2000] + "…"
-        self.rows.append({"source": raw.source, "line": raw.line, "reason": reason, "detail": detail, "row": value})
+        self.rows.append({"source": source, "line": line, "reason": reason, "detail": detail,
+                          "row": _excerpt(value), **extra})
 
 
-def convert_rows(raws: Iterator, cfg: PrepareConfig, rejects: _Rejects) -> tuple[list, schemas.Schema, Counter]:
-    """Detect the schema, convert, clean, validate and deduplicate, streaming. Returns kept rows and
-    counts (``stats["total"]`` rows read)."""
-    raws = iter(raws)
-    head = list(itertools.islice(raws, SAMPLE_FOR_DETECTION * 4))
-    samples = [r.value for r in head if r.error is None and isinstance(r.value, dict)][:SAMPLE_FOR_DETECTION]
-    schema = schemas.detect_format(samples, cfg.format, cfg.columns)
-    dedup = Deduplicator(cfg.dedup)
+@dataclass
+class _Converted:
+    rows: list
+    schemas: dict            # source -> Schema (None when no row of it could be read)
+    stats: Counter
+    encodings: dict          # source -> encoding, for text files
+
+
+def _detect(source: _Source, cfg: PrepareConfig) -> tuple[schemas.Schema | None, list]:
+    """The schema of one source, from its first rows that parse (however many broken rows come first)."""
+    head, samples = [], []
+    for raw in source.raws:
+        head.append(raw)
+        if raw.error is None and isinstance(raw.value, dict):
+            samples.append(raw.value)
+            if len(samples) >= SAMPLE_FOR_DETECTION:
+                break
+    if not samples and head and all(r.error for r in head):
+        return None, head  # nothing parsed: every row is rejected with its own reason
+    try:
+        return schemas.detect_format(samples, cfg.format, cfg.columns), head
+    except (DataError, ConfigError) as e:
+        if isinstance(e, DataError) and not e.where and source.name != "<memory>":
+            e.where = source.name
+            e.args = (str(e),)
+        raise
+
+
+def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
+                 dedup: Deduplicator | None = None) -> _Converted:
+    """Per source: detect its schema, then convert, clean, validate and deduplicate, streaming.
+    ``stats["total"]`` counts rows read."""
+    dedup = dedup or Deduplicator(cfg.dedup)
     max_chars = cfg.max_seq_len * 16  # generous: only rows that could never fit are dropped here
-    kept, stats = [], Counter()
-    for raw in itertools.chain(head, raws):
-        stats["total"] += 1
-        if raw.error:
-            rejects.add(raw, raw.error, raw.detail)
-            continue
-        try:
-            row = schemas.to_canonical(raw.value, schema, cfg.system)
-            row, masked = clean_row(row, cfg.pii)
-            stats["pii_masked"] += masked
-            check_row(row, max_chars)
-        except schemas.RowError as e:
-            rejects.add(raw, e.reason, e.detail)
-            continue
-        dup, first = dedup.check(row_text(row), f"{raw.source}:{raw.line}")
-        if dup:
-            stats[dup] += 1
-            rejects.add(raw, dup, f"same as {first}")
-            continue
-        kept.append(row)
-    return kept, schema, stats
+    out = _Converted([], {}, Counter(), {s.name: s.encoding for s in sources if s.encoding})
+    for source in sources:
+        schema, head = _detect(source, cfg)
+        out.schemas[source.name] = schema
+        for raw in itertools.chain(head, source.raws):
+            out.stats["total"] += 1
+            if raw.error:
+                rejects.add(raw.source, raw.line, raw.value, raw.error, raw.detail)
+                continue
+            changed: set = set()
+            try:
+                row = schemas.to_canonical(raw.value, schema, cfg.system)
+                row, masked = clean_row(row, cfg.pii, cfg.normalize, cfg.strip_html, changed)
+                out.stats["pii_masked"] += masked
+                check_row(row, max_chars)
+            except schemas.RowError as e:
+                rejects.add(raw.source, raw.line, raw.value, e.reason, e.detail)
+                continue
+            out.stats.update(f"changed_{c}" for c in changed)
+            key = f"{raw.source}:{raw.line}"
+            dup, first = dedup.check(row, key)
+            if dup:
+                out.stats[dup] += 1
+                rejects.add(raw.source, raw.line, raw.value, dup, f"same as {first}", same_as=first,
+                            removed_row=excerpt(distinct_parts(row)), kept_row=dedup.kept.get(first, ""))
+                continue
+            out.rows.append(row)
+    return out
 
 
 def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **options) -> PreparedData:
     """Prepare a dataset. ``inputs``: paths, a folder, a 🤗 Dataset or a list of dicts.
 
-    Options are the fields of :class:`PrepareConfig`. With ``out`` (a run directory), writes
-    ``out/data/{train,val,test}.jsonl``, ``rejected.jsonl``, ``report.md``, ``report.json``.
+    ``val``/``test``: the person's own validation/test rows (a path, or rows in memory), used instead
+    of a split and checked for leakage against the training rows. Options are the fields of
+    :class:`PrepareConfig`. With ``out`` (a run directory), writes ``out/data/{train,val,test}.jsonl``,
+    ``rejected.jsonl``, ``report.md``, ``report.json``.
     """
     cfg = PrepareConfig(**options)
     cfg.validate()
-    raws, files, skipped = _raw_rows(inputs)
+    sources, files, skipped = _sources(inputs, cfg, out)
     rejects = _Rejects(cfg.strict)
-    rows, schema, stats = convert_rows(raws, cfg, rejects)
-    total = stats["total"]
+    dedup = Deduplicator(cfg.dedup)
+    pool = convert_rows(sources, cfg, rejects, dedup)
+    total = pool.stats["total"]
     if not total:
         raise DataError("no rows were found in the input", where=", ".join(map(str, files)) or None)
-    _check_rejected_share(total, len(rejects.rows) - stats["duplicate"] - stats["near_duplicate"], cfg, rejects)
-    given = {name: _given_split(path, cfg, rejects) for name, path in (("val", val), ("test", test)) if path}
-    train, v, t = split_rows(rows, cfg.split, cfg.seed, need_val="val" not in given, need_test="test" not in given)
-    v, t = given.get("val", v), given.get("test", t)
+    _check_rejected_share(total, pool.stats, cfg, rejects)
+    given = {name: _given_split(rows, cfg, rejects, out) for name, rows in (("val", val), ("test", test))
+             if rows is not None}
+    train, v, t = split_rows(pool.rows, cfg.split, cfg.seed, need_val="val" not in given,
+                             need_test="test" not in given)
+    v = given["val"].rows if "val" in given else v
+    t = given["test"].rows if "test" in given else t
     # Near-duplicate removal over the whole pool already keeps split rows apart; rows from the
-    # user's own val/test files (or a pool not near-deduplicated) are checked here.
-    check_leaks = bool(given) or cfg.dedup != "near"
-    leaks = find_leaks([row_text(r) for r in train], [row_text(r) for r in v + t]) if check_leaks else []
-    for i in leaks:
-        rejects.rows.append({"source": "train split", "line": i, "reason": "leakage",
-                             "detail": "near-duplicate of a validation/test row", "row": train[i]})
-    leak_set = set(leaks)
+    # person's own val/test (or a pool not near-deduplicated) are checked here.
+    leaks = find_leaks(train, v + t) if given or cfg.dedup != "near" else []
+    held = [("val", r) for r in v] + [("test", r) for r in t]
+    for i, j in leaks:
+        rejects.rows.append({"source": "train split", "line": i + 1, "reason": "leakage",
+                             "detail": f"near-duplicate of {held[j][0]} row {j + 1 - (len(v) if j >= len(v) else 0)}",
+                             "row": _excerpt(train[i]), "removed_row": excerpt(distinct_parts(train[i])),
+                             "kept_row": excerpt(distinct_parts(held[j][1]))})
+    leak_set = {i for i, _ in leaks}
     train = [r for i, r in enumerate(train) if i not in leak_set]
     if not train:
         raise DataError("no training rows are left after checks", hint="see rejected.jsonl for the reasons")
+    for g in given.values():
+        total += g.stats["total"]
+        pool.stats.update({k: v for k, v in g.stats.items() if k != "total"})
+        pool.encodings.update(g.encodings)
     from ownllm.data.report import build_report
 
-    report = build_report(cfg, schema, files, skipped, total, len(rows), rejects.rows, stats,
-                          train, v, t, len(leaks))
+    schemas_by_source = {**pool.schemas, **{k: s for g in given.values() for k, s in g.schemas.items()}}
+    report = build_report(cfg, schemas_by_source, files, skipped, total, rejects.rows, pool.stats,
+                          train, v, t, len(leaks), pool.encodings)
     result = PreparedData(train, v, t, report, rejects.rows, out)
     if out:
         from ownllm.data.report import write_outputs
@@ -180,23 +264,36 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
     return result
 
 
-def _check_rejected_share(total: int, bad: int, cfg: PrepareConfig, rejects: _Rejects) -> None:
+def _check_rejected_share(total: int, stats: Counter, cfg: PrepareConfig, rejects: _Rejects) -> None:
+    dups = stats["duplicate"] + stats["near_duplicate"]
+    bad = len(rejects.rows) - dups
     if total and bad / total > cfg.max_rejected:
-        reasons = Counter(r["reason"] for r in rejects.rows)
+        reasons = Counter(r["reason"] for r in rejects.rows if r["reason"] not in ("duplicate", "near_duplicate"))
         first = next((r for r in rejects.rows if r["reason"] not in ("duplicate", "near_duplicate")), None)
+        hint = "fix the data (or the --format/--columns choice), or raise --max-rejected"
+        if reasons.get("bad_encoding", 0) * 2 > bad:
+            hint = "save the file as UTF-8 (Excel: 'CSV UTF-8'), or raise --max-rejected"
         raise DataError(
             f"{bad} of {total} rows ({bad / total:.0%}) are invalid, more than --max-rejected {cfg.max_rejected:.0%}: "
             + ", ".join(f"{k} {v}" for k, v in reasons.most_common())
-            + (f"; first at {first['source']}:{first['line']} ({first['detail']})" if first else ""),
-            hint="fix the data (or the --format/--columns choice), or raise --max-rejected")
+            + (f"; first at {first['source']}:{first['line']} ({first['detail']})" if first else ""), hint=hint)
+    if total and dups / total > cfg.max_rejected:
+        first = next(r for r in rejects.rows if r["reason"] in ("duplicate", "near_duplicate"))
+        raise DataError(
+            f"deduplication would remove {dups} of {total} rows ({dups / total:.0%}), more than --max-rejected "
+            f"{cfg.max_rejected:.0%}: {stats['duplicate']} exact, {stats['near_duplicate']} near duplicates; "
+            f"first at {first['source']}:{first['line']} ({first['detail']})",
+            hint="if these rows are distinct, use --dedup exact (only identical rows) or --dedup off; "
+                 "or raise --max-rejected")
 
 
-def _given_split(path: str, cfg: PrepareConfig, parent_rejects: _Rejects) -> list:
-    raws, _, _ = _raw_rows(path)
+def _given_split(rows, cfg: PrepareConfig, parent_rejects: _Rejects, out: str | None) -> _Converted:
+    sources, _, _ = _sources(rows, cfg, out)
     rejects = _Rejects(cfg.strict)
-    kept, _, _ = convert_rows(raws, cfg, rejects)
+    # Its own deduplicator: a validation row is compared with the training rows by the leakage check.
+    converted = convert_rows(sources, cfg, rejects, Deduplicator("exact" if cfg.dedup != "off" else "off"))
     parent_rejects.rows.extend(rejects.rows)
-    return kept
+    return converted
 
 
 def load_prepared(run_dir: str) -> PreparedData:

@@ -1,6 +1,7 @@
 """The data doctor: counts, rejections by reason, duplicates, token lengths, splits, leakage."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -9,6 +10,7 @@ from ownllm.data.validate import REASONS
 from ownllm.utils import atomic_write, write_jsonl
 
 EXAMPLES_PER_REASON = 3
+DUPLICATE_PAIRS = 20
 
 
 def _percentile(sorted_vals: list[int], q: float) -> int:
@@ -32,29 +34,62 @@ def token_lengths(rows: list[dict], tokenizer, template: str | None) -> list[int
     return lengths
 
 
-def build_report(cfg, schema, files, skipped, total, kept, rejected, stats, train, val, test, leaks) -> dict:
+@functools.lru_cache(maxsize=4)
+def shared_tokenizer(model: str | None):
+    """The tokenizer used to count tokens while preparing (loaded once per model; never modified)."""
     from ownllm.models.load import load_tokenizer
     from ownllm.models.registry import DEFAULT_MODEL
 
-    tokenizer = load_tokenizer(cfg.model or DEFAULT_MODEL)
+    return load_tokenizer(model or DEFAULT_MODEL)
+
+
+def _formats(schemas: dict) -> tuple[str, str, dict, dict]:
+    """(format, why, columns, per-file formats): one format when every source has the same one."""
+    known = {name: s for name, s in schemas.items() if s is not None}
+    kinds = {s.format for s in known.values()}
+    per_file = {name: {"format": s.format, "why": s.why, "columns": s.columns} for name, s in known.items()}
+    if len(kinds) == 1:
+        first = next(iter(known.values()))
+        return first.format, first.why, first.columns, per_file
+    if not kinds:
+        return "unknown", "no row could be read", {}, per_file
+    why = "each file detected on its own: " + "; ".join(
+        f"{os.path.basename(n)} {s.format}" for n, s in known.items())
+    return "mixed", why, {}, per_file
+
+
+def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, val, test, leaks,
+                 encodings=None) -> dict:
+    from ownllm.models.registry import DEFAULT_MODEL
+
+    tokenizer = shared_tokenizer(cfg.model)
     lengths = {name: token_lengths(rows, tokenizer, cfg.template) for name, rows in
                (("train", train), ("val", val), ("test", test))}
     every = sorted(lengths["train"] + lengths["val"] + lengths["test"])
     by_reason = Counter(r["reason"] for r in rejected)
-    examples = {}
+    examples, pairs = {}, []
     for r in rejected:
         ex = examples.setdefault(r["reason"], [])
         if len(ex) < EXAMPLES_PER_REASON:
             ex.append({"source": r["source"], "line": r["line"], "detail": r["detail"]})
+        if "kept_row" in r and len(pairs) < DUPLICATE_PAIRS:
+            pairs.append({"reason": r["reason"], "removed": f"{r['source']}:{r['line']}",
+                          "removed_row": r.get("removed_row", ""), "kept": r.get("same_as") or r["detail"],
+                          "kept_row": r["kept_row"]})
+    fmt, why, columns, per_file = _formats(schemas)
     report = {
-        "format": schema.format, "format_reason": schema.why, "columns": schema.columns,
+        "format": fmt, "format_reason": why, "columns": columns, "formats_by_file": per_file,
+        "encodings": {f: e.replace("-sig", "") for f, e in (encodings or {}).items()},
         "files": files, "skipped_files": skipped, "model": cfg.model or DEFAULT_MODEL,
         "total_rows": total, "kept_rows": len(train) + len(val) + len(test),
         "rejected_rows": len(rejected), "rejected_by_reason": dict(by_reason.most_common()),
-        "rejected_examples": examples,
+        "rejected_examples": examples, "removed_pairs": pairs,
         "duplicates_removed": stats.get("duplicate", 0) + stats.get("near_duplicate", 0),
         "exact_duplicates": stats.get("duplicate", 0), "near_duplicates": stats.get("near_duplicate", 0),
         "leakage_removed": leaks, "pii_masked": stats.get("pii_masked", 0),
+        "cleaning": {"normalize": cfg.normalize, "strip_html": cfg.strip_html,
+                     "rows_changed_by_nfkc": stats.get("changed_nfkc", 0),
+                     "rows_changed_by_html_stripping": stats.get("changed_html", 0)},
         "splits": {"train": len(train), "val": len(val), "test": len(test)},
         "tokens": {"mean": round(sum(every) / len(every), 1) if every else 0, "p50": _percentile(every, 0.5),
                    "p95": _percentile(every, 0.95), "max": every[-1] if every else 0},
@@ -62,6 +97,7 @@ def build_report(cfg, schema, files, skipped, total, kept, rejected, stats, trai
         "truncated_rows": sum(1 for n in every if n > cfg.max_seq_len),
         "train_tokens_per_epoch": sum(min(n, cfg.max_seq_len) for n in lengths["train"]),
         "settings": {"split": list(cfg.split), "seed": cfg.seed, "dedup": cfg.dedup, "pii": cfg.pii,
+                     "normalize": cfg.normalize, "strip_html": cfg.strip_html,
                      "system": cfg.system, "template": cfg.template},
     }
     report["length_histogram"] = length_histogram(every, cfg.max_seq_len)
@@ -95,8 +131,17 @@ def to_markdown(report: dict) -> str:
         f"- format: **{r['format']}** — {r['format_reason']}",
         f"- files: {', '.join(r['files']) or '(in-memory rows)'}",
     ]
+    if r.get("format") == "mixed":
+        lines += [f"  - {f}: {d['format']} — {d['why']}" for f, d in r.get("formats_by_file", {}).items()]
+    for f, enc in r.get("encodings", {}).items():
+        if enc != "utf-8":
+            lines.append(f"- encoding of {f}: **{enc}** (decodes the whole file)")
     if r["skipped_files"]:
-        lines.append(f"- skipped (unsupported type): {', '.join(r['skipped_files'])}")
+        lines.append(f"- skipped (unsupported type, or this run's own data/): {', '.join(r['skipped_files'])}")
+    cleaning = r.get("cleaning", {})
+    if cleaning.get("normalize") == "nfkc" or cleaning.get("strip_html"):
+        lines.append(f"- optional cleaning: {cleaning.get('rows_changed_by_nfkc', 0)} rows changed by NFKC, "
+                     f"{cleaning.get('rows_changed_by_html_stripping', 0)} by HTML stripping")
     lines += [
         f"- rows: {r['total_rows']} read, {r['kept_rows']} kept, {r['rejected_rows']} rejected "
         f"(see rejected.jsonl)",
@@ -115,6 +160,12 @@ def to_markdown(report: dict) -> str:
         for reason, n in r["rejected_by_reason"].items():
             ex = "; ".join(f"{e['source']}:{e['line']} {e['detail']}" for e in r["rejected_examples"].get(reason, []))
             lines.append(f"| {reason} | {n} | {REASONS.get(reason, '')} | {_md_escape(ex)} |")
+        lines.append("")
+    if r.get("removed_pairs"):
+        lines += ["## Removed as duplicates or leakage (side by side; judge them)", "",
+                  "| reason | removed | its text | kept | kept text |", "|---|---|---|---|---|"]
+        lines += [f"| {p['reason']} | {_md_escape(p['removed'])} | {_md_escape(p['removed_row'])} | "
+                  f"{_md_escape(str(p['kept']))} | {_md_escape(p['kept_row'])} |" for p in r["removed_pairs"]]
         lines.append("")
     lines += ["## Token lengths", "", "![token length histogram](length_histogram.png)", ""]
     for i, ex in enumerate(report.get("marked_examples", []), 1):

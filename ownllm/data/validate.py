@@ -5,13 +5,14 @@ from ownllm.data.schema import RowError
 
 REASONS = {
     "bad_json": "line is not valid JSON",
+    "bad_encoding": "the row holds bytes that are not valid in the file's encoding",
     "not_an_object": "row is not a JSON object",
     "missing_field": "a required field is missing",
     "wrong_type": "a field has the wrong type",
     "unknown_role": "a message has an unknown role",
     "empty_content": "a message or text is empty",
     "no_assistant_turn": "the conversation has no assistant answer to learn",
-    "bad_order": "the conversation does not alternate user/assistant",
+    "bad_order": "a system message after the start, or a conversation that does not start with the user",
     "too_long": "the row is far longer than the maximum sequence length",
     "duplicate": "exact duplicate of an earlier row",
     "near_duplicate": "near-duplicate of an earlier row",
@@ -44,10 +45,3 @@ def check_row(row: dict, max_chars: int) -> None:
     total = sum(len(m["content"]) for m in messages)
     if total > max_chars:
         raise RowError("too_long", f"{total:,} characters (limit {max_chars:,})")
-
-
-def row_text(row: dict) -> str:
-    """The text used for duplicate detection."""
-    if "text" in row:
-        return row["text"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in row["messages"])
