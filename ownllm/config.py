@@ -98,6 +98,14 @@ class TrainConfig:
             v = getattr(self, name)
             if v and not os.path.isfile(v):
                 p.append(f"--{name.replace('_', '-')}: file not found: {v}")
+        if self.add_terms and os.path.isfile(self.add_terms):
+            from ownllm.data.formats import read_text_file
+            from ownllm.errors import DataError
+
+            try:  # before any model loads: a terms file that does not decode fails now, not after loading
+                read_text_file(self.add_terms, "--add-terms")
+            except DataError as e:
+                p.append(str(e).split("\n")[0])
         if self.init_adapter and not os.path.exists(self.init_adapter):
             p.append(f"--init-adapter: not found: {self.init_adapter}")
         if self.data is not None and not os.path.exists(self.data):

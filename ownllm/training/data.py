@@ -31,56 +31,59 @@ def resolve_data(train, eval_data, cfg, run_dir: str) -> TrainData:
         p = train
     elif _is_dataset_dict(train):
         split = {k: list(train[k]) for k in train.keys()}
-        eval_rows = split.get("validation") or split.get("val") or (list(eval_data) if eval_data is not None else None)
+        eval_rows = split.get("validation") or split.get("val") or _rows_or_path(eval_data)
         p = _prepare_rows(split.get("train") or [], eval_rows, split.get("test"), cfg, run_dir, common)
     elif isinstance(train, (str, os.PathLike)):
         split = cfg.split if eval_data is None else "1,0,0"
-        p = prepare_dataset([os.fspath(train)], out=run_dir, split=split,
-                            val=eval_data if isinstance(eval_data, str) else None, **common)
+        p = prepare_dataset([os.fspath(train)], out=run_dir, split=split, val=_rows_or_path(eval_data), **common)
     else:
         rows = list(train)
-        eval_rows = list(eval_data) if eval_data is not None else None
-        p = _prepare_rows(rows, eval_rows, None, cfg, run_dir, common)
+        p = _prepare_rows(rows, _rows_or_path(eval_data), None, cfg, run_dir, common)
     if not p.train:
         raise DataError("there are no training rows")
     return TrainData(p.train, p.val, p.test, p.report)
 
 
+def _rows_or_path(data):
+    """The person's evaluation data as prepare_dataset takes it: a path, or its rows in memory."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return data
+    return list(data)
+
+
 def _prepare_rows(train_rows, eval_rows, test_rows, cfg, run_dir, common):
-    """In-memory rows: checked and cleaned like files. Without validation rows, 10% are held out
-    so that early stopping has a validation loss to watch."""
+    """In-memory rows: checked, cleaned and checked for leakage like files. Without validation rows,
+    10% are held out so that early stopping has a validation loss to watch."""
     from ownllm.data.prepare import prepare_dataset
 
     if not train_rows:
         raise DataError("the training dataset is empty")
-    if eval_rows:
-        p = prepare_dataset(train_rows, split="1,0,0", **common)
-        p.val = prepare_dataset(eval_rows, split="1,0,0", dedup="exact", **{**common}).train
-    else:
-        p = prepare_dataset(train_rows, split="0.9,0.1,0", **common)
-    if test_rows:
-        p.test = prepare_dataset(test_rows, split="1,0,0", dedup="exact", **common).train
-    from ownllm.data.report import write_outputs
-
-    p.report["splits"] = {"train": len(p.train), "val": len(p.val), "test": len(p.test)}
-    write_outputs(p, run_dir)
-    return p
+    return prepare_dataset(train_rows, out=run_dir, split="1,0,0" if eval_rows else "0.9,0.1,0",
+                           val=eval_rows or None, test=test_rows or None, **common)
 
 
-def tokenize(rows: list, tokenizer, cfg):
-    """Rows → a 🤗 Dataset of input_ids/labels; rows left with no trained token are dropped."""
+def tokenize(rows: list, tokenizer, cfg, what: str = "training"):
+    """Rows → (a 🤗 Dataset of input_ids/labels, rows dropped): rows left with no trained token are
+    dropped; when that is every row, a DataError says what length they need."""
     from datasets import Dataset
 
     from ownllm.data.render import chat_template_for, render_row
 
     template = chat_template_for(tokenizer, cfg.template)
-    ids, labels, dropped = [], [], 0
+    ids, labels, full = [], [], []
     for row in rows:
         r = render_row(row, tokenizer, template=template, max_seq_len=cfg.max_seq_len,
                        train_on_prompt=cfg.train_on_prompt)
+        full.append(r.full_length)
         if r.trained_tokens == 0:
-            dropped += 1
             continue
         ids.append(r.input_ids)
         labels.append(r.labels)
-    return Dataset.from_dict({"input_ids": ids, "labels": labels}), dropped
+    if rows and not ids:
+        full.sort()
+        need = full[min(len(full) - 1, int(0.95 * (len(full) - 1)))]
+        raise DataError(f"all {len(rows)} {what} rows were truncated to nothing to learn at --max-seq-len "
+                        f"{cfg.max_seq_len}: every answer starts after that many tokens",
+                        hint=f"the rows are {full[0]}–{full[-1]} tokens long; --max-seq-len {need} keeps 95% of "
+                             f"them whole (see the token lengths in data/report.md)")
+    return Dataset.from_dict({"input_ids": ids, "labels": labels}), len(rows) - len(ids)

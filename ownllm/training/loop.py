@@ -56,8 +56,10 @@ def add_terms(model, tokenizer, cfg, rows: list) -> tuple[list[int], dict]:
 
     if cfg.method == "prefix":
         raise ConfigError("--add-terms needs a method that can train embeddings (lora, dora, qlora or full)")
-    with open(cfg.add_terms, encoding="utf-8") as f:
-        terms = list(dict.fromkeys(t.strip() for t in f if t.strip() and not t.startswith("#")))
+    from ownllm.data.formats import read_text_file
+
+    lines = read_text_file(cfg.add_terms, "--add-terms").splitlines()
+    terms = list(dict.fromkeys(t.strip() for t in lines if t.strip() and not t.startswith("#")))
     before = sum(token_lengths(rows, tokenizer, cfg.template))
     new = [t for t in terms if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > 1]
     added = tokenizer.add_tokens(new)
@@ -187,7 +189,7 @@ def run_training(trainer, data) -> dict:
         model, tokenizer, device, precision = setup_model(trainer, cfg, data.train)
     trainer.model, trainer.tokenizer = model, tokenizer
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
-    val_ds, _ = tokenize(data.val, tokenizer, cfg) if data.val else (None, 0)
+    val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
         train_ds, trainer.protection = add_replay(model, tokenizer, cfg, train_ds)
     if trainer._resume:
