@@ -62,8 +62,9 @@ def test_probe_format_rules():
     assert probe.judge(item("yes_no", ["no"]), "No, ice is cold.")
 
 
-def _train_on_probe(tiny_model_dir, items, steps=100):
-    """A tiny model that has learned a few probe answers by heart (full fine-tune, plain torch)."""
+def _train_on_probe(tiny_model_dir, items, max_steps=400):
+    """A tiny model that has learned a few probe answers by heart (full fine-tune, plain torch, until it
+    answers 10 of them: a fixed step count was enough on one CPU and not on another)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ownllm.data.render import chat_template_for, render_row
@@ -84,7 +85,12 @@ def _train_on_probe(tiny_model_dir, items, steps=100):
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(steps):
+    for step in range(max_steps):
+        if step and step % 20 == 0:
+            model.eval()
+            if sum(b["right"] for b in probe.ask(model, tok, template, items)) >= 10:
+                break
+            model.train()
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
