@@ -118,3 +118,51 @@ def test_zero_stages_shard_memory_across_gpus_and_time_divides():
     assert not one["fits_in_memory"] and eight[3]["fits_in_memory"]  # a full 7B fine-tune needs ZeRO on 8 x 80 GB
     assert eight[3]["hours"] * 8 == pytest.approx(one["hours"], rel=1e-3)
     assert "ZeRO-3" in format_plan(eight[3]) and "8 data-parallel" in format_plan(eight[3])
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB"), ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
+    ("NVIDIA A100-PCIE-40GB", "A100 40GB PCIe"), ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe"),
+    ("NVIDIA L40S", "L40S"), ("NVIDIA L4", "L4"), ("NVIDIA L40", "L40"),
+    ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA GeForce RTX 3060 Ti", "RTX 3060 Ti"), ("NVIDIA GeForce RTX 3060 Laptop GPU", "RTX 3060 Laptop"),
+    ("NVIDIA GeForce RTX 3060", "RTX 3060"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("Tesla T4", "T4"),
+    ("NVIDIA A10G", "A10G"), ("NVIDIA H200", "H200"), ("3060 Laptop", "RTX 3060 Laptop"), ("l40s", "L40S"),
+])
+def test_gpu_names_match_their_own_profile(name, expected):
+    from ownllm.planning.profiles import match_gpu
+
+    assert match_gpu(name).name == expected
+    assert get_profile(name).name == expected
+
+
+def test_an_unknown_gpu_is_planned_with_its_memory_and_a_conservative_peak(monkeypatch):
+    from ownllm.planning import hardware, profiles
+
+    def machine(name, memory):
+        hw = hardware.Hardware("cpu", 2, 24, 20, 100, False, [hardware.GPU(name, memory, "8.9", True)])
+        monkeypatch.setattr(hardware, "detect", lambda path=".": hw)
+        return profiles.this_machine()
+
+    assert match_gpu_is_none("NVIDIA RTX A6000")
+    p = machine("NVIDIA RTX A6000", 47.5)
+    assert p.memory_gb == 47.5 and "unknown GPU" in p.source
+    assert p.bf16_tflops <= min(q.bf16_tflops for q in PROFILES.values() if q.bf16_tflops)
+    a100 = machine("NVIDIA A100-SXM4-80GB", 79.3)
+    assert a100.name == "A100 80GB" and a100.memory_gb == 79.3 and a100.bf16_tflops == 312.0
+
+
+def match_gpu_is_none(name):
+    from ownllm.planning.profiles import match_gpu
+
+    return match_gpu(name) is None
+
+
+def test_plan_reads_a_data_file_and_calibrate_refuses_another_machine(qa_file):
+    ok = subprocess.run([sys.executable, "-m", "ownllm", "plan", "--data", qa_file, "--gpu", "RTX 4090", "--json"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    assert json.loads(ok.stdout)["examples"] == 32  # 40 rows, the 80% train split `train --data` uses
+    bad = subprocess.run([sys.executable, "-m", "ownllm", "plan", "--data", qa_file, "--gpu", "RTX 4090", "--calibrate"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "cannot stand in for RTX 4090" in bad.stderr and "Traceback" not in bad.stderr

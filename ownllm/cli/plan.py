@@ -5,12 +5,12 @@ import json
 import os
 
 
-def calibrate(model: str, data: str | None, steps: int = 6) -> float:
-    """Train a few real steps here and return the measured utilisation (MFU)."""
+def calibrate(model: str, data: str | None, profile, steps: int = 6) -> float:
+    """Train a few real steps here and return the utilisation (MFU) measured against ``profile``, the
+    profile of this machine (its GPU, else its CPU)."""
     import tempfile
 
     from ownllm.planning.estimate import Job, flops_per_token
-    from ownllm.planning.profiles import this_cpu
     from ownllm.planning.recommend import spec_for
     from ownllm.training.trainer import Trainer
 
@@ -22,7 +22,6 @@ def calibrate(model: str, data: str | None, steps: int = 6) -> float:
             rates = [json.loads(line).get("tokens_per_second") for line in f]
     rates = [r for r in rates if r][1:]  # the first step warms up
     tps = sum(rates) / len(rates)
-    profile = this_cpu()
     spec = spec_for(model)
     per_token = flops_per_token(spec, Job(seq_len=128, precision=profile.best_precision))
     return round(tps * per_token / (profile.peak_tflops(profile.best_precision) * 1e12), 3)
@@ -31,8 +30,6 @@ def calibrate(model: str, data: str | None, steps: int = 6) -> float:
 def cmd_plan(args) -> int:
     from ownllm.planning.profiles import get_profile, this_machine
     from ownllm.planning.recommend import format_plan, matrix, parse_duration, plan, spec_for
-    from ownllm.rundir import data_stats
-
     if args.matrix:
         rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
         if args.json:
@@ -40,15 +37,20 @@ def cmd_plan(args) -> int:
             return 0
         print(format_matrix(rows))
         return 0
+    from ownllm.errors import ConfigError
+
     examples, tpe = args.examples, args.tokens_per_example
     if args.data:
-        examples, tpe = data_stats(args.data)
+        examples, tpe = _data_size(args.data)
     if not examples or not tpe:
-        from ownllm.errors import ConfigError
-
-        raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data RUN_DIR")
-    profile = get_profile(args.gpu) if args.gpu else this_machine()
-    mfu = calibrate(args.model, args.data) if args.calibrate else args.mfu
+        raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data FILE|RUN_DIR")
+    here = this_machine() if args.calibrate or not args.gpu else None
+    profile = get_profile(args.gpu) if args.gpu else here
+    if args.calibrate and profile.name != here.name:
+        raise ConfigError(f"--calibrate measures this machine ({here.name}); it cannot stand in for {profile.name}",
+                          hint="drop --gpu to plan for this machine, or drop --calibrate (and give --mfu)")
+    data_file = args.data if args.data and not os.path.isdir(args.data) else None
+    mfu = calibrate(args.model, data_file, here) if args.calibrate else args.mfu
     from ownllm.training.protect import replay_for_plan
 
     replay = replay_for_plan(args.protect, args.method, examples)
@@ -59,6 +61,20 @@ def cmd_plan(args) -> int:
                   replay_rows=replay)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
+
+
+def _data_size(data: str) -> tuple[int, float]:
+    """(training rows, mean tokens per row) of a prepared run directory, or of a data file or folder
+    prepared in memory as `ownllm train --data` would (same split; nothing is written)."""
+    from ownllm.rundir import data_stats
+
+    if os.path.isdir(data) and os.path.exists(os.path.join(data, "data", "report.json")):
+        return data_stats(data)
+    from ownllm.data.prepare import prepare_dataset
+
+    report = prepare_dataset([data]).report
+    train = report["splits"]["train"]
+    return train, round(report["train_tokens_per_epoch"] / max(1, train), 1)
 
 
 def format_matrix(rows: list[dict]) -> str:
@@ -75,7 +91,8 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="memory, time and cost of a run on any hardware, fitted to a time budget")
     p.add_argument("--model", default="smollm2-135m", help="registry alias or model folder (default smollm2-135m)")
     p.add_argument("--gpu", help="hardware profile, e.g. 'RTX 4090', A100, H100, cpu (default: this machine)")
-    p.add_argument("--data", help="a prepared run directory: examples and tokens from its data report")
+    p.add_argument("--data", help="a data file or folder (read, not written), or a prepared run directory: "
+                                   "examples and tokens per example from it")
     p.add_argument("--examples", type=int, help="training examples")
     p.add_argument("--tokens-per-example", type=float, help="mean tokens per example")
     p.add_argument("--epochs", type=float, default=3, help="epochs (default 3)")
