@@ -14,10 +14,10 @@ import zlib
 _WS = re.compile(r"\s+")
 NUM_PERM = 64
 THRESHOLD = 0.9
-# Numbers (also 1,000 / 2.5 / 10:30 and Chinese numerals) and capitalised words that do not start a sentence.
+# Numbers (also 1,000 / 2.5 / 10:30 and Chinese numerals) and capitalised words (names; a name can
+# start a sentence, so every capitalised word counts: two rows that differ there are kept).
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*|[〇零一二两三四五六七八九十百千万亿]+")
 _WORD = re.compile(r"[A-Z][\w'’-]*")
-_SENTENCE_END = re.compile(r"(?:^|[.!?。！？:：\n]\s*)$")
 EXCERPT = 160
 _PUNCT = re.compile(r"[^\w\s]+")
 
@@ -38,7 +38,7 @@ def distinct_parts(row: dict) -> tuple[str, ...]:
 def markers(text: str) -> tuple[str, ...]:
     """The numbers and names of a text, in order: two texts that differ here say different things."""
     found = [m.group(0) for m in _NUMBER.finditer(text)]
-    found += [m.group(0).lower() for m in _WORD.finditer(text) if not _SENTENCE_END.search(text[max(0, m.start() - 3):m.start()])]
+    found += [m.group(0) for m in _WORD.finditer(text)]
     return tuple(found)
 
 
@@ -84,18 +84,19 @@ class NearDuplicateIndex:
         template = MinHash(num_perm=num_perm, seed=1)
         self._permutations, self._scheme = template.permutations, template.scheme
 
-    def signature(self, parts: tuple[str, ...]):
+    def signature(self, shingles: list[set[bytes]]):
+        """The MinHash of a row from its parts' shingles (see :func:`shingled`)."""
         from datasketch import MinHash
 
         # CRC-32: deterministic across processes (Python's hash() is salted per process, which made
         # results vary run to run) and an order of magnitude faster than datasketch's SHA-1.
         m = MinHash(num_perm=self.num_perm, permutations=self._permutations,
                     scheme=self._scheme, hashfunc=_hash32)
-        # The buckets see all parts together; each candidate is then confirmed part by part.
-        m.update_batch([b"%d" % i + s for i, p in enumerate(parts) for s in _shingles(p)])
+        # The buckets see all parts' shingles together; each candidate is then confirmed part by part.
+        m.update_batch(list(set().union(*shingles)))
         return m
 
-    def query(self, signature, parts: tuple[str, ...]) -> list:
+    def query(self, signature, parts: tuple[str, ...], shingles: list[set[bytes]]) -> list:
         """Indexed keys that are near-duplicates of ``parts``.
 
         LSH buckets only propose candidates (a 64-permutation estimate is too noisy to decide
@@ -104,7 +105,7 @@ class NearDuplicateIndex:
         hits = self.lsh.query(signature)
         if not hits:
             return []
-        mine = [(_shingles(p), markers(p)) for p in parts]
+        mine = [(sh, markers(p)) for sh, p in zip(shingles, parts)]
         return [k for k in hits if self._same(mine, self.parts[k])]
 
     def _same(self, mine, theirs: tuple[str, ...]) -> bool:
@@ -134,8 +135,9 @@ class Deduplicator:
         if h in self.exact:
             return "duplicate", self.exact[h]
         if self.near is not None:
-            sig = self.near.signature(parts)
-            hits = self.near.query(sig, parts)
+            shingles = [_shingles(p) for p in parts]
+            sig = self.near.signature(shingles)
+            hits = self.near.query(sig, parts, shingles)
             if hits:
                 return "near_duplicate", hits[0]
             self.near.add(key, sig, parts)
@@ -153,13 +155,14 @@ def find_leaks(train_rows: list[dict], eval_rows: list[dict]) -> list[tuple[int,
     for i, row in enumerate(eval_rows):
         parts = distinct_parts(row)
         exact.setdefault(exact_key(parts), i)
-        index.add(i, index.signature(parts), parts)
+        index.add(i, index.signature([_shingles(p) for p in parts]), parts)
     leaks = []
     for i, row in enumerate(train_rows):
         parts = distinct_parts(row)
         hit = exact.get(exact_key(parts))
         if hit is None:
-            near = index.query(index.signature(parts), parts)
+            shingles = [_shingles(p) for p in parts]
+            near = index.query(index.signature(shingles), parts, shingles)
             hit = near[0] if near else None
         if hit is not None:
             leaks.append((i, hit))
