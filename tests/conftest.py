@@ -151,3 +151,14 @@ def _slowed(model, seconds: float):
 def slowed():
     """``with slowed(model, seconds):`` every forward pass of ``model`` takes ``seconds`` longer."""
     return _slowed
+
+
+@pytest.fixture
+def prep(tokenizer_dir):
+    """``prepare_dataset`` with SmolLM2's tokenizer counting the tokens."""
+    from ownllm.data.prepare import prepare_dataset
+
+    def run(inputs, **kw):
+        kw.setdefault("model", tokenizer_dir)
+        return prepare_dataset(inputs, **kw)
+    return run

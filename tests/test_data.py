@@ -5,7 +5,6 @@ import pytest
 
 from ownllm.data import clean as C
 from ownllm.data.dedup import Deduplicator, find_leaks
-from ownllm.data.prepare import prepare_dataset
 from ownllm.data.render import IGNORE, render_row
 from ownllm.data.split import split_rows
 from ownllm.errors import ConfigError, DataError
@@ -27,14 +26,6 @@ def chat(q, a):
 def rows_jsonl(n=30, offset=0):
     return "".join(json.dumps(chat(f"Question number {i} about topic {i * 13}?", f"Answer {i}: value {i * 7}.")) + "\n"
                    for i in range(offset, offset + n))
-
-
-@pytest.fixture
-def prep(tokenizer_dir):
-    def run(inputs, **kw):
-        kw.setdefault("model", tokenizer_dir)
-        return prepare_dataset(inputs, **kw)
-    return run
 
 
 def test_prepare_writes_every_output(prep, tmp_path):

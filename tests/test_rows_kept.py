@@ -8,7 +8,6 @@ import json
 import pytest
 
 from ownllm.data.dedup import Deduplicator, distinct_parts, find_leaks
-from ownllm.data.prepare import prepare_dataset
 from ownllm.errors import DataError
 
 SYSTEM = ("You are the support assistant of Northwind Appliances. Answer politely and briefly, in the "
@@ -38,14 +37,6 @@ def distinct_rows(n=200, system=SYSTEM):
 def jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return str(path)
-
-
-@pytest.fixture
-def prep(tokenizer_dir):
-    def run(inputs, **kw):
-        kw.setdefault("model", tokenizer_dir)
-        return prepare_dataset(inputs, **kw)
-    return run
 
 
 # -- deduplication ---------------------------------------------------------------------------
