@@ -119,12 +119,12 @@ class NearDuplicateIndex:
 
 class Deduplicator:
     """Feed canonical rows in order; ``check(row, key)`` returns (None, None), or ('duplicate' |
-    'near_duplicate', the key of the earlier row). ``kept[key]`` is an excerpt of each kept row."""
+    'near_duplicate', the key of the earlier row); ``excerpt_of(key)`` shows a kept row."""
 
     def __init__(self, mode: str = "near"):
         self.mode = mode
         self.exact: dict[str, object] = {}
-        self.kept: dict[object, str] = {}
+        self.kept: dict[object, tuple[str, ...]] = {}
         self.near = NearDuplicateIndex() if mode == "near" else None
 
     def check(self, row: dict, key) -> tuple[str | None, object]:
@@ -142,8 +142,11 @@ class Deduplicator:
                 return "near_duplicate", hits[0]
             self.near.add(key, sig, parts)
         self.exact[h] = key
-        self.kept[key] = excerpt(parts)
+        self.kept[key] = parts  # the row's own strings: the excerpt is made only for a duplicate's report
         return None, None
+
+    def excerpt_of(self, key) -> str:
+        return excerpt(self.kept[key]) if key in self.kept else ""
 
 
 def find_leaks(train_rows: list[dict], eval_rows: list[dict]) -> list[tuple[int, int]]:

@@ -127,6 +127,11 @@ def detect_encoding(path: str) -> str:
     return "utf-8-sig"
 
 
+def encoding_label(encoding: str) -> str:
+    """An encoding as a person reads it: "utf-8-sig" -> "UTF-8"."""
+    return encoding.replace("-sig", "").upper()
+
+
 def _decodes(path: str, encoding: str) -> bool:
     decoder = codecs.getincrementaldecoder(encoding)()
     try:
@@ -150,7 +155,7 @@ def read_text_file(path: str, what: str = "the file") -> str:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise DataError(f"{what} is not text in one encoding: byte 0x{data[e.start]:02X} is not valid "
-                        f"{encoding.replace('-sig', '').upper()}", where=f"{path}:{line}",
+                        f"{encoding_label(encoding)}", where=f"{path}:{line}",
                         hint="save it as UTF-8") from None
 
 
@@ -160,11 +165,10 @@ def undecoded(value, encoding: str) -> str | None:
         m = _UNDECODED.search(value)
         if m:
             return (f"byte 0x{ord(m.group(0)) - 0xDC00:02X} at character {m.start() + 1} is not valid "
-                    f"{encoding.replace('-sig', '').upper()}")
-    elif isinstance(value, dict):
-        return next((w for w in map(lambda v: undecoded(v, encoding), [*value.keys(), *value.values()]) if w), None)
-    elif isinstance(value, list):
-        return next((w for w in (undecoded(v, encoding) for v in value) if w), None)
+                    f"{encoding_label(encoding)}")
+    elif isinstance(value, (dict, list)):
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        return next((w for w in (undecoded(v, encoding) for v in items) if w), None)
     return None
 
 

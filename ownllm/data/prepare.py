@@ -167,10 +167,9 @@ def _detect(source: _Source, cfg: PrepareConfig) -> tuple[schemas.Schema | None,
         return None, head  # nothing parsed: every row is rejected with its own reason
     try:
         return schemas.detect_format(samples, cfg.format, cfg.columns), head
-    except (DataError, ConfigError) as e:
-        if isinstance(e, DataError) and not e.where and source.name != "<memory>":
-            e.where = source.name
-            e.args = (str(e),)
+    except DataError as e:
+        if not e.where and source.name != "<memory>":
+            e.where = source.name  # OwnLLMError's message reads it
         raise
 
 
@@ -204,7 +203,7 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
             if dup:
                 out.stats[dup] += 1
                 rejects.add(raw.source, raw.line, raw.value, dup, f"same as {first}", same_as=first,
-                            removed_row=excerpt(distinct_parts(row)), kept_row=dedup.kept.get(first, ""))
+                            removed_row=excerpt(distinct_parts(row)), kept_row=dedup.excerpt_of(first))
                 continue
             out.rows.append(row)
     return out
@@ -222,8 +221,7 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
     cfg.validate()
     sources, files, skipped = _sources(inputs, cfg, out)
     rejects = _Rejects(cfg.strict)
-    dedup = Deduplicator(cfg.dedup)
-    pool = convert_rows(sources, cfg, rejects, dedup)
+    pool = convert_rows(sources, cfg, rejects)
     total = pool.stats["total"]
     if not total:
         raise DataError("no rows were found in the input", where=", ".join(map(str, files)) or None)
@@ -237,12 +235,12 @@ def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **op
     # Near-duplicate removal over the whole pool already keeps split rows apart; rows from the
     # person's own val/test (or a pool not near-deduplicated) are checked here.
     leaks = find_leaks(train, v + t) if given or cfg.dedup != "near" else []
-    held = [("val", r) for r in v] + [("test", r) for r in t]
+    held = [("val", n, r) for n, r in enumerate(v, 1)] + [("test", n, r) for n, r in enumerate(t, 1)]
     for i, j in leaks:
+        split, n, row = held[j]
         rejects.rows.append({"source": "train split", "line": i + 1, "reason": "leakage",
-                             "detail": f"near-duplicate of {held[j][0]} row {j + 1 - (len(v) if j >= len(v) else 0)}",
-                             "row": _excerpt(train[i]), "removed_row": excerpt(distinct_parts(train[i])),
-                             "kept_row": excerpt(distinct_parts(held[j][1]))})
+                             "detail": f"near-duplicate of {split} row {n}", "row": _excerpt(train[i]),
+                             "removed_row": excerpt(distinct_parts(train[i])), "kept_row": excerpt(distinct_parts(row))})
     leak_set = {i for i, _ in leaks}
     train = [r for i, r in enumerate(train) if i not in leak_set]
     if not train:
@@ -287,13 +285,10 @@ def _check_rejected_share(total: int, stats: Counter, cfg: PrepareConfig, reject
                  "or raise --max-rejected")
 
 
-def _given_split(rows, cfg: PrepareConfig, parent_rejects: _Rejects, out: str | None) -> _Converted:
+def _given_split(rows, cfg: PrepareConfig, rejects: _Rejects, out: str | None) -> _Converted:
     sources, _, _ = _sources(rows, cfg, out)
-    rejects = _Rejects(cfg.strict)
     # Its own deduplicator: a validation row is compared with the training rows by the leakage check.
-    converted = convert_rows(sources, cfg, rejects, Deduplicator("exact" if cfg.dedup != "off" else "off"))
-    parent_rejects.rows.extend(rejects.rows)
-    return converted
+    return convert_rows(sources, cfg, rejects, Deduplicator("exact" if cfg.dedup != "off" else "off"))
 
 
 def load_prepared(run_dir: str) -> PreparedData:

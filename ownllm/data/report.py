@@ -13,7 +13,8 @@ EXAMPLES_PER_REASON = 3
 DUPLICATE_PAIRS = 20
 
 
-def _percentile(sorted_vals: list[int], q: float) -> int:
+def percentile(sorted_vals: list[int], q: float) -> int:
+    """The q-quantile of already sorted values (nearest rank); 0 for none."""
     if not sorted_vals:
         return 0
     return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
@@ -91,8 +92,8 @@ def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, va
                      "rows_changed_by_nfkc": stats.get("changed_nfkc", 0),
                      "rows_changed_by_html_stripping": stats.get("changed_html", 0)},
         "splits": {"train": len(train), "val": len(val), "test": len(test)},
-        "tokens": {"mean": round(sum(every) / len(every), 1) if every else 0, "p50": _percentile(every, 0.5),
-                   "p95": _percentile(every, 0.95), "max": every[-1] if every else 0},
+        "tokens": {"mean": round(sum(every) / len(every), 1) if every else 0, "p50": percentile(every, 0.5),
+                   "p95": percentile(every, 0.95), "max": every[-1] if every else 0},
         "max_seq_len": cfg.max_seq_len,
         "truncated_rows": sum(1 for n in every if n > cfg.max_seq_len),
         "train_tokens_per_epoch": sum(min(n, cfg.max_seq_len) for n in lengths["train"]),

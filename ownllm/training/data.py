@@ -80,8 +80,10 @@ def tokenize(rows: list, tokenizer, cfg, what: str = "training"):
         ids.append(r.input_ids)
         labels.append(r.labels)
     if rows and not ids:
+        from ownllm.data.report import percentile
+
         full.sort()
-        need = full[min(len(full) - 1, int(0.95 * (len(full) - 1)))]
+        need = percentile(full, 0.95)
         raise DataError(f"all {len(rows)} {what} rows were truncated to nothing to learn at --max-seq-len "
                         f"{cfg.max_seq_len}: every answer starts after that many tokens",
                         hint=f"the rows are {full[0]}–{full[-1]} tokens long; --max-seq-len {need} keeps 95% of "
