@@ -180,3 +180,56 @@ def test_exposed_servers_warn(capsys):
     warn_if_exposed("0.0.0.0", "key", "ownllm serve")
     warn_if_exposed("127.0.0.1", None, "ownllm serve")
     assert capsys.readouterr().out == ""
+
+
+def _adapter_run(runs, tiny_model_dir, name="r"):
+    """A run directory holding a LoRA adapter whose weights are not zero (so tuned answers differ)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(runs / name / "adapter")
+    return runs / name
+
+
+def test_studio_chat_goes_through_the_serving_engine(tmp_path, tiny_model_dir, serving, slowed):
+    """The chat pair has the queue, timeout, token cap and disconnect handling that `serve` has."""
+    import types
+
+    import httpx
+
+    from ownllm.studio.app import CHAT_MAX_TOKENS, Studio, create_app
+
+    _adapter_run(tmp_path / "runs", tiny_model_dir)
+    studio = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path)])
+    engine, ask = studio.chat_engine, {"message": "hi", "max_tokens": 4}
+    with serving(create_app(studio)) as url:
+        chat = url + "/api/runs/r/chat"
+        r = httpx.post(chat, json=ask, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["base"] != body["tuned"] and set(body["finish"].values()) <= {"stop", "length"}
+        _openai_shaped(httpx.post(chat, json={**ask, "max_tokens": CHAT_MAX_TOKENS + 1}, timeout=30), 400)
+        network = types.SimpleNamespace(model=studio.chat_models["tuned"].model.get_base_model())
+        with slowed(network, 0.05):
+            with pytest.raises(httpx.ReadTimeout):  # a client that leaves frees the one slot at once
+                httpx.post(chat, json={**ask, "max_tokens": 400}, timeout=0.5)
+            left = time.monotonic()
+            while engine.active and time.monotonic() - left < 10:
+                time.sleep(0.05)
+            assert engine.active == 0 and time.monotonic() - left < 2
+            engine.max_queue = 0  # one generating, none may wait: the next gets 429
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(httpx.post, chat, json={**ask, "max_tokens": 20}, timeout=60)
+                while not engine.active:
+                    time.sleep(0.01)
+                _openai_shaped(httpx.post(chat, json=ask, timeout=60), 429)
+                assert pending.result().status_code == 200
+            engine.request_timeout = 0.5  # both answers together are bounded by --request-timeout
+            start = time.monotonic()
+            r = httpx.post(chat, json={**ask, "max_tokens": 400}, timeout=60)
+            _openai_shaped(r, 504)
+            assert "--request-timeout" in r.json()["error"]["message"] and time.monotonic() - start < 5

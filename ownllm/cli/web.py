@@ -22,12 +22,15 @@ def cmd_studio(args) -> int:
     check_web_server(args, "ownllm studio")
     from ownllm.studio.app import studio
 
+    if args.request_timeout <= 0:
+        raise ConfigError("--request-timeout must be positive (seconds)")
     roots = args.data_root or [os.getcwd()]
     for root in roots:
         if not os.path.isdir(root):
             raise ConfigError(f"--data-root {root} is not a folder")
     studio(args.runs, host=args.host, port=args.port, api_key=args.api_key or None,
-           parallel_training=args.parallel_training, data_roots=roots, allowed_hosts=tuple(args.allowed_host or ()))
+           parallel_training=args.parallel_training, data_roots=roots, allowed_hosts=tuple(args.allowed_host or ()),
+           request_timeout=args.request_timeout)
     return 0
 
 
@@ -92,4 +95,6 @@ def register(sub) -> None:
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="another host name clients may use to reach this server (repeatable); requests naming "
                         "any other name in Host are refused, which stops DNS-rebinding pages")
+    p.add_argument("--request-timeout", type=float, default=120,
+                   help="seconds before a chat question (both answers) is ended (default 120)")
     p.set_defaults(func=cmd_studio)

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
+from ownllm.web.engine import Engine, as_api_error
 
 log = logging.getLogger("ownllm.serve")
 StrictNumber = Annotated[float, Field(strict=True)]  # an int or a float; not a bool, not a string
@@ -119,74 +119,10 @@ def _message_text(m: Message) -> str:
     return m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
 
 
-# -- the engine: slots, queue, cancellation ----------------------------------------------------------
-class Engine:
-    """Runs generations in threads: at most ``max_concurrency`` at once, ``max_queue`` waiting."""
-
-    def __init__(self, model, settings: ServeSettings):
-        self.model, self.settings = model, settings
-        self.active = self.waiting = 0
-        self._slots: asyncio.Semaphore | None = None
-
-    async def acquire(self, deadline: float) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
-        if self.active >= self.settings.max_concurrency and self.waiting >= self.settings.max_queue:
-            raise APIError(429, f"the server is busy ({self.active} generating, {self.waiting} waiting); retry soon",
-                           code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
-        self.waiting += 1
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise APIError(504, f"the request waited past --request-timeout ({self.settings.request_timeout:g} s)",
-                           code="timeout", kind="server_error") from None
-        finally:
-            self.waiting -= 1
-        self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
-        self._slots.release()
-
-    def start(self, prompt, chat: bool, kwargs: dict, deadline: float):
-        """Start generating in a thread; returns (queue of events, cancel event, stats, timed-out flag).
-
-        The slot is released when the generating thread has really finished, so a client that
-        disconnects frees its slot only once its generation has stopped.
-        """
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        cancel, stats, timed_out = threading.Event(), {}, threading.Event()
-
-        def put(kind, value=None):
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-
-        def work():
-            try:
-                for piece in self.model.stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs):
-                    put("text", piece)
-                put("end")
-            except BaseException as e:  # handed to the request's coroutine, which answers it
-                put("error", e)
-            finally:
-                timer.cancel()
-                loop.call_soon_threadsafe(self.release)
-
-        def expire():
-            timed_out.set()
-            cancel.set()
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-        timer.daemon = True
-        timer.start()
-        threading.Thread(target=work, daemon=True, name="ownllm-generate").start()
-        return events, cancel, stats, timed_out
-
-
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(model, settings: ServeSettings):
     """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
-    engine = Engine(model, settings)
+    engine = Engine(settings.max_concurrency, settings.max_queue, settings.request_timeout)
     app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
 
@@ -234,39 +170,20 @@ def create_app(model, settings: ServeSettings):
                            param="model", code="model_not_found")
         kwargs = await asyncio.to_thread(_generation_kwargs, model, req, prompt, chat)  # tokenizing is CPU work
         arrived = time.monotonic()
-        deadline = arrived + settings.request_timeout
-        await engine.acquire(deadline)
-        try:
-            events, cancel, stats, timed_out = engine.start(prompt, chat, kwargs, deadline)
-        except BaseException:
-            engine.release()
-            raise
+
+        def work(cancel, stats):
+            return model.stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs)
+
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         info = {"id": rid, "created": int(time.time()), "model": settings.model_id,
                 "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
+            events, cancel, stats, timed_out = await engine.begin(work, arrived + settings.request_timeout)
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, first = [], None
-        try:
-            while True:
-                kind, value = await events.get()
-                if kind == "text":
-                    first = first or time.monotonic()
-                    text.append(value)
-                elif kind == "error":
-                    raise _as_api_error(value)
-                else:
-                    break
-                if await request.is_disconnected():
-                    break
-        finally:
-            cancel.set()
-        if timed_out.is_set():
-            raise APIError(504, f"the request ran past --request-timeout ({settings.request_timeout:g} s)",
-                           code="timeout", kind="server_error")
+        text, stats, first = await engine.collect(work, request, arrived + settings.request_timeout)
         answer = "".join(text)
         _log_latency(info, stats, arrived, first)
         choice = ({"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
@@ -291,17 +208,15 @@ def create_app(model, settings: ServeSettings):
                 yield chunk({"role": "assistant", "content": ""})
             while True:
                 kind, value = await events.get()
-                if kind == "text":
+                if kind == "item":
                     first = first or time.monotonic()
                     yield chunk({"content": value})
                 elif kind == "error":
-                    yield "data: " + json.dumps(_as_api_error(value).body(), ensure_ascii=False) + "\n\n"
+                    yield "data: " + json.dumps(as_api_error(value).body(), ensure_ascii=False) + "\n\n"
                     break
                 else:
                     if timed_out.is_set():
-                        err = APIError(504, "the request ran past --request-timeout "
-                                            f"({settings.request_timeout:g} s)", code="timeout", kind="server_error")
-                        yield "data: " + json.dumps(err.body()) + "\n\n"
+                        yield "data: " + json.dumps(engine.timeout_error().body()) + "\n\n"
                         break
                     yield chunk({}, _finish(stats))
                     if include_usage:
@@ -349,17 +264,6 @@ def _generation_kwargs(model, req: _Sampling, prompt, chat: bool) -> dict:
     except ConfigError as e:
         raise APIError(400, str(e)) from None
     return kwargs
-
-
-def _as_api_error(e: BaseException) -> APIError:
-    from ownllm.errors import OwnLLMError
-
-    if isinstance(e, APIError):
-        return e
-    if isinstance(e, OwnLLMError):
-        return APIError(400, str(e))
-    log.exception("generation failed", exc_info=e)
-    return APIError(500, f"generation failed: {type(e).__name__}", kind="server_error")
 
 
 def _finish(stats: dict) -> str:

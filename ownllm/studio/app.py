@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.errors import OwnLLMError
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
+from ownllm.web.engine import Engine
 from ownllm.studio import jobs
 from ownllm.rundir import is_run_dir, read_json, trained_output
 from ownllm.studio.runs import read_metrics, run_view, training_state
@@ -36,6 +37,8 @@ MAX_UPLOAD = 1 << 30
 MAX_JSON = 1 << 20  # every request but an upload is a small JSON body
 DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
 DOWNLOAD_TOKEN_SECONDS = 60
+CHAT_MAX_TOKENS = 512  # per answer of the chat pair: a comparison, not a writing tool
+CHAT_QUEUE = 4         # chat pairs that may wait for the one slot; more get 429
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -80,7 +83,7 @@ class EvalRequest(_Body):
 class ChatRequest(_Body):
     message: str = Field(min_length=1, max_length=8000)
     system: str | None = None
-    max_tokens: int = Field(128, ge=1, le=2048)
+    max_tokens: int = Field(128, ge=1, le=CHAT_MAX_TOKENS)
 
 
 class DownloadRequest(_Body):
@@ -105,15 +108,18 @@ def _report_view(report: dict) -> dict:
 class Studio:
     """The runs folder and what the server holds in memory: chat models and a lock per action."""
 
-    def __init__(self, runs: str, parallel_training: bool = False, data_roots: list[str] | None = None):
+    def __init__(self, runs: str, parallel_training: bool = False, data_roots: list[str] | None = None,
+                 request_timeout: float = 120.0):
         self.runs = os.path.abspath(runs)
         self.parallel_training = parallel_training
         self.uploads = os.path.join(self.runs, ".uploads")
         # the folders whose files the page may name by path: the runs (uploads included) and --data-root
         self.roots = [os.path.realpath(r) for r in [self.runs, *(data_roots or [os.getcwd()])]]
         self.chat_models: dict = {}
+        # the chat pair runs through the engine `serve` uses (queue, timeout, cancellation); one slot,
+        # since base and tuned share the network when the run is an adapter
+        self.chat_engine = Engine(max_concurrency=1, max_queue=CHAT_QUEUE, request_timeout=request_timeout)
         self.download_tokens: dict[str, tuple[str, str, float]] = {}  # token -> (run, file, expiry)
-        self.chat_lock = threading.Lock()
         self.start_lock = threading.Lock()
 
     def run_dir(self, name: str, must_exist: bool = True) -> str:
@@ -138,6 +144,21 @@ class Studio:
         """A model given as a folder or file must lie under the roots too; registry aliases and hub ids pass."""
         if name and (name.startswith((".", "/", "~")) or os.path.exists(name)):
             self.check_path(name, field)
+
+    def chat_models_for(self, run: str, key) -> tuple:
+        """(tuned, base, same network?) for a run's chat, loaded once and kept until the run's model changes."""
+        from ownllm.models.generation import OwnModel
+        from ownllm.models.load import base_of, load_model
+        from ownllm.rundir import run_config
+
+        if self.chat_models.get("key") != key:
+            self.chat_models.clear()
+            tuned = load_model(run)
+            base = base_of(tuned, run_config(run).get("model"))[0]
+            self.chat_models.update(key=key, tuned=tuned, base=OwnModel(base, tuned.tokenizer, name="base"),
+                                    same=base is tuned.model)
+        m = self.chat_models
+        return m["tuned"], m["base"], m["same"]
 
     def check_options(self, o: "DataOptions") -> None:
         for path in o.inputs:
@@ -231,14 +252,16 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
         return jobs.start(run, kind, argv)
 
 
-def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
-    """The same question to the base model and the tuned one (greedy, so answers are comparable).
+def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
+    """The generation for one studio chat: the same question to the base model, then the tuned one
+    (greedy, so answers are comparable), run in ``studio.chat_engine`` as ``serve`` runs its requests.
+    It yields ``(which, text)`` pieces; ``stats[which]`` gets each answer's token counts.
 
     Without a system prompt from the page, the one the run was trained with (``--system``) is used.
     """
-    from ownllm.models.generation import OwnModel
-    from ownllm.models.load import base_of, load_model
-    from ownllm.rundir import run_config, system_prompt
+    from contextlib import nullcontext
+
+    from ownllm.rundir import system_prompt
 
     run = studio.run_dir(name)
     result = trained_output(run)
@@ -246,22 +269,21 @@ def chat_pair(studio: Studio, name: str, req: ChatRequest) -> dict:
         raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
     system = req.system or system_prompt(run)
     key = (run, os.path.getmtime(result))
-    with studio.chat_lock:  # one generation at a time: base and tuned may share weights (adapter switched off)
-        if studio.chat_models.get("key") != key:
-            studio.chat_models.clear()
-            tuned = load_model(run)
-            studio.chat_models.update(key=key, tuned=tuned, base=base_of(tuned, run_config(run).get("model"))[0])
-        tuned, base_model = studio.chat_models["tuned"], studio.chat_models["base"]
+
+    def work(cancel, stats):
+        tuned, base, same_network = studio.chat_models_for(run, key)
         settings = dict(max_new_tokens=req.max_tokens, temperature=0, system_prompt=system or None)
-        started = time.time()
-        tuned_answer = tuned.chat(req.message, **settings)
-        base = OwnModel(base_model, tuned.tokenizer, name="base")
-        if base_model is tuned.model:
-            with tuned.model.disable_adapter():
-                base_answer = base.chat(req.message, **settings)
-        else:
-            base_answer = base.chat(req.message, **settings)
-    return {"base": base_answer, "tuned": tuned_answer, "seconds": round(time.time() - started, 2)}
+        for which, model in (("base", base), ("tuned", tuned)):
+            if cancel.is_set():
+                return
+            stats[which] = {}
+            # base and tuned may be one network with the adapter switched off: the engine's single slot
+            # means no other chat runs on it meanwhile
+            with tuned.model.disable_adapter() if which == "base" and same_network else nullcontext():
+                for piece in model.stream(req.message, chat=True, cancel=cancel, stats=stats[which], **settings):
+                    yield which, piece
+
+    return work
 
 
 def download_path(studio: Studio, name: str, rel: str) -> str:
@@ -412,8 +434,15 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
         return await asyncio.to_thread(start_job, studio, name, "eval", argv)
 
     @app.post("/api/runs/{name}/chat")
-    async def chat(name: str, req: ChatRequest):
-        return await asyncio.to_thread(chat_pair, studio, name, req)
+    async def chat(name: str, req: ChatRequest, request: Request):
+        work = await asyncio.to_thread(chat_pair_work, studio, name, req)
+        started = time.monotonic()
+        pieces, stats, _ = await studio.chat_engine.collect(work, request)
+        answers = {"base": "", "tuned": ""}
+        for which, piece in pieces:
+            answers[which] += piece
+        return {**answers, "seconds": round(time.monotonic() - started, 2),
+                "finish": {which: (stats.get(which) or {}).get("finish_reason") for which in answers}}
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):
@@ -458,7 +487,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
 
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
            parallel_training: bool = False, data_roots: list[str] | None = None,
-           allowed_hosts: tuple[str, ...] = ()) -> None:
+           allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0) -> None:
     """Serve the studio until Ctrl-C. Training jobs go on when it stops."""
     import uvicorn
 
@@ -467,5 +496,6 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
     print(f"ownllm studio at http://{shown}:{port}/ (runs in {os.path.abspath(runs)})"
           f"{'; API key required' if api_key else ''}. Ctrl-C stops the page; training jobs go on.", flush=True)
     warn_if_exposed(host, api_key, "ownllm studio")
-    app = create_app(Studio(runs, parallel_training, data_roots), api_key, host=host, allowed_hosts=allowed_hosts)
+    app = create_app(Studio(runs, parallel_training, data_roots, request_timeout), api_key, host=host,
+                     allowed_hosts=allowed_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,150 @@
+"""The generation engine both web servers use: slots, a bounded queue, a deadline and cancellation.
+
+``serve`` runs one model's stream in it; the studio runs its base-and-tuned chat pair in it. A
+generation runs in a thread of its own; the request's coroutine reads what it yields from a queue,
+so the event loop stays free for every other client.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Callable, Iterator
+
+from ownllm.web.common import APIError
+
+log = logging.getLogger("ownllm.web")
+# how often a non-streaming request looks whether its client is still there while nothing arrives
+DISCONNECT_POLL_SECONDS = 0.25
+
+Work = Callable[[threading.Event, dict], Iterator]  # (cancel, stats) -> what the generation yields
+
+
+class Engine:
+    """Runs generations in threads: at most ``max_concurrency`` at once, ``max_queue`` waiting; a
+    request past the queue gets a fast 429, one past ``request_timeout`` a 504 (``timeout_flag`` is
+    the option that sets it, named in that message)."""
+
+    def __init__(self, max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
+                 timeout_flag: str = "--request-timeout"):
+        self.max_concurrency, self.max_queue = max_concurrency, max_queue
+        self.request_timeout, self.timeout_flag = request_timeout, timeout_flag
+        self.active = self.waiting = 0
+        self._slots: asyncio.Semaphore | None = None
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.request_timeout
+
+    def timeout_error(self, waited: bool = False) -> APIError:
+        what = "waited" if waited else "ran"
+        return APIError(504, f"the request {what} past {self.timeout_flag} ({self.request_timeout:g} s)",
+                        code="timeout", kind="server_error")
+
+    async def acquire(self, deadline: float) -> None:
+        if self._slots is None:  # made on first use: it belongs to the running event loop
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        if self.active >= self.max_concurrency and self.waiting >= self.max_queue:
+            raise APIError(429, f"the server is busy ({self.active} generating, {self.waiting} waiting); retry soon",
+                           code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise self.timeout_error(waited=True) from None
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+    def start(self, work: Work, deadline: float):
+        """Run ``work(cancel, stats)`` in a thread; returns (queue of events, cancel event, stats, timed-out flag).
+
+        Events are ("item", value) for each value ``work`` yields, then ("end", None) or ("error", exc).
+        The slot (taken with ``acquire``) is released when the thread has really finished, so a client
+        that disconnects frees its slot only once its generation has stopped.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel, stats, timed_out = threading.Event(), {}, threading.Event()
+
+        def put(kind, value=None):
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        def run():
+            try:
+                for value in work(cancel, stats):
+                    put("item", value)
+                put("end")
+            except BaseException as e:  # handed to the request's coroutine, which answers it
+                put("error", e)
+            finally:
+                timer.cancel()
+                loop.call_soon_threadsafe(self.release)
+
+        def expire():
+            timed_out.set()
+            cancel.set()
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+        threading.Thread(target=run, daemon=True, name="ownllm-generate").start()
+        return events, cancel, stats, timed_out
+
+    async def begin(self, work: Work, deadline: float):
+        """``acquire`` then ``start``: the slot is given back if starting fails."""
+        await self.acquire(deadline)
+        try:
+            return self.start(work, deadline)
+        except BaseException:
+            self.release()
+            raise
+
+    async def collect(self, work: Work, request, deadline: float | None = None) -> tuple[list, dict, float | None]:
+        """Run ``work`` to its end for a non-streaming request: (values, stats, time of the first value).
+
+        A client that disconnects stops the generation at once (checked while waiting, too); a run past
+        the deadline is a 504; an error raised by ``work`` becomes the answer's error.
+        """
+        deadline = deadline or self.deadline()
+        events, cancel, stats, timed_out = await self.begin(work, deadline)
+        values, first = [], None
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        break
+                    continue
+                if kind == "item":
+                    first = first or time.monotonic()
+                    values.append(value)
+                elif kind == "error":
+                    raise as_api_error(value)
+                else:
+                    break
+                if await request.is_disconnected():
+                    break
+        finally:
+            cancel.set()
+        if timed_out.is_set():
+            raise self.timeout_error()
+        return values, stats, first
+
+
+def as_api_error(e: BaseException) -> APIError:
+    """The answer for an error raised while generating: ours as they are, a person's mistake (an
+    ``OwnLLMError``) a 400, anything else a logged 500 that names only the exception's type."""
+    from ownllm.errors import OwnLLMError
+
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, OwnLLMError):
+        return APIError(400, str(e))
+    log.exception("generation failed", exc_info=e)
+    return APIError(500, f"generation failed: {type(e).__name__}", kind="server_error")
