@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
-from ownllm.web.engine import Engine, as_api_error
+from ownllm.web.engine import Engine, as_api_error, limit_malloc_arenas
 
 log = logging.getLogger("ownllm.serve")
 StrictNumber = Annotated[float, Field(strict=True)]  # an int or a float; not a bool, not a string
@@ -307,6 +307,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
 
     from ownllm.models.load import load_model
 
+    limit_malloc_arenas()
     model = load_model(source, device=device, dtype=dtype, merge=merge)
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,

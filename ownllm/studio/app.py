@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ownllm.errors import OwnLLMError
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
-from ownllm.web.engine import Engine
+from ownllm.web.engine import Engine, limit_malloc_arenas
 from ownllm.studio import jobs
 from ownllm.rundir import is_run_dir, read_json, trained_output
 from ownllm.studio.runs import read_metrics, run_view, training_state
@@ -496,6 +496,7 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
     print(f"ownllm studio at http://{shown}:{port}/ (runs in {os.path.abspath(runs)})"
           f"{'; API key required' if api_key else ''}. Ctrl-C stops the page; training jobs go on.", flush=True)
     warn_if_exposed(host, api_key, "ownllm studio")
+    limit_malloc_arenas()
     app = create_app(Studio(runs, parallel_training, data_roots, request_timeout), api_key, host=host,
                      allowed_hosts=allowed_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")
