@@ -54,6 +54,36 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def sharp_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny Llama trained on a fixed text until its predictions are sharp (random weights give a
+    perplexity in the tens of thousands, where a wrong weight layout changes nothing measurable)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from importlib import resources
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    text = resources.files("ownllm.resources").joinpath("general_text.txt").read_text(encoding="utf-8")
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    windows = ids[: len(ids) // 64 * 64].view(-1, 64)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(300):
+        batch = windows[torch.randint(len(windows), (8,))]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 1.0, loss.item()  # sharp: it has learned the text
+    out = tmp_path_factory.mktemp("sharp-llama")
+    model.eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture
 def qa_file(tmp_path):
     """A small chat dataset: 40 distinct questions with short answers."""

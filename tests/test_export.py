@@ -9,14 +9,17 @@ from ownllm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def lora_run(tiny_model_dir, tmp_path_factory):
+def lora_run(sharp_model_dir, tmp_path_factory):
+    """A LoRA run on the trained (sharp) tiny model, trained until the adapter matters: the export checks
+    must see a wrong layout, a dropped adapter or a wrong tokenizer."""
     from ownllm.training.trainer import Trainer
 
     rows = [{"messages": [{"role": "user", "content": f"Code of item {i}?"},
                           {"role": "assistant", "content": f"Item {i} has code {1000 + 7 * i}."}]} for i in range(40)]
     run = tmp_path_factory.mktemp("exp") / "run"
-    Trainer(model=tiny_model_dir, train_dataset=rows,
-            args={"output_dir": str(run), "max_steps": 3, "precision": "fp32", "batch_size": 4, "lr": 5e-3}).train()
+    Trainer(model=sharp_model_dir, train_dataset=rows,
+            args={"output_dir": str(run), "max_steps": 40, "precision": "fp32", "batch_size": 4, "lr": 5e-3,
+                  "protect": "off"}).train()
     return str(run)
 
 
@@ -132,6 +135,13 @@ def test_gguf_export_round_trips_through_transformers(lora_run, tmp_path, quant)
     out = tmp_path / quant
     m = export(lora_run, "gguf", str(out), quant=quant)
     assert m["all_checks_passed"] and m["quantization"] == quant and m["architecture"] == "llama"
+    assert m["gating_checks"] == [c["name"] for c in m["checks"]] and all(c["threshold"] for c in m["checks"])
+    try:
+        import llama_cpp  # noqa: F401  (the optional extra .[llamacpp])
+        assert any(r.startswith("llama.cpp") for r in m["checked_by"]) and m["llamacpp_top1_agreement"] >= 0.9
+        assert any(c["name"].startswith("llama.cpp tokenizes") and c["passed"] for c in m["checks"])
+    except ImportError:
+        assert m["checked_by"] == ["transformers"]
     ppl = next(c for c in m["checks"] if "perplexity" in c["name"])
     assert m["perplexity_float"] > 1 and m["perplexity_gguf"] > 1 and ppl["measured"] == pytest.approx(
         m["perplexity_gguf"] / m["perplexity_float"] - 1, abs=1e-3)
@@ -144,6 +154,34 @@ def test_gguf_export_round_trips_through_transformers(lora_run, tmp_path, quant)
     modelfile = (out / "Modelfile").read_text()
     assert f"FROM ./{name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile and "TEMPLATE" in modelfile
     assert "ollama create" in (out / "README.md").read_text()
+
+
+def _reversed_vocabulary(original):
+    def tokens(tokenizer_json, vocab_size):
+        names, types = original(tokenizer_json, vocab_size)
+        return names[:10] + names[10:1000][::-1] + names[1000:], types
+    return tokens
+
+
+@pytest.mark.parametrize("mistake", ["Q/K layout", "adapter dropped", "tokenizer"])
+def test_gguf_checks_fail_a_broken_export(lora_run, sharp_model_dir, tmp_path, monkeypatch, mistake):
+    """On a trained model every gate has teeth: each of these mistakes once passed on random weights."""
+    from transformers import AutoModelForCausalLM
+
+    from ownllm.errors import OwnLLMError
+    from ownllm.export import common, gguf as gguf_export
+    from ownllm.export.formats import export
+
+    if mistake == "Q/K layout":
+        monkeypatch.setattr(gguf_export, "_permute", lambda w, heads: w)
+    elif mistake == "adapter dropped":
+        monkeypatch.setattr(common, "plain_copy", lambda own: AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval())
+    else:
+        monkeypatch.setattr(gguf_export, "_tokens", _reversed_vocabulary(gguf_export._tokens))
+    with pytest.raises(OwnLLMError, match="failed its checks") as failed:
+        export(lora_run, "gguf", str(tmp_path / "out"), quant="q8_0")
+    assert ("token ids" if mistake == "tokenizer" else "next-token choices") in str(failed.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_gguf_writes_qwen2_with_biases(tokenizer_dir, tmp_path):
@@ -198,3 +236,38 @@ def test_full_disk_leaves_no_half_export(lora_run, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError):
         export(lora_run, "gguf", str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []
+
+
+def _ollama_prompt(modelfile: str, messages: list[dict]) -> str:
+    """What Ollama builds from a Modelfile: SYSTEM becomes the first message when the conversation has
+    none, then the Go template ranges over the messages (the subset our templates use)."""
+    import re
+
+    template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
+    system = re.search(r'SYSTEM """(.*?)"""', modelfile, re.S)
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system.group(1)}] + messages
+    before, rest = template.split("{{- range .Messages }}")
+    body, after = rest.split("{{ end }}")
+    assert "{{" not in before + after, "the template uses more than this test renders"
+    return before + "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
+                            for m in messages) + after
+
+
+@pytest.mark.parametrize("run_system", [None, "You answer for the clinic."])
+def test_ollama_modelfile_builds_the_prompt_transformers_builds(tokenizer_dir, run_system):
+    """SmolLM2's template adds its own system prompt when a chat has none; the Modelfile must too, and
+    a chat's own system message must appear once."""
+    from transformers import AutoTokenizer
+
+    from ownllm.export.gguf import modelfile
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = modelfile("m.gguf", tok, run_system)
+    for chat in ([{"role": "user", "content": "你好"}],
+                 [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]):
+        given = chat if chat[0]["role"] == "system" or not run_system else [{"role": "system", "content": run_system}] + chat
+        expected = tok.apply_chat_template(given, tokenize=False, add_generation_prompt=True)
+        assert _ollama_prompt(text, chat) == expected
+        assert _ollama_prompt(text, chat).count("<|im_start|>system") == 1

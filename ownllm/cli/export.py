@@ -26,9 +26,11 @@ def cmd_quantize(args) -> int:
 def cmd_export(args) -> int:
     from ownllm.export.formats import export
 
+    from ownllm.export.manifest import describe
+
     m = export(args.source, args.format, args.out, args.overwrite, quant=args.quant)
     for c in m["checks"]:
-        print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['measured']} (tolerance {c['tolerance']})")
+        print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {describe(c)}")
     size = sum(f["bytes"] for f in m["files"]) / 2**20
     print(f"exported {args.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
     if args.format == "onnx":

@@ -162,29 +162,69 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
 
 
 # -- Ollama --------------------------------------------------------------------------------------
+# Chat templates in Ollama's Go syntax, as (before the messages, one message, after them, stop tokens).
+# Only .Messages is used, never .System: Ollama puts the Modelfile's SYSTEM (or the request's system
+# message) into .Messages, so a template that also printed .System would show a system message twice.
 _OLLAMA_TEMPLATES = {
-    "<|im_start|>": ('{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-                     '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
-                     '<|im_start|>assistant\n', ["<|im_end|>"]),
-    "<|start_header_id|>": ('<|begin_of_text|>{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n'
-                            '{{ .System }}<|eot_id|>{{ end }}{{- range .Messages }}<|start_header_id|>{{ .Role }}'
-                            '<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}'
-                            '<|start_header_id|>assistant<|end_header_id|>\n\n', ["<|eot_id|>"]),
+    "<|im_start|>": ("", "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n", "<|im_start|>assistant\n",
+                     ["<|im_end|>"]),
+    "<|start_header_id|>": ("<|begin_of_text|>", "<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+                            "{{ .Content }}<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                            ["<|eot_id|>"]),
 }
 
 
-def modelfile(gguf_name: str, chat_template: str | None, system: str | None, eos: str | None) -> str:
-    """An Ollama Modelfile: the chat template in Ollama's Go syntax (ChatML and Llama 3 are
-    translated; for others Ollama reads the template stored in the GGUF), stop tokens, system prompt."""
+def _ollama_form(chat_template: str | None):
+    return next((form for marker, form in _OLLAMA_TEMPLATES.items() if chat_template and marker in chat_template),
+                None)
+
+
+def _render(form, messages: list[dict]) -> str:
+    """What the Go template of ``form`` renders for ``messages`` (it has no other logic)."""
+    before, one, after, _ = form
+    return before + "".join(one.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
+                            for m in messages) + after
+
+
+def default_system(tokenizer) -> str | None:
+    """The system prompt the chat template adds when a conversation brings none (SmolLM2's "You are a
+    helpful AI assistant named SmolLM…"), found by rendering a conversation without one."""
+    import re
+
+    from ownllm.data.render import chat_template_for
+
+    template = chat_template_for(tokenizer)  # None: the tokenizer's own
+    form = _ollama_form(template or tokenizer.chat_template)
+    if form is None:
+        return None
+    question = [{"role": "user", "content": "Q"}]
+    hf = tokenizer.apply_chat_template(question, chat_template=template, tokenize=False, add_generation_prompt=True)
+    if hf == _render(form, question):
+        return None
+    head, _, tail = form[1].replace("{{ .Role }}", "system").partition("{{ .Content }}")
+    found = re.match(re.escape(form[0] + head) + "(.*?)" + re.escape(tail), hf, re.S)
+    if found and hf == _render(form, [{"role": "system", "content": found.group(1)}] + question):
+        return found.group(1)
+    return None
+
+
+def modelfile(gguf_name: str, tokenizer, system: str | None) -> str:
+    """An Ollama Modelfile: the chat template in Ollama's Go syntax (ChatML and Llama 3 are translated;
+    for others Ollama reads the template stored in the GGUF), stop tokens, and the system prompt — the
+    run's, else the one the chat template adds by itself, so Ollama builds the prompt transformers builds."""
+    from ownllm.data.render import chat_template_for
+
     lines = [f"FROM ./{gguf_name}", ""]
-    for marker, (template, stops) in _OLLAMA_TEMPLATES.items():
-        if chat_template and marker in chat_template:
-            lines += [f'TEMPLATE """{template}"""'] + [f'PARAMETER stop "{s}"' for s in stops]
-            break
+    form = _ollama_form(chat_template_for(tokenizer) or tokenizer.chat_template)
+    if form is not None:
+        before, one, after, stops = form
+        lines += [f'TEMPLATE """{before}{{{{- range .Messages }}}}{one}{{{{ end }}}}{after}"""']
+        lines += [f'PARAMETER stop "{s}"' for s in stops]
+        system = system or default_system(tokenizer)
     else:
         lines.append("# no TEMPLATE line: Ollama uses the chat template stored in the GGUF file")
-        if eos:
-            lines.append(f'PARAMETER stop "{eos}"')
+        if tokenizer.eos_token:
+            lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
     lines += ["PARAMETER temperature 0.7", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.1"]
     if system:
         lines.append('SYSTEM """' + system.replace('"""', '\\"\\"\\"') + '"""')

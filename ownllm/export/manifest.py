@@ -16,18 +16,33 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def check(name: str, measured: float, tolerance: float, passed: bool | None = None) -> dict:
-    ok = measured <= tolerance if passed is None else passed
-    return {"name": name, "measured": measured, "tolerance": tolerance, "passed": bool(ok)}
+def check(name: str, measured: float, *, at_most: float | None = None, at_least: float | None = None,
+          gates: bool = True) -> dict:
+    """One measured check with the threshold it must meet (``at_most`` or ``at_least``). A check that
+    ``gates`` the export stops it when it fails; every check ownllm records today gates."""
+    if (at_most is None) == (at_least is None):
+        raise ValueError("a check has exactly one threshold: at_most or at_least")
+    ok = measured <= at_most if at_most is not None else measured >= at_least
+    return {"name": name, "measured": measured, "threshold": at_most if at_most is not None else at_least,
+            "must_be": "at most" if at_most is not None else "at least", "passed": bool(ok), "gates": gates}
+
+
+def describe(c: dict) -> str:
+    """'measured (must be at most threshold)', as the CLI and the page show a check; older manifests
+    stored a 'tolerance' that was an upper bound."""
+    if "threshold" in c:
+        return f"{c['measured']} (must be {c['must_be']} {c['threshold']})"
+    return f"{c['measured']} (tolerance {c.get('tolerance')})"
 
 
 def raise_if_failed(manifest: dict, fmt: str, out: str) -> None:
     """Stop an export whose checks failed; the caller's staging folder is then removed, so nothing is written."""
     from ownllm.errors import OwnLLMError
 
-    if not manifest["all_checks_passed"]:
-        failed = [c for c in manifest["checks"] if not c["passed"]]
-        raise OwnLLMError(f"the {fmt} export failed its checks: {failed}", hint=f"nothing was written at {out}")
+    failed = [c for c in manifest["checks"] if not c["passed"] and c.get("gates", True)]
+    if failed:
+        said = "; ".join(f"{c['name']}: {describe(c)}" for c in failed)
+        raise OwnLLMError(f"the {fmt} export failed its checks: {said}", hint=f"nothing was written at {out}")
 
 
 def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra: dict | None = None) -> dict:
@@ -44,6 +59,7 @@ def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra
     manifest = {"format": fmt, "source": os.path.abspath(source) if os.path.exists(source) else source,
                 "config_sha256": sha256_file(config) if os.path.exists(config) else None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, "checks": checks,
-                "all_checks_passed": all(c["passed"] for c in checks), **(extra or {})}
+                "all_checks_passed": all(c["passed"] for c in checks),
+                "gating_checks": [c["name"] for c in checks if c.get("gates", True)], **(extra or {})}
     atomic_write(os.path.join(folder, "manifest.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
