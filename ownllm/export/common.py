@@ -82,6 +82,20 @@ class Agreement:
     same_tokens: bool              # the candidate's own tokenizer gives the reference's token ids
 
 
+def choices_kept(reference_logits, candidate_logits) -> tuple[int, int, int, int]:
+    """(positions where both pick the same next token, positions, the same where the reference leads
+    by >= CONFIDENT_MARGIN, such confident positions) for two [positions, vocabulary] logit tensors."""
+    same = reference_logits.argmax(-1) == candidate_logits.argmax(-1)
+    top2 = reference_logits.topk(2, dim=-1).values
+    confident = (top2[:, 0] - top2[:, 1]) >= CONFIDENT_MARGIN
+    return int(same.sum()), len(same), int((same & confident).sum()), int(confident.sum())
+
+
+def share(hits: int, of: int) -> float:
+    """hits / of, rounded; 1.0 when there is nothing to count (no confident position on random weights)."""
+    return round(hits / of, 4) if of else 1.0
+
+
 def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tokenizer=None,
               new_tokens: int = 16) -> Agreement:
     """Compare two models on ``prompts`` followed by the reference's ``new_tokens`` greedy tokens: their
@@ -102,16 +116,12 @@ def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tok
             ga, gb = full[0, start:].cpu(), candidate.generate(**enc, **kw)[0, start:].cpu()
             a, b = reference(input_ids=full).logits.float().cpu()[0], candidate(input_ids=full).logits.float().cpu()[0]
         worst = max(worst, float((a - b).abs().max()))
-        same = a.argmax(-1) == b.argmax(-1)
-        top2 = a.topk(2, dim=-1).values
-        confident = (top2[:, 0] - top2[:, 1]) >= CONFIDENT_MARGIN
-        agree, total = agree + int(same.sum()), total + len(same)
-        sure, sure_total = sure + int((same & confident).sum()), sure_total + int(confident.sum())
+        counts = choices_kept(a, b)
+        agree, total, sure, sure_total = agree + counts[0], total + counts[1], sure + counts[2], sure_total + counts[3]
         identical &= torch.equal(ga, gb)
         n = min(len(ga), len(gb))
         matching.append(next((i for i in range(n) if ga[i] != gb[i]), n) / max(1, len(ga)))
-    # no confident position (random weights): nothing a rounding could flip there
-    return Agreement(round(worst, 6), round(agree / max(1, total), 4), round(sure / sure_total, 4) if sure_total else 1.0,
+    return Agreement(round(worst, 6), share(agree, total), share(sure, sure_total),
                      bool(identical), round(sum(matching) / max(1, len(matching)), 4), bool(same_tokens))
 
 

@@ -7,7 +7,7 @@ import os
 import re
 
 from ownllm.errors import ConfigError, OwnLLMError
-from ownllm.export.common import CONFIDENT_MARGIN, agreement, float_export_checks, probe_prompts
+from ownllm.export.common import CONFIDENT_MARGIN, agreement, choices_kept, float_export_checks, probe_prompts, share
 from ownllm.export.manifest import check, raise_if_failed, write_manifest
 from ownllm.rundir import adapter_in, base_of_adapter, run_dir_of, system_prompt
 from ownllm.utils import atomic_dir
@@ -192,19 +192,16 @@ def _verify_with_llamacpp(reference, tokenizer, path: str, quant: str, prompts: 
             same &= llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids
             llm.reset()
             llm.eval(ids)
-            got = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+            got = torch.from_numpy(np.asarray(llm.scores[: len(ids)], dtype=np.float32))
             with torch.inference_mode():
-                ref = reference(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-            worst = max(worst, float(np.abs(got - ref).max()))
-            hit = got.argmax(-1) == ref.argmax(-1)
-            top2 = np.sort(ref, axis=-1)[:, -2:]
-            confident = (top2[:, 1] - top2[:, 0]) >= CONFIDENT_MARGIN
-            agree, total = agree + int(hit.sum()), total + len(hit)
-            sure, sure_total = sure + int((hit & confident).sum()), sure_total + int(confident.sum())
+                ref = reference(input_ids=torch.tensor([ids])).logits[0].float().cpu()
+            worst = max(worst, float((got - ref).abs().max()))
+            counts = choices_kept(ref, got)
+            agree, total, sure, sure_total = agree + counts[0], total + counts[1], sure + counts[2], sure_total + counts[3]
     finally:
         llm.close()
     t = GGUF_THRESHOLDS[quant]
-    top1, confident_top1 = round(agree / max(1, total), 4), round(sure / sure_total, 4) if sure_total else 1.0
+    top1, confident_top1 = share(agree, total), share(sure, sure_total)
     checks = [check("llama.cpp tokenizes the probe prompts as the trained model's tokenizer does", float(same),
                     at_least=1.0),
               check("llama.cpp: next-token choices agreeing", top1, at_least=t["top1_agreement"]),
