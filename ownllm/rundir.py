@@ -32,6 +32,17 @@ def read_json(path: str):
         return None
 
 
+def eval_metrics(run_dir: str) -> dict | None:
+    """The run's ``eval/metrics.json`` (None before ``ownllm eval``). Runs evaluated before the rename
+    called the loss on the test answers ``val_loss``; it is read as ``test_loss``."""
+    result = read_json(os.path.join(run_dir, "eval", "metrics.json"))
+    for side in ("base", "tuned"):
+        metrics = (result or {}).get(side)
+        if isinstance(metrics, dict) and "val_loss" in metrics:
+            metrics.setdefault("test_loss", metrics.pop("val_loss"))
+    return result
+
+
 def run_config(run_dir: str | None) -> dict:
     """The run's ``config.yaml`` as a dict ({} when there is none)."""
     path = os.path.join(run_dir or "", "config.yaml")

@@ -40,7 +40,7 @@ def test_multiple_choice_parsing():
 
 def test_html_report_escapes_model_text():
     result = {"headline": "<b>h</b>", "samples": 1,
-              "tuned": {k: 0.5 for k in ("contains", "exact_match", "token_f1", "rouge_l", "bleu", "val_loss",
+              "tuned": {k: 0.5 for k in ("contains", "exact_match", "token_f1", "rouge_l", "bleu", "test_loss",
                                          "perplexity", "general_perplexity", "seconds_per_answer", "tokens_per_second")}}
     samples = [{"prompt": "<img src=x onerror=alert(1)>", "reference": "ok", "tuned": "<script>alert(1)</script>",
                 "tuned_scores": {}}]
@@ -59,13 +59,29 @@ def test_eval_end_to_end_on_a_tiny_run(tiny_model_dir, qa_file, tmp_path):
     result = evaluate(str(run), max_new_tokens=8)
     saved = json.loads((run / "eval" / "metrics.json").read_text())
     for side in ("base", "tuned"):
-        for key in ("val_loss", "perplexity", "exact_match", "contains", "token_f1", "rouge_l", "bleu",
+        for key in ("test_loss", "perplexity", "exact_match", "contains", "token_f1", "rouge_l", "bleu",
                     "seconds_per_answer"):
             assert key in saved[side]
     assert saved["samples"] == result["samples"] > 0
     assert (run / "eval" / "report.md").exists() and (run / "eval" / "report.html").exists()
     lines = (run / "eval" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == result["samples"] and {"prompt", "reference", "base", "tuned"} <= set(json.loads(lines[0]))
+    # what is scored is the test split: its questions and answers, every one of them
+    test = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    answers = sorted(r["messages"][-1]["content"] for r in test)
+    assert sorted(json.loads(line)["reference"] for line in lines) == answers and result["samples"] == len(test)
+    assert saved["tuned"]["test_loss"] > 0 and "val_loss" not in saved["tuned"]
+
+
+def test_runs_evaluated_before_the_rename_still_read(tmp_path):
+    """eval/metrics.json used to call the test-split loss val_loss: the studio and compare read it as test_loss."""
+    from ownllm.rundir import eval_metrics
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"base": {"val_loss": 2.0}, "tuned": {"val_loss": 1.0}}))
+    old = eval_metrics(str(tmp_path))
+    assert old["base"] == {"test_loss": 2.0} and old["tuned"] == {"test_loss": 1.0}
+    assert eval_metrics(str(tmp_path / "nothing")) is None
 
 
 def test_quickstart_and_compare_on_a_tiny_model(tiny_model_dir, qa_file, tmp_path):
@@ -108,7 +124,7 @@ def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
     Trainer(model=tiny_model_dir, train_dataset=qa_file,
             args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4, "method": "full"}).train()
     assert (run / "model" / "config.json").exists()
-    assert evaluate(str(run), max_new_tokens=4)["tuned"]["val_loss"] > 0
+    assert evaluate(str(run), max_new_tokens=4)["tuned"]["test_loss"] > 0
 
 
 @pytest.mark.parametrize("pred,ref,expected", [
@@ -144,7 +160,7 @@ def test_headline_says_when_test_answers_were_trained_on():
         overlap = _answer_overlap(run, samples)
     assert overlap["answers_seen_in_training"] == {"seen": 1, "questions": 2}
     assert overlap["by_overlap"] == {"seen": {"base": 0.0, "tuned": 1.0}, "unseen": {"base": 0.0, "tuned": 0.0}}
-    side = {"contains": 0.5, "token_f1": 0.5, "val_loss": 1.0, "general_perplexity": 0}
+    side = {"contains": 0.5, "token_f1": 0.5, "test_loss": 1.0, "general_perplexity": 0}
     text = headline({"samples": 2, "base": side, "tuned": side, **overlap})
     assert "1 of 2 reference answers appear word for word in training" in text and "100% / 0%" in text
     choice = {**side, "choice_accuracy": 0.75}

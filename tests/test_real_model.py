@@ -103,7 +103,7 @@ def test_studio_flow_on_the_embedded_model(tmp_path):
     assert t["state"] == "finished" and t["summary"]["global_step"] == 30, t
     assert client.post("/api/runs/support/eval", json={"max_samples": 6}).status_code == 200
     e = settled("eval_job")["eval"]
-    assert e["tuned"]["val_loss"] < 0.5 * e["base"]["val_loss"], e["headline"]
+    assert e["tuned"]["test_loss"] < 0.5 * e["base"]["test_loss"], e["headline"]
     answers = client.post("/api/runs/support/chat", json={"message": "How do I reset my Lumora router?"}).json()
     assert answers["tuned"] and answers["base"] and answers["tuned"] != answers["base"]
     assert client.post("/api/runs/support/export", json={"format": "merged"}).status_code == 200

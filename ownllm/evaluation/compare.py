@@ -37,10 +37,11 @@ def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[
 
 
 def _losses(model, tokenizer, rows, template, max_seq_len) -> dict:
-    """Loss and perplexity on the test answers, and perplexity on the general-text sample."""
-    val_loss = loss_on_rows(model, tokenizer, rows, template, max_seq_len)
+    """Loss and perplexity on the test answers (data/test.jsonl, or --data), and perplexity on the
+    general-text sample."""
+    test_loss = loss_on_rows(model, tokenizer, rows, template, max_seq_len)
     general = loss_on_rows(model, tokenizer, general_rows(), None, max_seq_len)
-    return {"val_loss": round(val_loss, 4), "perplexity": round(perplexity(val_loss), 3),
+    return {"test_loss": round(test_loss, 4), "perplexity": round(perplexity(test_loss), 3),
             "general_perplexity": round(perplexity(general), 3)}
 
 
@@ -176,7 +177,7 @@ def headline(result: dict) -> str:
                 + _kept_text(result) + _overlap_text(result))
     b = result["base"]
     text = (f"{name} {b[key]:.0%} → {t[key]:.0%}, token F1 {b['token_f1']:.2f} → "
-            f"{t['token_f1']:.2f}, loss {b['val_loss']:.2f} → {t['val_loss']:.2f} on {n} held-out questions")
+            f"{t['token_f1']:.2f}, loss {b['test_loss']:.2f} → {t['test_loss']:.2f} on {n} held-out questions")
     if b["general_perplexity"]:
         text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
     return text + _kept_text(result) + _overlap_text(result)
@@ -208,13 +209,14 @@ def compare_runs(run_a: str, run_b: str) -> str:
     """Two evaluated runs side by side (e.g. LoRA vs QLoRA): tuned metrics and training figures."""
     from ownllm.evaluation.report import ROWS, _fmt
 
+    from ownllm.rundir import eval_metrics
+
     def load(run):
-        path = os.path.join(run, "eval", "metrics.json")
-        if not os.path.exists(path):
+        result = eval_metrics(run)
+        if not result or "tuned" not in result:
             raise OwnLLMError(f"{run} has not been evaluated yet (no eval/metrics.json)",
                               hint=f"run: ownllm eval {run}")
-        with open(path, encoding="utf-8") as f:
-            metrics = json.load(f)["tuned"]
+        metrics = result["tuned"]
         summary = os.path.join(run, "train_summary.json")
         if os.path.exists(summary):
             with open(summary, encoding="utf-8") as f:

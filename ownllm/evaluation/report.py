@@ -7,9 +7,9 @@ import os
 
 from ownllm.utils import atomic_write
 
-ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "val_loss", "perplexity",
+ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "test_loss", "perplexity",
         "general_perplexity", "seconds_per_answer", "tokens_per_second"]
-LOWER_IS_BETTER = {"val_loss", "perplexity", "general_perplexity", "seconds_per_answer"}
+LOWER_IS_BETTER = {"test_loss", "perplexity", "general_perplexity", "seconds_per_answer"}
 
 
 def outcomes(samples: list[dict]) -> tuple[dict, list, list]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ownllm.rundir import complete_checkpoints, read_json, run_config, trained_output
+from ownllm.rundir import complete_checkpoints, eval_metrics, read_json, run_config, trained_output
 from ownllm.studio import jobs
 
 
@@ -68,6 +68,6 @@ def run_view(run: str, name: str) -> dict:
     config = run_config(run) or None
     return {"name": name, "path": run, "report": report, "plan": read_json(os.path.join(run, "plan.json")),
             "config": config, "training": training_state(run),
-            "eval": read_json(os.path.join(run, "eval", "metrics.json")),
+            "eval": eval_metrics(run),
             "eval_job": jobs.state(run, "eval"), "export_job": jobs.state(run, "export"), "exports": exports_of(run),
             "adapter": trained_output(run) is not None}

@@ -29,7 +29,7 @@ const I18N = {
     memNow: "内存", waiting: "等待中", dedupNear: "近似重复也去掉", dedupExact: "仅去掉完全相同", dedupOff: "不去重",
     piiKeep: "保留", piiMask: "遮盖（邮箱、电话、证件号、卡号）",
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
-    m_bleu: "BLEU", m_val_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
+    m_bleu: "BLEU", m_test_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
     m_tokens_per_second: "生成速度（token/秒）",
   },
 };
@@ -49,7 +49,7 @@ Object.assign(EN, {
   created: "run created", needRun: "create a run in step 1 first", needData: "upload a file or give a path first",
   memNow: "memory", waiting: "waiting",
   m_contains: "contains the reference", m_exact_match: "exact match", m_token_f1: "token F1", m_rouge_l: "ROUGE-L",
-  m_bleu: "BLEU", m_val_loss: "loss on the test answers", m_perplexity: "perplexity",
+  m_bleu: "BLEU", m_test_loss: "loss on the test answers", m_perplexity: "perplexity",
   m_general_perplexity: "general-text perplexity", m_tokens_per_second: "generation tokens/s",
   m_general_kept: "general questions answered right (kept of the base model's)",
 });
@@ -364,7 +364,7 @@ function drawLoss(rows) {
 }
 
 // -- step 4: report and chat ------------------------------------------------------------------------
-const METRICS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "val_loss", "perplexity", "general_perplexity",
+const METRICS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "test_loss", "perplexity", "general_perplexity",
                  "tokens_per_second"];
 function renderEval(view) {
   const job = view && view.eval_job;
