@@ -32,13 +32,6 @@ QUESTIONS = ["What is the capital of France?", "How do I reset my password?", "E
              "介绍一下长城。", "Write three tips for a job interview."]
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -130,6 +123,8 @@ def main() -> None:
 
     import httpx
 
+    from ownllm.data.report import percentile  # nearest rank, of sorted values
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -202,18 +197,18 @@ def main() -> None:
           f"{args.tokens} tokens an answer")
     print(f"requests: {total}; by kind and outcome: " + ", ".join(
         f"{kind} {status}: {n}" for (kind, status), n in sorted(load.outcomes.items(), key=str)))
-    print(f"time to first token (streams): p50 {percentile(load.ttft, 0.5):.3f} s, p95 {percentile(load.ttft, 0.95):.3f} s"
+    print(f"time to first token (streams): p50 {percentile(sorted(load.ttft), 0.5):.3f} s, p95 {percentile(sorted(load.ttft), 0.95):.3f} s"
           f" over {len(load.ttft)}")
     print(f"429: {by_status[429]}; other 4xx: {fours}; 5xx: {fives}" + (f" ({load.errors[:3]})" if load.errors else ""))
     print(f"slots held when the clients stopped: {held['generating']} generating, {held['waiting']} waiting; "
           f"all free {freed:.2f} s after the last client left")
-    print(f"/health: p50 {statistics.median(health_ms):.1f} ms, p95 {percentile(health_ms, 0.95):.1f} ms, "
+    print(f"/health: p50 {statistics.median(health_ms):.1f} ms, p95 {percentile(sorted(health_ms), 0.95):.1f} ms, "
           f"max {max(health_ms):.1f} ms over {len(health_ms)}")
     growth = (max(rss) - rss_start) / rss_start * 100
     print(f"server memory: {rss_start:.0f} MB after warm-up, peak {max(rss):.0f} MB ({growth:+.1f} %), "
           f"{rss[-1]:.0f} MB at the end; by quarter of the run: "
           + ", ".join(f"{rss[min(len(rss) - 1, q * len(rss) // 4)]:.0f}" for q in (1, 2, 3)) + " MB")
-    ok = fives == 0 and freed < 2 and percentile(health_ms, 0.95) < 100 and growth < 10
+    ok = fives == 0 and freed < 2 and percentile(sorted(health_ms), 0.95) < 100 and growth < 10
     print("targets met" if ok else "targets NOT met (0 5xx, slots free < 2 s, /health p95 < 100 ms, memory < +10 %)")
 
 
