@@ -62,12 +62,13 @@ def system_prompt(run_dir: str | None) -> str | None:
     return run_config(run_dir).get("system") or (report.get("settings") or {}).get("system")
 
 
-def data_stats(run_dir: str) -> tuple[int, float]:
-    """Training rows and mean tokens per row, from a prepared run directory's data report."""
+def data_stats(run_dir: str) -> tuple[int, float, dict | None]:
+    """Training rows, mean tokens per row and the rows' length histogram (``data.report.lengths_from_histogram``
+    turns it into lengths for the planner), from a prepared run directory's data report."""
     report = read_json(os.path.join(run_dir, "data", "report.json"))
     if report is None:
         raise DataError(f"{run_dir} has no data/report.json", hint=f"run: ownllm data prepare FILE --out {run_dir}")
-    return report["splits"]["train"], report["tokens"]["mean"]
+    return report["splits"]["train"], report["tokens"]["mean"], report.get("length_histogram")
 
 
 def adapter_in(name) -> str | None:

@@ -65,6 +65,51 @@ def test_time_scales_with_hardware_and_mfu():
     assert c.hours == pytest.approx(2 * a.hours)
 
 
+def test_time_counts_replay_tokens_padding_and_a_fixed_cost_per_step():
+    shape, job = MODELS["smollm2-135m"], Job(micro_batch=4)
+    plain = train_time(shape, job, 0.4, 100, 200, 1, 0.4)
+    # replay rows cost their own (shorter) tokens and a base forward each, not the domain rows' length
+    short = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=50)
+    long = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200)
+    assert plain.hours < short.hours < long.hours
+    per_replay_token = (long.flops - short.flops) / (50 * 150)
+    assert per_replay_token == pytest.approx(flops_per_token(shape, job) + 2 * shape.params)
+    # rows of very different lengths in one batch compute their padding
+    assert train_time(shape, job, 0.4, 100, 200, 1, 0.4, lengths=[200] * 100).flops == pytest.approx(plain.flops)
+    # four rows of 20 and 380 tokens in one batch of 4: 1520 tokens computed for 800
+    mixed = train_time(shape, job, 0.4, 100, 200, 1, 0.4, val_fraction=0, lengths=[20, 380] * 2)
+    assert mixed.flops == pytest.approx(train_time(shape, job, 0.4, 100, 200, 1, 0.4, val_fraction=0).flops * 1520 / 800)
+    # a fixed cost per micro-batch: 100 rows / 4 = 25 micro-batches an epoch
+    fixed = train_time(shape, job, 0.4, 100, 200, 2, 0.4, step_seconds=0.5)
+    assert (fixed.hours - train_time(shape, job, 0.4, 100, 200, 2, 0.4).hours) * 3600 == pytest.approx(25 * 2 * 0.5)
+
+
+def test_calibration_fit_separates_the_fixed_cost_from_the_cost_per_token():
+    from ownllm.cli.plan import _fit_line
+
+    points = [(n, 0.5 + n * 0.003) for n in (256, 300, 512, 700, 800, 1000)]
+    fixed, per_token = _fit_line(points)
+    assert fixed == pytest.approx(0.5) and per_token == pytest.approx(0.003)
+    # noise that would make the fixed cost negative: none, all of the time per token
+    fixed, per_token = _fit_line([(100, 0.1), (1000, 2.0)])
+    assert fixed == 0 and per_token == pytest.approx(2.1 / 1100)
+
+
+def test_padding_estimate_follows_the_sampler_training_picks():
+    from ownllm.data.report import length_histogram, lengths_from_histogram
+    from ownllm.planning.estimate import computed_per_used_token, padding_waste
+
+    assert padding_waste([64] * 40, 8) == 0 and computed_per_used_token([64] * 40, 8) == 1
+    uneven = [20, 400, 35, 250, 60, 900, 15, 120] * 100
+    # grouped by length (what training picks for such rows) wastes far less than random batches
+    assert padding_waste(uneven, 8, grouped=True) < padding_waste(uneven, 8) / 3
+    # ... except on a small dataset, where transformers' mega-batches are single batches
+    assert padding_waste(uneven[:24], 8, grouped=True) == pytest.approx(padding_waste(uneven[:24], 8), rel=0.2)
+    assert computed_per_used_token(uneven, 8) == pytest.approx(1 / (1 - padding_waste(uneven, 8, grouped=True)))
+    back = lengths_from_histogram(length_histogram(uneven, 512))
+    assert len(back) == len(uneven) and max(back) == 512
+
+
 def test_durations_and_profiles():
     assert parse_duration("3h") == 3 and parse_duration("90m") == 1.5 and parse_duration("1h30m") == 1.5
     assert get_profile("4090").name == "RTX 4090"

@@ -114,6 +114,13 @@ def test_guide_snippet_end_to_end(tiny_model_dir, tmp_path):
                 "best_val_loss", "stopped_because"):
         assert key in summary
     assert summary["epochs"] == pytest.approx(2.0)
+    # every logged step says how long it took and how many tokens it computed, padding included
+    # (what `ownllm plan --calibrate` fits its time model to)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "seconds_since_last_log" in r]
+    assert steps and all(r["seconds_since_last_log"] > 0 for r in steps)
+    assert all(r["computed_tokens_since_last_log"] >= r["tokens_per_second"] * r["seconds_since_last_log"] * 0.99
+               for r in steps)
     trainer.resume_from_checkpoint("checkpoint-4")
     again = trainer.train(additional_epochs=2)
     state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
@@ -406,7 +413,7 @@ def test_short_rows_on_cpu_train_with_eager_attention_and_the_same_loss(tiny_mod
 
 
 def test_length_grouping_only_where_random_batches_waste_padding():
-    from ownllm.training.loop import sampling_strategy
+    from ownllm.planning.estimate import sampling_strategy
 
     assert sampling_strategy([50, 55, 60, 52, 58, 61, 49, 57] * 10, 8) == "random"
     assert sampling_strategy([20, 400, 35, 250, 60, 900, 15, 120] * 10, 8) == "group_by_length"

@@ -5,26 +5,50 @@ import json
 import os
 
 
-def calibrate(model: str, data: str | None, profile, steps: int = 6) -> float:
-    """Train a few real steps here and return the utilisation (MFU) measured against ``profile``, the
-    profile of this machine (its GPU, else its CPU)."""
+CALIBRATION_BATCHES = (8, 2)  # two micro-batch sizes separate the fixed cost per step from the cost per token
+
+
+def calibrate(model: str, data: str | None, profile, steps: int = 8) -> dict:
+    """Train a few real steps here at two micro-batch sizes and fit each step's time as a fixed cost plus a
+    cost per computed token (padding included). Returns ``{"mfu", "step_seconds"}``: the utilisation of
+    ``profile``'s peak (this machine: its GPU, else its CPU) the tokens run at, and the fixed seconds per
+    micro-batch (optimizer, framework) — what the planner's time estimate takes. Forgetting protection is
+    off here; the planner adds its cost itself."""
     import tempfile
 
     from ownllm.planning.estimate import Job, flops_per_token
     from ownllm.planning.recommend import spec_for
     from ownllm.training.trainer import Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        Trainer(model=model, train_dataset=data or "examples/data/support_en.jsonl",
-                args={"output_dir": tmp, "max_steps": steps, "logging_steps": 1, "early_stopping_patience": 0,
-                      "save_steps": 10_000}).train()
-        with open(os.path.join(tmp, "metrics.jsonl"), encoding="utf-8") as f:
-            rates = [json.loads(line).get("tokens_per_second") for line in f]
-    rates = [r for r in rates if r][1:]  # the first step warms up
-    tps = sum(rates) / len(rates)
-    spec = spec_for(model)
-    per_token = flops_per_token(spec, Job(seq_len=128, precision=profile.best_precision))
-    return round(tps * per_token / (profile.peak_tflops(profile.best_precision) * 1e12), 3)
+    points = []  # (computed tokens, seconds) per measured step
+    for batch in CALIBRATION_BATCHES:
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(model=model, train_dataset=data or "examples/data/support_en.jsonl",
+                    args={"output_dir": tmp, "max_steps": steps, "logging_steps": 1, "early_stopping_patience": 0,
+                          "batch_size": batch, "grad_accum": 1, "protect": "off", "save_steps": 10_000,
+                          "eval_steps": 10_000}).train()
+            with open(os.path.join(tmp, "metrics.jsonl"), encoding="utf-8") as f:
+                logged = [json.loads(line) for line in f]
+        steps_logged = [(r["computed_tokens_since_last_log"], r["seconds_since_last_log"])
+                        for r in logged if r.get("seconds_since_last_log")]
+        points += steps_logged[1:]  # the first step warms up
+    fixed, per_token = _fit_line(points)
+    seq = sum(n for n, _ in points) / len(points) / (sum(CALIBRATION_BATCHES) / len(CALIBRATION_BATCHES))
+    flops = flops_per_token(spec_for(model), Job(seq_len=int(seq), precision=profile.best_precision))
+    mfu = flops / per_token / (profile.peak_tflops(profile.best_precision) * 1e12)
+    return {"mfu": round(mfu, 3), "step_seconds": round(fixed, 4)}
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares seconds = fixed + tokens x per_token, with fixed >= 0."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    fixed = my - slope * mx
+    if slope <= 0 or fixed < 0:  # noise: no fixed cost can be told apart; all of the time is per token
+        return 0.0, my / mx
+    return fixed, slope
 
 
 def cmd_plan(args) -> int:
@@ -39,9 +63,9 @@ def cmd_plan(args) -> int:
         return 0
     from ownllm.errors import ConfigError
 
-    examples, tpe = args.examples, args.tokens_per_example
+    examples, tpe, lengths = args.examples, args.tokens_per_example, None
     if args.data:
-        examples, tpe = _data_size(args.data)
+        examples, tpe, lengths = _data_size(args.data)
     if not examples or not tpe:
         raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data FILE|RUN_DIR")
     here = this_machine() if args.calibrate or not args.gpu else None
@@ -50,31 +74,36 @@ def cmd_plan(args) -> int:
         raise ConfigError(f"--calibrate measures this machine ({here.name}); it cannot stand in for {profile.name}",
                           hint="drop --gpu to plan for this machine, or drop --calibrate (and give --mfu)")
     data_file = args.data if args.data and not os.path.isdir(args.data) else None
-    mfu = calibrate(args.model, data_file, here) if args.calibrate else args.mfu
-    from ownllm.training.protect import replay_for_plan
+    measured = calibrate(args.model, data_file, here) if args.calibrate else {"mfu": args.mfu, "step_seconds": 0.0}
+    from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
 
     replay = replay_for_plan(args.protect, args.method, examples)
     result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
+                  replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, lengths=lengths, step_seconds=measured["step_seconds"],
                   method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,
                   grad_accum=args.grad_accum, lora_r=args.lora_r, gradient_checkpointing=args.gradient_checkpointing,
-                  mfu=mfu, gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage,
+                  mfu=measured["mfu"], gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage,
                   replay_rows=replay)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
 
 
-def _data_size(data: str) -> tuple[int, float]:
-    """(training rows, mean tokens per row) of a prepared run directory, or of a data file or folder
-    prepared in memory as `ownllm train --data` would (same split; nothing is written)."""
+def _data_size(data: str) -> tuple[int, float, list[int]]:
+    """(training rows, mean tokens per row, row lengths) of a prepared run directory, or of a data file or
+    folder prepared in memory as `ownllm train --data` would (same split; nothing is written)."""
     from ownllm.rundir import data_stats
 
+    from ownllm.data.report import lengths_from_histogram
+
     if os.path.isdir(data) and os.path.exists(os.path.join(data, "data", "report.json")):
-        return data_stats(data)
+        rows, mean, histogram = data_stats(data)
+        return rows, mean, lengths_from_histogram(histogram)
     from ownllm.data.prepare import prepare_dataset
 
     report = prepare_dataset([data]).report
     train = report["splits"]["train"]
-    return train, round(report["train_tokens_per_epoch"] / max(1, train), 1)
+    lengths = [min(n, report["max_seq_len"]) for n in report["_lengths"]]  # every split: the same distribution
+    return train, round(report["train_tokens_per_epoch"] / max(1, train), 1), lengths
 
 
 def format_matrix(rows: list[dict]) -> str:
@@ -109,7 +138,8 @@ def register(sub) -> None:
     p.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3],
                    help="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights")
     p.add_argument("--mfu", type=float, help="utilisation to assume (default: 0.40 GPU, 0.28 QLoRA, 0.45 CPU)")
-    p.add_argument("--calibrate", action="store_true", help="measure utilisation with a few real steps here")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure utilisation and the fixed cost per step with a few real steps here")
     p.add_argument("--price-per-hour", type=float, help="USD per device-hour (default: example cloud prices)")
     p.add_argument("--matrix", action="store_true", help="the guide's model-selection table, corrected")
     p.add_argument("--json", action="store_true", help="print JSON")

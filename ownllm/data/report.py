@@ -117,6 +117,14 @@ def length_histogram(lengths: list[int], max_seq_len: int, bins: int = 20) -> di
             "truncated": sum(n > max_seq_len for n in lengths)}
 
 
+def lengths_from_histogram(hist: dict | None) -> list[int]:
+    """Row lengths as a :func:`length_histogram` keeps them: each row at its bin's middle, cut at max_seq_len."""
+    if not hist:
+        return []
+    edges, cap = hist["edges"], hist["max_seq_len"]
+    return [min(cap, (lo + hi) // 2) for lo, hi, n in zip(edges, edges[1:], hist["counts"]) for _ in range(n)]
+
+
 def _marked_examples(rows, tokenizer, cfg) -> list[str]:
     from ownllm.data.render import chat_template_for, marked_example, render_row
 

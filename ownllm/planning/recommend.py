@@ -48,12 +48,18 @@ def _fit_memory(shape, job: Job, limit_gb: float) -> tuple[Job, list[str]]:
 def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, epochs: float = 3,
          method: str = "lora", budget_hours: float | None = None, micro_batch: int = 8, grad_accum: int = 4,
          lora_r: int = 16, gradient_checkpointing: bool = False, mfu: float | None = None, gpus: int = 1,
-         price_per_hour: float | None = None, zero_stage: int = 0, replay_rows: int = 0) -> dict:
-    """``examples``: the person's training rows; ``replay_rows``: forgetting protection's replayed rows, trained
-    beside them each epoch (with a forward pass of the base model each)."""
+         price_per_hour: float | None = None, zero_stage: int = 0, replay_rows: int = 0,
+         replay_tokens_per_example: float | None = None, lengths: list[int] | None = None,
+         step_seconds: float = 0.0) -> dict:
+    """``examples``: the person's training rows; ``replay_rows``: forgetting protection's replayed rows of
+    ``replay_tokens_per_example`` tokens (default: ``tokens_per_example``), trained beside them each epoch
+    (with a forward pass of the base model each). ``lengths``: every training row's tokens, when known (the
+    padding its batches compute). ``mfu`` and ``step_seconds``: utilisation and fixed seconds per micro-batch,
+    as ``--calibrate`` measures them (default: a typical utilisation, no fixed cost)."""
     shape = spec  # the registry entry carries the shape the estimates need
-    domain, examples = examples, examples + replay_rows
-    share = replay_rows / examples if examples else 0.0
+    work = {"examples": examples, "tokens_per_example": tokens_per_example, "replay_rows": replay_rows,
+            "replay_tokens": tokens_per_example if replay_tokens_per_example is None else replay_tokens_per_example,
+            "lengths": lengths, "step_seconds": step_seconds}
     seq = int(min(max(tokens_per_example * 1.5, 64), spec.context))
     precision = profile.best_precision
     job = Job(method=method, micro_batch=micro_batch, seq_len=seq, lora_r=lora_r,
@@ -63,13 +69,14 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
     fits = mem["total"] <= profile.memory_gb
     mfu = mfu or default_mfu(profile.kind, method)
     peak = profile.peak_tflops(precision)
-    est = train_time(shape, job, peak, examples, tokens_per_example, epochs, mfu, base_forward_share=share)
+    est = train_time(shape, job, peak, epochs=epochs, mfu=mfu, **work)
     per_epoch = est.hours / epochs
     price = PRICES.get(profile.name.lower(), 0.0) if price_per_hour is None else price_per_hour
     result = {
         "model": spec.alias, "hardware": profile.name, "hardware_source": profile.source, "method": method,
-        "precision": precision, "peak_tflops": peak, "examples": domain, "replay_rows": replay_rows,
-        "tokens_per_example": tokens_per_example,
+        "precision": precision, "peak_tflops": peak, "examples": examples, "replay_rows": replay_rows,
+        "tokens_per_example": tokens_per_example, "replay_tokens_per_example": work["replay_tokens"],
+        "step_seconds": step_seconds,
         "epochs": epochs, "memory_gb": mem, "memory_available_gb": profile.memory_gb, "fits_in_memory": fits,
         "flops": est.flops, "hours": round(est.hours, 5), "hours_per_epoch": round(per_epoch, 5),
         "tokens_per_second": round(est.tokens_per_second, 1), "mfu_assumed": mfu,
@@ -79,13 +86,11 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
         "fits_in_budget": None if budget_hours is None else est.hours <= budget_hours,
         "epochs_in_budget": None if budget_hours is None else round(budget_hours / per_epoch, 2),
     }
-    result["recommendation"] = _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples,
-                                          tokens_per_example, epochs, budget_hours, share)
+    result["recommendation"] = _recommend(shape, spec, profile, job, mfu, grad_accum, work, epochs, budget_hours)
     return result
 
 
-def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe, epochs, budget,
-               base_forward_share: float = 0.0) -> dict:
+def _recommend(shape, spec, profile, job, mfu, grad_accum, work: dict, epochs, budget) -> dict:
     fitted, changes = _fit_memory(shape, job, profile.memory_gb)
     mem = memory_gb(shape, fitted)["total"]
     if mem > profile.memory_gb:
@@ -96,15 +101,14 @@ def _recommend(shape, spec, profile, job, result, mfu, grad_accum, examples, tpe
     eff_batch = job.micro_batch * grad_accum
     accum = max(1, eff_batch // fitted.micro_batch)
     m = mfu if fitted.method == job.method else default_mfu(profile.kind, fitted.method)
-    est = train_time(shape, fitted, profile.peak_tflops(fitted.precision), examples, tpe, epochs, m,
-                     base_forward_share=base_forward_share)
+    est = train_time(shape, fitted, profile.peak_tflops(fitted.precision), epochs=epochs, mfu=m, **work)
     per_epoch = est.hours / epochs
     rec = {"fits": True, "method": fitted.method, "micro_batch": fitted.micro_batch, "grad_accum": accum,
            "seq_len": fitted.seq_len, "gradient_checkpointing": fitted.gradient_checkpointing,
            "memory_gb": mem, "changes": changes, "epochs": epochs, "hours": round(est.hours, 5)}
     if budget is not None and est.hours > budget:
         fit_epochs = math.floor(budget / per_epoch * 100) / 100
-        per_epoch_steps = steps_per_epoch(examples, fitted.micro_batch, accum, job.gpus)
+        per_epoch_steps = steps_per_epoch(work["examples"] + work["replay_rows"], fitted.micro_batch, accum, job.gpus)
         rec.update(epochs=fit_epochs, max_steps=max(1, int(fit_epochs * per_epoch_steps)),
                    hours=round(fit_epochs * per_epoch, 5))
         rec["note"] = (f"{epochs:g} epochs need {est.hours:.1f} h; {fit_epochs:g} epochs fit in {budget:g} h. "
@@ -177,7 +181,9 @@ def format_plan(p: dict) -> str:
         f"memory: {mem['total']:.1f} GB of {p['memory_available_gb']:g} GB — "
         f"{'fits' if p['fits_in_memory'] else 'DOES NOT FIT'} (weights {mem['weights']}, trainable+AdamW "
         f"{mem['trainable_and_optimizer']}, activations {mem['activations']}, logits {mem['logits']}, overhead {mem['overhead']})",
-        f"time: {p['flops']:.2e} FLOPs at {p['mfu_assumed']:.0%} utilisation ≈ {p['tokens_per_second']:,.0f} tokens/s → "
+        f"time: {p['flops']:.2e} FLOPs at {p['mfu_assumed']:.0%} utilisation"
+        + (f" + {p['step_seconds']:g} s per micro-batch (calibrated)" if p.get("step_seconds") else "")
+        + f" ≈ {p['tokens_per_second']:,.0f} tokens/s → "
         f"{p['hours']:.2f} h ({p['hours_per_epoch']:.2f} h per epoch); cost ≈ ${p['cost_usd']:.2f} "
         f"at ${p['price_per_hour_usd']:.2f}/h (example price)",
     ] if line]

@@ -202,22 +202,24 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
 
 def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
     from ownllm.config import TrainConfig
+    from ownllm.data.report import lengths_from_histogram
     from ownllm.planning.profiles import this_machine
     from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
     from ownllm.rundir import data_stats
     from ownllm.training.defaults import resolve_defaults
-    from ownllm.training.protect import replay_for_plan
+    from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
     from ownllm.utils import atomic_write
 
     run = studio.run_dir(name)
-    examples, tpe = data_stats(run)
+    examples, tpe, histogram = data_stats(run)
     # the settings `ownllm train` will use for this data, so the plan describes the run that starts
     cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs,
                                        protect=req.protect).validate(), examples)
     result = plan(spec_for(req.model), this_machine(), examples=examples, tokens_per_example=tpe,
                   epochs=float(cfg.epochs), method=req.method, budget_hours=parse_duration(req.time_budget or None),
                   micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16,
-                  replay_rows=replay_for_plan(cfg.protect, req.method, examples))
+                  replay_rows=replay_for_plan(cfg.protect, req.method, examples),
+                  replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, lengths=lengths_from_histogram(histogram))
     result["text"] = format_plan(result)
     atomic_write(os.path.join(run, "plan.json"), json.dumps(result, ensure_ascii=False, indent=2))
     return result

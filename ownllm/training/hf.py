@@ -138,9 +138,10 @@ class HFTrainer(transformers.Trainer):
         super().__init__(*args, **kwargs)
         self.nan_policy = nan_policy
         self.tokens_seen = 0          # non-padding tokens through the model
+        self.tokens_computed = 0      # tokens the batches computed, padding included
         self.trained_tokens = 0       # tokens with a label
         self.skipped_nonfinite = 0
-        self._since_log = (time.perf_counter(), 0)
+        self._since_log = (time.perf_counter(), 0, 0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replay = inputs.pop("replay", None)
@@ -159,6 +160,7 @@ class HFTrainer(transformers.Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())
+        self.tokens_computed += int(inputs["attention_mask"].numel())
         self.trained_tokens += int((inputs["labels"] != IGNORE).sum())
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -171,11 +173,14 @@ class HFTrainer(transformers.Trainer):
 
     def log(self, logs, start_time=None):
         if "loss" in logs:
-            t0, n0 = self._since_log
+            t0, n0, c0 = self._since_log
             now = time.perf_counter()
             if now > t0 and self.tokens_seen > n0:
                 logs["tokens_per_second"] = round((self.tokens_seen - n0) / (now - t0), 1)
-            self._since_log = (now, self.tokens_seen)
+                # what `ownllm plan --calibrate` fits its time model to
+                logs["seconds_since_last_log"] = round(now - t0, 4)
+                logs["computed_tokens_since_last_log"] = self.tokens_computed - c0
+            self._since_log = (now, self.tokens_seen, self.tokens_computed)
             if not math.isfinite(logs["loss"]):
                 logs["loss"] = float("nan")
         super().log(logs, start_time)

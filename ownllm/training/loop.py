@@ -74,22 +74,6 @@ def add_terms(model, tokenizer, cfg, rows: list) -> tuple[list[int], dict]:
     return (tokenizer.convert_tokens_to_ids(new) if added else []), stats
 
 
-def sampling_strategy(lengths: list[int], batch_size: int, min_waste: float = 0.15) -> str:
-    """``group_by_length`` when random batches would waste at least ``min_waste`` of their tokens on
-    padding, else ``random``. Grouping changes the order the model sees the data in; on the uniform-length
-    sample it saved 8% padding, ran no faster and ended 2.9% higher in val loss after 30 steps
-    (benchmarks/RESULTS.md), so it is used only where padding is really wasted."""
-    import random
-
-    if len(lengths) <= batch_size:
-        return "random"
-    rng, used, padded = random.Random(0), 0, 0
-    for _ in range(64):
-        batch = rng.sample(lengths, batch_size)
-        used, padded = used + sum(batch), padded + max(batch) * batch_size
-    return "group_by_length" if 1 - used / padded >= min_waste else "random"
-
-
 EAGER_ATTENTION_MAX_TOKENS = 128
 
 
@@ -111,7 +95,7 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
                        lengths: list[int] | None = None):
     from transformers import TrainingArguments
 
-    from ownllm.planning.estimate import steps_per_epoch
+    from ownllm.planning.estimate import sampling_strategy, steps_per_epoch
     from ownllm.training.distributed import world_size
 
     per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum, world_size())
@@ -301,8 +285,10 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
     from ownllm.training.callbacks import TimeBudgetCallback
 
     hours = parse_duration(cfg.time_budget)
-    p = plan(spec_for(cfg.model), this_machine(), examples=len(lengths) - replay, replay_rows=replay,
-             tokens_per_example=sum(lengths) / len(lengths),
+    domain, replayed = lengths[:len(lengths) - replay], lengths[len(lengths) - replay:]  # replay rows come last
+    p = plan(spec_for(cfg.model), this_machine(), examples=len(domain), replay_rows=replay,
+             tokens_per_example=sum(domain) / max(1, len(domain)), lengths=domain,
+             replay_tokens_per_example=sum(replayed) / replay if replay else 0.0,
              epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
              grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
     rec, predicted = p["recommendation"], p["hours"]

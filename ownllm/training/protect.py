@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 REPLAY_NEW_TOKENS = 40   # keeps replay rows short (the general prompt plus a sentence or two)
+# What the planner assumes a replay row costs before the run has made them: on the embedded model, with
+# its chat template's default system prompt, the prompt and up to 40 answer tokens, they average 81.
+REPLAY_TOKENS_PER_ROW = 80
 
 
 @dataclass(frozen=True)
