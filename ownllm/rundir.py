@@ -1,7 +1,8 @@
 """Reading a run directory: the one place that knows its layout.
 
 ``runs/NAME/`` holds ``config.yaml`` (what was asked), ``data/`` (the prepared splits and their
-report), ``checkpoints/``, the result (``adapter/`` or ``model/``) and the rest (see README).
+report), ``checkpoints/``, the result (``adapter/`` or ``model/``), a continual run's earlier stages
+(``stages/N/``, each laid out the same) and the rest (see README).
 Every package that needs to know what a run holds asks here; none of it loads a model.
 """
 from __future__ import annotations
@@ -104,3 +105,22 @@ def complete_checkpoints(folder: str) -> list[str]:
              if d.startswith("checkpoint-") and d.split("-")[1].isdigit()
              and os.path.exists(os.path.join(folder, d, "trainer_state.json"))]
     return [path for _, path in sorted(found)]
+
+
+def earlier_stages(run_dir: str) -> list[str]:
+    """The run's archived stages, oldest first (``RUN/stages/1``, ``RUN/stages/2``, ...)."""
+    root = os.path.join(run_dir, "stages")
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, d) for d in sorted((d for d in os.listdir(root) if d.isdigit()), key=int)]
+
+
+def earlier_tests(run_dir: str) -> list[tuple[str, str]]:
+    """(name, path) of every earlier stage's test split, oldest first: what the report card scores beside
+    the run's own test split."""
+    out = []
+    for s in earlier_stages(run_dir):
+        path = os.path.join(s, "data", "test.jsonl")
+        if os.path.exists(path) and os.path.getsize(path):
+            out.append((f"stage {os.path.basename(s)}", path))
+    return out

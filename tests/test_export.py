@@ -43,6 +43,38 @@ def test_merged_export_reloads_with_plain_transformers(lora_run):
         export(lora_run, "merged")
 
 
+def test_merged_export_carries_the_trained_chat_template_and_stop_tokens_for_vllm_and_tgi(tiny_model_dir, qa_file,
+                                                                                         tmp_path):
+    """vLLM and TGI read a Hugging Face folder's tokenizer_config.json chat template and generation_config.json
+    eos_token_id: the export must give them the template the run trained with and the token that ends an answer."""
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from ownllm.export.formats import export
+    from ownllm.models.templates import get_template
+    from ownllm.training.trainer import Trainer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.eos_token = "<|endoftext|>"  # a base whose end of sequence is not ChatML's end of turn
+    tok.save_pretrained(base)
+    run = tmp_path / "run"
+    Trainer(model=str(base), train_dataset=qa_file,
+            args={"output_dir": str(run), "max_steps": 1, "precision": "fp32", "batch_size": 4, "template": "chatml",
+                  "protect": "off"}).train()
+    assert export(str(run), "merged")["all_checks_passed"]
+    folder = run / "export" / "merged"
+    served = AutoTokenizer.from_pretrained(folder)
+    chat = [{"role": "user", "content": "What is the code for item number 3?"}]
+    trained = tok.apply_chat_template(chat, chat_template=get_template("chatml"), tokenize=False, add_generation_prompt=True)
+    assert served.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == trained
+    assert trained != tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)  # not the base's own
+    ends = GenerationConfig.from_pretrained(folder).eos_token_id
+    assert set(ends) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+
+
 def test_adapter_export_and_cli(lora_run, tmp_path):
     out = tmp_path / "adapter"
     proc = subprocess.run([sys.executable, "-m", "ownllm", "export", lora_run, "--format", "adapter", "--out", str(out)],

@@ -163,6 +163,17 @@ def _resume(args) -> int:
         from ownllm.errors import ConfigError
 
         raise ConfigError(f"{args.resume} is not a run directory (no config.yaml)")
+    if args.data:  # continual learning: a new stage on new rows, from the finished adapter
+        if args.checkpoint:
+            from ownllm.errors import ConfigError
+
+            raise ConfigError("--resume RUN --data FILE starts a new stage from the run's finished adapter; "
+                              "--checkpoint does not apply", hint="drop --checkpoint")
+        new_data, args.data = args.data, None
+        cfg = config_from_args(args, load_yaml(cfg_path))
+        cfg.out = cfg.data = args.resume
+        _print_summary(Trainer(config=cfg).continue_with(new_data, args.additional_epochs))
+        return 0
     cfg = config_from_args(args, load_yaml(cfg_path))
     cfg.out = args.resume
     cfg.data = args.resume if os.path.exists(os.path.join(args.resume, "data", "train.jsonl")) else cfg.data
@@ -235,12 +246,15 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA, full, DoRA, prefix)",
                        description="ownllm train --data my.jsonl [flags] | ownllm train RUN_DIR [flags] | "
                                    "ownllm train config.yaml [key=value ...] "
-                                   "| ownllm train --resume RUN_DIR [--checkpoint checkpoint-N] [--additional-epochs N]")
+                                   "| ownllm train --resume RUN_DIR [--checkpoint checkpoint-N] [--additional-epochs N] "
+                                   "| ownllm train --resume RUN_DIR --data NEW_FILE [--additional-epochs N] (continual: "
+                                   "new rows on top of the finished run; the earlier stage moves to RUN_DIR/stages/N)")
     p.add_argument("config", nargs="?", metavar="CONFIG|RUN_DIR",
                    help="a config.yaml (saved flags), e.g. runs/NAME/config.yaml, or a run directory prepared by "
                         "`ownllm data prepare` (trained in place)")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest (or --checkpoint) checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest (or --checkpoint) checkpoint; "
+                                                        "with --data NEW_FILE: train new rows on top of the finished run")
     p.add_argument("--checkpoint", help="with --resume: e.g. checkpoint-100")
     p.add_argument("--additional-epochs", type=float, help="with --resume: this many more epochs")
     add_config_flags(p)

@@ -14,18 +14,19 @@ from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, generate_greedy, loss_on_rows, perplexity
 from ownllm.models.load import base_of, load_model, merge_for_inference
-from ownllm.rundir import is_run_dir, run_config, trained_output
+from ownllm.rundir import earlier_tests, is_run_dir, run_config, trained_output
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
 
 
-def _test_rows(run_dir: str, data: str | None, max_samples: int | None) -> list[dict]:
+def _test_rows(run_dir: str, data: str | None, max_samples: int | None, path: str | None = None) -> list[dict]:
+    """The rows to score: ``data`` (a file), else ``path``, else the run's data/test.jsonl."""
     if data:
         from ownllm.data.prepare import prepare_dataset
 
         rows = prepare_dataset([data], split="1,0,0", dedup="off").train
     else:
-        path = os.path.join(run_dir, "data", "test.jsonl")
+        path = path or os.path.join(run_dir, "data", "test.jsonl")
         if not os.path.exists(path):
             raise DataError(f"{run_dir} has no test split (data/test.jsonl)", hint="pass --data FILE")
         rows = read_jsonl(path)
@@ -54,6 +55,26 @@ def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, lis
             "tokens_per_second": round(new / seconds, 1) if seconds else 0.0}, answers
 
 
+def _questions(tok, template, rows, max_new_tokens) -> tuple[list[str], list[str], int]:
+    """The rendered prompts and reference answers of chat rows, and the answer length to allow."""
+    chats = [r for r in rows if "messages" in r]
+    prompts = [tok.apply_chat_template(r["messages"][:-1], chat_template=template, tokenize=False,
+                                       add_generation_prompt=True) for r in chats]
+    refs = [r["messages"][-1]["content"] for r in chats]
+    if not refs:
+        max_new_tokens = 0
+    elif max_new_tokens is None:  # room for answers a bit longer than the longest reference
+        longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
+        max_new_tokens = min(256, 2 * longest + 16)
+    return prompts, refs, max_new_tokens
+
+
+def _scored_set(model, tok, template, seq, rows, prompts, refs, max_new_tokens) -> dict:
+    """Loss on a test set's answers and the scores of the model's greedy answers to it."""
+    return {"test_loss": round(loss_on_rows(model, tok, rows, template, seq), 4),
+            **_answers(model, tok, prompts, refs, max_new_tokens)[0]}
+
+
 def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
              max_new_tokens: int | None = None) -> dict:
     """Score the base and the tuned model of ``run_dir`` on its test split; write ``run_dir/eval/``."""
@@ -66,20 +87,16 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
                           hint=f"train it first: ownllm train {run_dir}")
     cfg = run_config(run_dir)
     rows = _test_rows(run_dir, data, max_samples)
+    # a continual run's earlier stages keep their own test splits: scored beside this one (not with --data)
+    earlier = [] if data else [(name, _test_rows(run_dir, None, max_samples, path)) for name, path in earlier_tests(run_dir)]
     tuned = load_model(run_dir)
     tok = tuned.tokenizer
     template = chat_template_for(tok, cfg.get("template"))
-    chats = [r for r in rows if "messages" in r]
-    prompts = [tok.apply_chat_template(r["messages"][:-1], chat_template=template, tokenize=False,
-                                       add_generation_prompt=True) for r in chats]
-    refs = [r["messages"][-1]["content"] for r in chats]
-    if not refs:
-        max_new_tokens = 0
-    elif max_new_tokens is None:  # room for answers a bit longer than the longest reference
-        longest = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs)
-        max_new_tokens = min(256, 2 * longest + 16)
+    asked = [(name, r, *_questions(tok, template, r, max_new_tokens)) for name, r in earlier]
+    prompts, refs, max_new_tokens = _questions(tok, template, rows, max_new_tokens)
     seq = int(cfg.get("max_seq_len") or 1024)
     result, answers, base_probe = {}, {}, None
+    sets = [{"name": name, "samples": len(r)} for name, r, *_ in asked]
     if not no_base:
         base_model, base_ctx = base_of(tuned, cfg.get("model"))
         with base_ctx:
@@ -87,12 +104,19 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
             scores, answers["base"] = _answers(base_model, tok, prompts, refs, max_new_tokens)
             result["base"].update(scores)
             base_probe = probe.base_answers(base_model, tok, template, cfg.get("model"))
+            for out, (_, r, p, ref, n) in zip(sets, asked):
+                out["base"] = _scored_set(base_model, tok, template, seq, r, p, ref, n)
     result["tuned"] = _losses(tuned.model, tok, rows, template, seq)  # the trained model as it is
+    losses = [round(loss_on_rows(tuned.model, tok, r, template, seq), 4) for _, r, *_ in asked]
     # answers from the adapter folded into the weights (checked), as `chat`/`serve` generate them;
     # the base side above needed the adapter switched off, so the merge comes only now
     generator, note = merge_for_inference(tuned.model, tok)
     scores, answers["tuned"] = _answers(generator, tok, prompts, refs, max_new_tokens)
     result["tuned"].update(scores, merged_for_generation=note is None)
+    for out, loss, (_, r, p, ref, n) in zip(sets, losses, asked):
+        out["tuned"] = {"test_loss": loss, **_answers(generator, tok, p, ref, n)[0]}
+    if sets:
+        result["earlier_tests"] = sets
     result["samples"] = len(rows)
     result["max_new_tokens"] = max_new_tokens
     result.update(_general_check(generator, tok, template, cfg, result, base_probe))
@@ -180,7 +204,19 @@ def headline(result: dict) -> str:
             f"{t['token_f1']:.2f}, loss {b['test_loss']:.2f} → {t['test_loss']:.2f} on {n} held-out questions")
     if b["general_perplexity"]:
         text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
-    return text + _kept_text(result) + _overlap_text(result)
+    return text + _kept_text(result) + _overlap_text(result) + _earlier_text(result)
+
+
+def _earlier_text(result: dict) -> str:
+    """A continual run: how the earlier stages' test sets fare (the headline metric, base → tuned)."""
+    parts = []
+    for s in result.get("earlier_tests", []):
+        key = "choice_accuracy" if "choice_accuracy" in s["tuned"] else "contains"
+        if key not in s["tuned"]:
+            continue
+        before = f"{s['base'][key]:.0%} → " if "base" in s else ""
+        parts.append(f"{s['name']}'s {s['samples']} test questions {before}{s['tuned'][key]:.0%}")
+    return f"; earlier test sets: {', '.join(parts)}" if parts else ""
 
 
 def _overlap_text(result: dict) -> str:

@@ -34,6 +34,7 @@ def to_markdown(result: dict, samples: list[dict]) -> str:
     for k in ROWS:
         if k in tuned:
             lines.append(f"| {k} | {_fmt(base[k])} | {_fmt(tuned[k])} |" if base else f"| {k} | {_fmt(tuned[k])} |")
+    lines += [""] + _side_by_side_markdown(result)
     if base:
         counts, better, worse = outcomes(samples)
         lines += ["", f"Per question (token F1): {counts['wins']} better, {counts['losses']} worse, "
@@ -45,6 +46,34 @@ def to_markdown(result: dict, samples: list[dict]) -> str:
                           f"  - base: {_one(s['base'])}", f"  - tuned: {_one(s['tuned'])}"]
             lines.append("" if group else "(none)\n")
     return "\n".join(lines) + "\n"
+
+
+SIDE_BY_SIDE = ["contains", "choice_accuracy", "token_f1", "test_loss"]
+
+
+def side_by_side(result: dict) -> tuple[list[str], list[list[str]]]:
+    """A continual run's test sets side by side, this stage's first: a header and one row per metric
+    (base and tuned under each set). Empty when the run has no earlier stage."""
+    earlier = result.get("earlier_tests") or []
+    if not earlier:
+        return [], []
+    sets = [{"name": "this stage", "samples": result["samples"], "tuned": result["tuned"],
+             **({"base": result["base"]} if "base" in result else {})}] + earlier
+    header = ["metric"] + [f"{s['name']} ({s['samples']} questions) {side}" for s in sets
+                           for side in (("base", "tuned") if "base" in s else ("tuned",))]
+    rows = []
+    for k in SIDE_BY_SIDE:
+        if all(k in s["tuned"] for s in sets):
+            rows.append([k] + [_fmt(s[side][k]) for s in sets for side in (("base", "tuned") if "base" in s else ("tuned",))])
+    return header, rows
+
+
+def _side_by_side_markdown(result: dict) -> list[str]:
+    header, rows = side_by_side(result)
+    if not header:
+        return []
+    return (["## Test sets side by side (continual learning)", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""])
 
 
 def forgetting_warnings(result: dict) -> list[str]:
@@ -116,6 +145,10 @@ def to_html(run_dir: str, result: dict, samples: list[dict]) -> str:
         + ("<table><tr><th>question</th><th>base</th><th>tuned</th></tr>" + "".join(
             f"<tr><td>{e(x['question'])}</td><td>{e(x['base'])}</td><td>{e(x['tuned'])}</td></tr>"
             for x in g["lost_examples"]) + "</table>" if g["lost_examples"] else ""))
+    header, rows = side_by_side(result)
+    stages = "" if not header else (
+        "<h2>Test sets side by side (continual learning)</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+        + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ownllm evaluation</title>
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}
@@ -123,7 +156,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ddd;padding
 .bar{{display:flex;align-items:center;gap:8px;margin:2px 0}}.bar span{{width:160px}}.bar i{{display:block;height:14px}}
 .warn{{color:#a40}}img{{max-width:100%}}</style></head><body>
 <h1>Evaluation report</h1><p><b>{e(result['headline'])}</b></p>{warn}{kept}
-<h2>Metrics</h2><table>{head}{table}</table><h2>Accuracy</h2>{_bars(result)}
+<h2>Metrics</h2><table>{head}{table}</table>{stages}<h2>Accuracy</h2>{_bars(result)}
 <h2>Training curves</h2>{img}
 <h2>Answers</h2><table><tr><th>question</th><th>reference</th>{'<th>base</th>' if base else ''}<th>tuned</th></tr>{answers}</table>
 </body></html>"""

@@ -43,9 +43,39 @@ def plain_copy(own):
     return model.to(device="cpu", dtype=torch.float32).eval()
 
 
-def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
-    """Up to ``n`` rendered prompts from the run's test/val/train data, else two fixed ones."""
+def trained_chat_template(run_dir: str | None, tokenizer) -> str:
+    """The chat template the run trained with: its --template, else the tokenizer's own, else ChatML."""
     from ownllm.data.render import chat_template_for
+    from ownllm.rundir import run_config
+
+    return chat_template_for(tokenizer, run_config(run_dir).get("template")) or tokenizer.chat_template
+
+
+def turn_end_ids(tokenizer, template: str) -> list[int]:
+    """The special token that closes an assistant turn in ``template`` (ChatML's <|im_end|>, Llama 3's
+    <|eot_id|>), with the tokenizer's end-of-sequence token: what a server must stop at."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "ANSWER"}],
+                                         chat_template=template, tokenize=False)
+    after = text[text.rindex("ANSWER") + len("ANSWER"):]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    ends = [t for t in tokenizer(after, add_special_tokens=False)["input_ids"] if t in special][:1]
+    return list(dict.fromkeys(ends + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
+
+
+def for_other_servers(model, tokenizer, run_dir: str | None) -> None:
+    """Make a Hugging Face export read by vLLM and TGI as ownllm reads it: the chat template the run trained
+    with goes into the tokenizer (tokenizer_config.json), and every token that ends an answer into the
+    generation config's ``eos_token_id``. Changes the objects, before they are saved."""
+    template = trained_chat_template(run_dir, tokenizer)
+    tokenizer.chat_template = template
+    ends = turn_end_ids(tokenizer, template)
+    if model is not None and ends and getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
+
+
+def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
+    """Up to ``n`` rendered prompts from the run's test/val/train data (in the template it trained with),
+    else two fixed ones."""
     from ownllm.utils import read_jsonl
 
     rows = []
@@ -58,7 +88,7 @@ def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
     if not rows:
         rows = [{"messages": [{"role": "user", "content": "Hello, how are you?"}, {}]},
                 {"messages": [{"role": "user", "content": "人工智能的未来是什么？"}, {}]}]
-    tmpl = chat_template_for(tokenizer)
+    tmpl = trained_chat_template(run_dir, tokenizer)
     return [tokenizer.apply_chat_template(r["messages"][:-1], chat_template=tmpl, tokenize=False,
                                           add_generation_prompt=True) for r in rows]
 
@@ -104,6 +134,7 @@ def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tok
     import torch
 
     worst, agree, total, sure, sure_total, identical, same_tokens, matching = 0.0, 0, 0, 0, 0, True, True, []
+    ends = getattr(getattr(candidate, "generation_config", None), "eos_token_id", None)
     for text in prompts:
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         if candidate_tokenizer is not None:
@@ -112,6 +143,8 @@ def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tok
         start = enc["input_ids"].shape[1]
         with torch.inference_mode():
             kw = dict(max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id, **GREEDY)
+            if ends is not None:  # both stop where the export's generation config says an answer ends
+                kw["eos_token_id"] = ends
             full = reference.generate(**enc, **kw)
             ga, gb = full[0, start:].cpu(), candidate.generate(**enc, **kw)[0, start:].cpu()
             a, b = reference(input_ids=full).logits.float().cpu()[0], candidate(input_ids=full).logits.float().cpu()[0]

@@ -7,7 +7,8 @@ import os
 import re
 
 from ownllm.errors import ConfigError, OwnLLMError
-from ownllm.export.common import CONFIDENT_MARGIN, agreement, choices_kept, float_export_checks, probe_prompts, share
+from ownllm.export.common import (CONFIDENT_MARGIN, agreement, choices_kept, float_export_checks, for_other_servers,
+                                  probe_prompts, share)
 from ownllm.export.manifest import check, raise_if_failed, write_manifest
 from ownllm.rundir import adapter_in, base_of_adapter, run_dir_of, system_prompt
 from ownllm.utils import atomic_dir
@@ -88,11 +89,14 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
     if fmt == "merged":
         # merge_and_unload changes the model in place, so the reference logits come from a fresh load
         reference = load_model(run_dir, device="cpu").model
-        merge(trained.model).save_pretrained(tmp)
+        merged = merge(trained.model)
+        for_other_servers(merged, trained.tokenizer, run_dir)  # `vllm serve` / TGI read this folder as it is
+        merged.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp)
     else:
         reference = trained.model
+        for_other_servers(None, trained.tokenizer, run_dir)
         trained.model.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
         base = load_model(run_dir, device="cpu").model.get_base_model()

@@ -357,7 +357,7 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
         "best_val_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": trainer.attention, "added_terms": trainer.term_stats,
-        "protection": trainer.protection,
+        "protection": trainer.protection, "continual": getattr(trainer, "continual", None),
         "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
                                                 "predicted_hours": budget["predicted_hours"],
                                                 "actual_hours": round(wall / 3600, 6)},

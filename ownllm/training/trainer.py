@@ -49,6 +49,7 @@ class Trainer:
         self._resume: str | None = None
         self._extra: tuple[int, float] | None = None
         self.summary: dict | None = None
+        self.continual: dict | None = None  # what continue_with() started: train_summary.json's "continual"
         self.model = None
         self.tokenizer = None
 
@@ -95,6 +96,18 @@ class Trainer:
         finally:
             self._resume, self._extra = None, None
         return self.summary
+
+    def continue_with(self, new_data, additional_epochs: float | None = None) -> dict:
+        """Continual learning (增量训练): train ``new_data`` (a file or folder) on top of this finished run.
+        The finished stage moves into ``stages/N/`` of the run directory (nothing is lost, its test split
+        stays scored by the report card); the new stage starts from its adapter, replays earlier training
+        rows beside the new ones and trains ``additional_epochs`` (default: the run's epochs, early stopping
+        deciding). Returns the summary, like ``train()``."""
+        from ownllm.training.continual import start_stage
+
+        self.config, self.continual = start_stage(self.run_dir, new_data, self.config, additional_epochs)
+        self._train_dataset, self._eval_dataset, self._resume, self._extra = self.run_dir, None, None, None
+        return self.train()
 
     # -- setup helpers -----------------------------------------------------------------------
     def _data(self) -> TrainData:
