@@ -103,8 +103,10 @@ class OnnxCausalLM:
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 256, do_sample: bool = False,
                  temperature=None, top_p=None, top_k=None, repetition_penalty: float = 1.0, pad_token_id=None,
-                 streamer=None, stop_strings=None, tokenizer=None, stopping_criteria=None, logits_processor=None):
-        """Greedy or sampled decoding with the KV cache, using transformers' logits processors."""
+                 streamer=None, stop_strings=None, tokenizer=None, stopping_criteria=None, logits_processor=None,
+                 eos_token_id=None):
+        """Greedy or sampled decoding with the KV cache, using transformers' logits processors. ``eos_token_id``
+        (an id or a list), as in transformers: the tokens that end a row instead of the model's own."""
         import torch
         from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
                                              StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper,
@@ -122,7 +124,9 @@ class OnnxCausalLM:
                 processors.append(TopPLogitsWarper(top_p))
         processors.extend(logits_processor or [])  # e.g. a request's own seeded sampler
         stop = StopStringCriteria(tokenizer, stop_strings) if stop_strings else None
-        eos = torch.tensor(sorted(self._eos_ids(tokenizer)), dtype=torch.long)
+        ends = self._eos_ids(tokenizer) if eos_token_id is None else set(
+            eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])
+        eos = torch.tensor(sorted(ends), dtype=torch.long)
         pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
         ids = input_ids.cpu().long()
