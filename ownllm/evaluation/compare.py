@@ -69,10 +69,9 @@ def _questions(tok, template, rows, max_new_tokens) -> tuple[list[str], list[str
     return prompts, refs, max_new_tokens
 
 
-def _scored_set(model, tok, template, seq, rows, prompts, refs, max_new_tokens) -> dict:
-    """Loss on a test set's answers and the scores of the model's greedy answers to it."""
-    return {"test_loss": round(loss_on_rows(model, tok, rows, template, seq), 4),
-            **_answers(model, tok, prompts, refs, max_new_tokens)[0]}
+def _scored_set(loss: float, generator, tok, prompts, refs, max_new_tokens) -> dict:
+    """A test set's loss (measured on the model as it is) and the scores of ``generator``'s greedy answers."""
+    return {"test_loss": round(loss, 4), **_answers(generator, tok, prompts, refs, max_new_tokens)[0]}
 
 
 def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
@@ -105,16 +104,16 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
             result["base"].update(scores)
             base_probe = probe.base_answers(base_model, tok, template, cfg.get("model"))
             for out, (_, r, p, ref, n) in zip(sets, asked):
-                out["base"] = _scored_set(base_model, tok, template, seq, r, p, ref, n)
+                out["base"] = _scored_set(loss_on_rows(base_model, tok, r, template, seq), base_model, tok, p, ref, n)
     result["tuned"] = _losses(tuned.model, tok, rows, template, seq)  # the trained model as it is
-    losses = [round(loss_on_rows(tuned.model, tok, r, template, seq), 4) for _, r, *_ in asked]
+    losses = [loss_on_rows(tuned.model, tok, r, template, seq) for _, r, *_ in asked]
     # answers from the adapter folded into the weights (checked), as `chat`/`serve` generate them;
     # the base side above needed the adapter switched off, so the merge comes only now
     generator, note = merge_for_inference(tuned.model, tok)
     scores, answers["tuned"] = _answers(generator, tok, prompts, refs, max_new_tokens)
     result["tuned"].update(scores, merged_for_generation=note is None)
     for out, loss, (_, r, p, ref, n) in zip(sets, losses, asked):
-        out["tuned"] = {"test_loss": loss, **_answers(generator, tok, p, ref, n)[0]}
+        out["tuned"] = _scored_set(loss, generator, tok, p, ref, n)
     if sets:
         result["earlier_tests"] = sets
     result["samples"] = len(rows)
@@ -194,8 +193,7 @@ def headline(result: dict) -> str:
         b = result.get("base")
         return (f"perplexity {b['perplexity']:.2f} → {t['perplexity']:.2f}" if b else f"perplexity {t['perplexity']:.2f}") \
             + f" on {n} held-out text chunks"
-    # the headline metric follows the task: the choice picked for A-D questions, else the reference found
-    key, name = ("choice_accuracy", "choice accuracy") if "choice_accuracy" in t else ("contains", "contains-accuracy")
+    key, name = _headline_metric(t)
     if "base" not in result:
         return (f"{name} {t[key]:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
                 + _kept_text(result) + _overlap_text(result))
@@ -207,11 +205,16 @@ def headline(result: dict) -> str:
     return text + _kept_text(result) + _overlap_text(result) + _earlier_text(result)
 
 
+def _headline_metric(scores: dict) -> tuple[str, str]:
+    """The headline metric follows the task: the choice picked for A-D questions, else the reference found."""
+    return ("choice_accuracy", "choice accuracy") if "choice_accuracy" in scores else ("contains", "contains-accuracy")
+
+
 def _earlier_text(result: dict) -> str:
     """A continual run: how the earlier stages' test sets fare (the headline metric, base → tuned)."""
     parts = []
     for s in result.get("earlier_tests", []):
-        key = "choice_accuracy" if "choice_accuracy" in s["tuned"] else "contains"
+        key = _headline_metric(s["tuned"])[0]
         if key not in s["tuned"]:
             continue
         before = f"{s['base'][key]:.0%} → " if "base" in s else ""
