@@ -74,6 +74,56 @@ def _add_prepare_args(p, with_out: bool) -> None:
     p.add_argument("--template", help="chat template: the model's own, or chatml, llama3, qwen, deepseek, alpaca")
 
 
+def _add_from_docs(dsub) -> None:
+    p = dsub.add_parser(
+        "from-docs", help="documents (PDF, DOCX, HTML, Markdown, text) → question–answer rows for `data prepare`",
+        description="Reads documents (folders recursively), turns the FAQ they state into rows, and with --teacher asks "
+                    "a model for grounded pairs per chunk, keeping only those whose quote is in the document. Writes "
+                    "OUT.jsonl (one row per phrasing, with source and fact) and OUT.report.md/json. Then: "
+                    "ownllm data prepare OUT.jsonl --out runs/NAME (one phrasing of a fact is held out for testing).")
+    p.add_argument("inputs", nargs="+", help="documents or folders (.pdf .docx .html .md .txt)")
+    p.add_argument("--out", required=True, help="the .jsonl file to write (its report beside it)")
+    p.add_argument("--teacher", help="an OpenAI-compatible /v1 URL (Ollama, vLLM, a hosted API, `ownllm serve`) or a "
+                                     "model run here (alias, folder, run directory); without it only the documents' "
+                                     "own FAQ is used")
+    p.add_argument("--teacher-key-env", help="environment variable holding the teacher's API key")
+    p.add_argument("--teacher-model", help="model name at the teacher URL (default: the first it lists)")
+    p.add_argument("--per-chunk", type=int, default=3, help="pairs asked per chunk (default 3)")
+    p.add_argument("--judge", action="store_true", help="a second teacher pass scores each kept pair with a rubric")
+    p.add_argument("--judge-threshold", type=int, default=7, help="lowest judge score kept, 1-10 (default 7)")
+    p.add_argument("--chunk-tokens", type=int, default=320, help="chunk size in the target model's tokens (default 320)")
+    p.add_argument("--overlap", type=int, default=48, help="tokens a chunk repeats from the one before (default 48)")
+    p.add_argument("--also-text", action="store_true",
+                   help="also write the documents' sections as training text to OUT.text.jsonl (continued "
+                        "pre-training rows, always in the training split); give both files to `data prepare`")
+    p.add_argument("--concurrency", type=int, default=4, help="teacher requests at once (default 4)")
+    p.add_argument("--model", default=None, help="the model you will train, whose tokenizer sizes chunks")
+    p.add_argument("--no-cache", action="store_true", help="ask the teacher again instead of reusing cached replies")
+    p.set_defaults(func=cmd_data_from_docs)
+
+
+def cmd_data_from_docs(args) -> int:
+    from ownllm.data.from_docs import docs_to_data
+
+    r = docs_to_data(args.inputs, args.out, **{
+        "teacher": args.teacher, "teacher_key_env": args.teacher_key_env, "teacher_model": args.teacher_model,
+        "per_chunk": args.per_chunk, "judge": args.judge, "judge_threshold": args.judge_threshold,
+        "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "also_text": args.also_text,
+        "concurrency": args.concurrency, "model": args.model, "cache": not args.no_cache})
+    t = r.get("teacher")
+    print(f"{len(r['documents'])} documents: {r['extracted_pairs']} FAQ pairs found"
+          + (f"; teacher: {t['proposed']} pairs proposed, {t['kept']} kept ({t['kept_rows']} rows), "
+             f"{t['calls']} calls (+{t['cached']} cached)" if t else "")
+          + (f"; {r['text_rows']} text sections" if "text_rows" in r else ""))
+    for f, why in r["unread"].items():
+        print(f"not read: {why}", file=sys.stderr)
+    stem = args.out[: -len(".jsonl")]
+    text = f" {r['text_out']}" if r.get("text_out") else ""
+    print(f"wrote {args.out} ({r['rows']} rows, {r['facts']} facts){text and ','}{text} and {stem}.report.md; next: "
+          f"ownllm data prepare {args.out}{text} --out runs/NAME")
+    return 0
+
+
 # -- train -----------------------------------------------------------------------------------
 def add_config_flags(p, cls=TrainConfig, skip=()) -> None:
     """One flag per dataclass field; help from the field's metadata."""
@@ -242,6 +292,7 @@ def register(sub) -> None:
     p = dsub.add_parser("prepare", help="check, clean, deduplicate and split into RUN_DIR/data/")
     _add_prepare_args(p, with_out=True)
     p.set_defaults(func=cmd_data_prepare)
+    _add_from_docs(dsub)
 
     p = sub.add_parser("train", help="fine-tune a model (LoRA, QLoRA, full, DoRA, prefix)",
                        description="ownllm train --data my.jsonl [flags] | ownllm train RUN_DIR [flags] | "

@@ -297,7 +297,7 @@ def _read_text(path: str, encoding: str, measure, limit: int) -> Iterator[Raw]:
         if why:
             yield Raw(path, line, _without_undecoded(para), "bad_encoding", why)
             continue
-        for piece, n in _fit(para, measure, limit):
+        for piece, n in split_to_fit(para, measure, limit):
             if chunk and size + n > limit:
                 yield Raw(path, start, {"text": "\n\n".join(chunk)})
                 chunk, size = [], 0
@@ -325,7 +325,12 @@ def _paragraphs(path: str, encoding: str) -> Iterator[tuple[int, str]]:
             yield first, "".join(para).strip()
 
 
-def _fit(text: str, measure, limit: int) -> list[tuple[str, int]]:
+def sentences(text: str) -> list[str]:
+    """``text`` cut after each sentence end (。！？； and .!?; before a space); the pieces join back to it."""
+    return [s for s in _SENTENCE.split(text) if s]
+
+
+def split_to_fit(text: str, measure, limit: int) -> list[tuple[str, int]]:
     """``text`` as (piece, size) pairs that each measure at most ``limit``: sentences packed together,
     a sentence that is too long halved at a space (or between characters) until it fits. Each piece
     is measured once; sizes add up (cuts fall on spaces or sentence ends)."""
@@ -333,13 +338,13 @@ def _fit(text: str, measure, limit: int) -> list[tuple[str, int]]:
     n = measure(text) if len(text) <= 16 * limit else None
     if n is not None and (n <= limit or len(text) == 1):
         return [(text, n)]
-    sentences = [s for s in _SENTENCE.split(text) if s]
-    if len(sentences) > 1:
-        return _pack([p for s in sentences for p in _fit(s, measure, limit)], limit)
+    parts = sentences(text)
+    if len(parts) > 1:
+        return _pack([p for s in parts for p in split_to_fit(s, measure, limit)], limit)
     mid = len(text) // 2
     cut = text.rfind(" ", 0, mid + 1)
     cut = cut if cut > 0 else mid
-    return _pack(_fit(text[:cut], measure, limit) + _fit(text[cut:], measure, limit), limit)
+    return _pack(split_to_fit(text[:cut], measure, limit) + split_to_fit(text[cut:], measure, limit), limit)
 
 
 def _pack(pieces: list[tuple[str, int]], limit: int) -> list[tuple[str, int]]:

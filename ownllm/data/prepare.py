@@ -192,6 +192,7 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
             try:
                 row = schemas.to_canonical(raw.value, schema, cfg.system)
                 row, masked = clean_row(row, cfg.pii, cfg.normalize, cfg.strip_html, changed)
+                row.update(_provenance(raw.value))
                 out.stats["pii_masked"] += masked
                 check_row(row, max_chars)
             except schemas.RowError as e:
@@ -207,6 +208,17 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
                 continue
             out.rows.append(row)
     return out
+
+
+def _provenance(value: dict) -> dict:
+    """What a row keeps beside its turns: where it came from (``source``), the fact it phrases
+    (``fact``: the split holds facts out, not rows) and a split it is pinned to."""
+    kept = {k: value[k] for k in ("source", "fact") if isinstance(value.get(k), str) and value[k]}
+    pin = value.get("split")
+    pin = "val" if pin == "validation" else pin
+    if isinstance(pin, str) and pin in ("train", "val", "test"):
+        kept["split"] = pin
+    return kept
 
 
 def prepare_dataset(inputs, out: str | None = None, *, val=None, test=None, **options) -> PreparedData:
