@@ -91,16 +91,22 @@ def truth() -> dict:
             "handbook.pdf": en, "policy_zh.docx": zh, "policy_zh.html": zh}
 
 
-def write_docx(path: str) -> None:
+def _docx_with_prose(title: str, prose):
+    """A Word document (fixed dates: the same content every run) holding the title and prose sections."""
     import docx
 
     d = docx.Document()
     d.core_properties.created = d.core_properties.modified = datetime.datetime(2026, 1, 1)
-    d.add_heading(TITLE, 0)
-    for heading, paragraphs in PROSE:
+    d.add_heading(title, 0)
+    for heading, paragraphs in prose:
         d.add_heading(heading, 1)
         for p in paragraphs:
             d.add_paragraph(p)
+    return d
+
+
+def write_docx(path: str) -> None:
+    d = _docx_with_prose(TITLE, PROSE)
     d.add_heading("Frequently asked questions", 1)
     for q, a in FAQ:
         d.add_heading(q, 2)
@@ -159,15 +165,7 @@ def write_pdf(path: str) -> None:
 
 
 def write_zh_docx(path: str) -> None:
-    import docx
-
-    d = docx.Document()
-    d.core_properties.created = d.core_properties.modified = datetime.datetime(2026, 1, 1)
-    d.add_heading(ZH_TITLE, 0)
-    for heading, paragraphs in ZH_PROSE:
-        d.add_heading(heading, 1)
-        for p in paragraphs:
-            d.add_paragraph(p)
+    d = _docx_with_prose(ZH_TITLE, ZH_PROSE)
     d.add_heading("常见问题", 1)
     for q, a in ZH_QA:
         d.add_paragraph(f"问：{q}")
