@@ -92,7 +92,7 @@ def train(out: str, work: str) -> None:
                       else [])
     subprocess.run(OWNLLM + ["data", "prepare", *inputs, "--out", run], check=True)
     subprocess.run(OWNLLM + ["quickstart", "--data", run, "--out", run], check=True)
-    card = json.load(open(os.path.join(run, "eval", "report.json"), encoding="utf-8"))
+    card = json.load(open(os.path.join(run, "eval", "metrics.json"), encoding="utf-8"))
     print(f"documents → report card: {time.time() - began:.0f} s; headline: {card.get('headline')}")
 
 

@@ -91,6 +91,30 @@ def test_data_report_column_mapping_and_run_creation(client, support_csv):
     assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["客服"]
 
 
+def test_documents_become_the_data_of_a_new_run(client, tmp_path):
+    import shutil
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples", "docs")
+    for name in ("handbook.docx", "policy_zh.html"):
+        shutil.copy(os.path.join(examples, name), docs / name)
+    assert client.post("/api/docs", json={"inputs": ["/etc"]}).status_code == 403
+    assert client.post("/api/docs", json={"inputs": [str(docs)], "per_chunk": 0}).status_code == 400
+    assert client.post("/api/docs", json={"inputs": [str(docs)], "judge": True}).status_code == 400  # no teacher
+    assert client.get("/api/docs/0123456789ab").status_code == 404
+    job = client.post("/api/docs", json={"inputs": [str(docs)], "also_text": True}).json()
+    view = _wait(lambda: (v := client.get(f"/api/docs/{job['id']}").json())["job"]["state"] != "running" and v)
+    assert view["job"]["state"] == "done", view["job"]["log_tail"]
+    report = view["report"]
+    assert report["extracted_pairs"] == 11 + 7 and report["rows"] == 18 and report["text_rows"] > 0
+    assert [os.path.basename(p) for p in view["inputs"]] == ["docs.jsonl", "docs.text.jsonl"]
+    assert view["inputs"][0].startswith(str(tmp_path / "runs" / ".docs" / job["id"]))
+    run = _new_run(client, "手册", view["inputs"][0])
+    assert sum(run["report"]["splits"].values()) == 18
+    assert [r["name"] for r in client.get("/api/runs").json()["runs"]] == ["手册"]  # the job folder is no run
+
+
 def test_plan_and_train_command_use_the_data_size_defaults(client, support_csv, tiny_model_dir):
     from ownllm.studio.app import TrainRequest, train_argv
 

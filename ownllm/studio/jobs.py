@@ -1,4 +1,4 @@
-"""Background jobs of the studio: `ownllm train|eval|export` in their own process and session.
+"""Background jobs of the studio: `ownllm train|eval|export|data from-docs` in their own process and session.
 
 A job is the same CLI command a person would type, ``python -m ownllm ARGV``, run under
 ``python -m ownllm.studio.jobs RUN KIND -- ARGV``, which waits for it and records its exit code. It
@@ -21,7 +21,7 @@ import time
 from ownllm.rundir import read_json
 from ownllm.utils import atomic_write
 
-KINDS = ("train", "eval", "export")
+KINDS = ("train", "eval", "export", "docs")
 _children: dict[int, subprocess.Popen] = {}  # jobs started by this server process: poll() reaps them
 
 

@@ -28,6 +28,11 @@ const I18N = {
     created: "已创建运行", needRun: "请先在第 1 步创建运行", needData: "请先上传文件或填写路径",
     memNow: "内存", waiting: "等待中", dedupNear: "近似重复也去掉", dedupExact: "仅去掉完全相同", dedupOff: "不去重",
     piiKeep: "保留", piiMask: "遮盖（邮箱、电话、证件号、卡号）",
+    docsTitle: "从文档开始（PDF、Word、HTML、Markdown、文本）", docsUpload: "上传文档", docsPath: "或本机上的文件或文件夹",
+    teacher: "老师模型（可选）：OpenAI 兼容地址或模型", teacherModel: "其模型名", perChunk: "每段问答对数",
+    alsoText: "同时用原文训练", docsStart: "把文档变成数据", needDocs: "请先上传文档或填写路径",
+    docsDocuments: "文档", docsFaq: "文档自带的问答对", docsProposed: "老师提出 / 保留的问答对", docsRows: "写出的行 / 事实",
+    docsCovered: "有保留问答的段落", docsInputs: "下一步的数据", docsFailed: "文档处理失败",
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
     m_bleu: "BLEU", m_test_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
     m_tokens_per_second: "生成速度（token/秒）",
@@ -47,7 +52,10 @@ Object.assign(EN, {
   eta: "left", base: "base model", tuned: "tuned", metric: "metric", working: "working…", done: "done",
   checks: "checks", files: "files", download: "download", passed: "passed", notPassed: "failed",
   created: "run created", needRun: "create a run in step 1 first", needData: "upload a file or give a path first",
-  memNow: "memory", waiting: "waiting",
+  memNow: "memory", waiting: "waiting", needDocs: "upload documents or give a path first",
+  docsDocuments: "documents", docsFaq: "FAQ pairs the documents state", docsProposed: "pairs the teacher proposed / kept",
+  docsRows: "rows written / facts", docsCovered: "chunks with a kept pair", docsInputs: "data for the next step",
+  docsFailed: "the documents job failed",
   m_contains: "contains the reference", m_exact_match: "exact match", m_token_f1: "token F1", m_rouge_l: "ROUGE-L",
   m_bleu: "BLEU", m_test_loss: "loss on the test answers", m_perplexity: "perplexity",
   m_general_perplexity: "general-text perplexity", m_tokens_per_second: "generation tokens/s",
@@ -55,7 +63,7 @@ Object.assign(EN, {
 });
 
 const $ = (id) => document.getElementById(id);
-const state = { run: null, view: null, metrics: [], metricsSince: 0, uploaded: null, poll: null };
+const state = { run: null, view: null, metrics: [], metricsSince: 0, uploaded: null, poll: null, docsPoll: null };
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -166,7 +174,8 @@ function renderRun(view) {
 
 // -- step 1: data -----------------------------------------------------------------------------------
 function dataOptions() {
-  const inputs = state.uploaded ? [state.uploaded] : [$("data-path").value.trim()].filter(Boolean);
+  // state.uploaded: an uploaded file's path, or the files a documents job wrote
+  const inputs = state.uploaded ? [].concat(state.uploaded) : [$("data-path").value.trim()].filter(Boolean);
   if (!inputs.length) throw new Error(T("needData"));
   return { inputs, format: $("format").value, columns: $("columns").value.trim() || null, dedup: $("dedup").value,
            pii: $("pii").value, system: $("system").value.trim() || null, model: chosenModel() };
@@ -198,6 +207,51 @@ async function createRun() {
     $("data-busy").textContent = T("created") + ": " + view.path;
   } catch (e) { $("data-busy").textContent = ""; throw e; }
 }
+// step 1 from documents: `ownllm data from-docs` as a job; its rows become the data inputs
+async function startDocs() {
+  const files = [...$("docs-files").files];
+  let inputs = [$("docs-path").value.trim()].filter(Boolean);
+  $("docs-busy").textContent = T("working");
+  try {
+    if (files.length) {
+      inputs = [];
+      for (const file of files) {
+        const r = await api("/api/upload", { body: file, headers: { "X-Filename": encodeURIComponent(file.name) } });
+        inputs.push(r.path);
+      }
+    }
+    if (!inputs.length) throw new Error(T("needDocs"));
+    const teacher = $("teacher").value.trim() || null;
+    const job = await api("/api/docs", { json: { inputs, teacher, teacher_model: $("teacher-model").value.trim() || null,
+      per_chunk: Number($("per-chunk").value) || 3, also_text: $("also-text").checked, model: chosenModel() } });
+    clearInterval(state.docsPoll);
+    state.docsPoll = setInterval(() => guarded(() => pollDocs(job.id)), 1500);
+  } catch (e) { $("docs-busy").textContent = ""; throw e; }
+}
+async function pollDocs(id) {
+  const view = await api(`/api/docs/${encodeURIComponent(id)}`);
+  const job = view.job;
+  $("docs-log").hidden = !job.log_tail;
+  $("docs-log").textContent = job.log_tail || "";
+  if (job.state === "running") return;
+  clearInterval(state.docsPoll);
+  $("docs-busy").textContent = job.state === "done" ? T("done") : T("docsFailed");
+  const r = view.report;
+  if (!r) return;
+  const t = r.teacher;
+  const rows = [[T("docsDocuments"), r.documents.length], [T("docsFaq"), r.extracted_pairs],
+                [T("docsRows"), `${r.rows} / ${r.facts}`]];
+  if (t) rows.push([T("docsProposed"), `${t.proposed} / ${t.kept}`], [T("docsCovered"), `${t.chunks_covered} / ${t.chunks}`]);
+  if (view.inputs.length) rows.push([T("docsInputs"), view.inputs.map((p) => p.split("/").pop()).join(", ")]);
+  kvTable($("docs-report"), rows);
+  $("docs-report").hidden = false;
+  if (view.inputs.length && r.rows) {
+    state.uploaded = view.inputs;
+    $("data-path").value = "";
+    if (!$("run-name").value) $("run-name").value = "docs-" + id.slice(0, 6);
+  }
+}
+
 function kvTable(table, rows) {
   table.replaceChildren(...rows.map(([k, v]) => {
     const tr = el("tr");
@@ -472,6 +526,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("run-select").addEventListener("change", () => guarded(() => selectRun($("run-select").value)));
   $("file").addEventListener("change", () => guarded(upload));
   $("data-path").addEventListener("input", () => { state.uploaded = null; });
+  on("docs-start", startDocs);
   on("inspect", inspect);
   on("create-run", createRun);
   on("plan", makePlan);

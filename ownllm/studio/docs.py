@@ -1,0 +1,62 @@
+"""The studio's first step from documents: `ownllm data from-docs` as a background job.
+
+A teacher can take minutes per document, so the page starts the same command a person would type
+(``ownllm data from-docs INPUTS --out RUNS/.docs/ID/docs.jsonl ...``) as a job of its own
+(``ownllm.studio.jobs``, kind ``docs``) in ``RUNS/.docs/ID/``, polls it, and, once it is done, hands
+the rows it wrote (and ``docs.text.jsonl`` with ``--also-text``) to step 1's "Check the data" and
+"Create the run" as their inputs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+from ownllm.rundir import read_json
+from ownllm.studio import jobs
+from ownllm.web.common import APIError
+
+FOLDER = ".docs"  # under the runs folder; a dot name is never listed as a run
+JOB_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def docs_argv(out: str, req) -> list[str]:
+    """The `ownllm data from-docs` command line for the page's choices (``req``: the studio's DocsRequest)."""
+    from ownllm.data.from_docs import FromDocsConfig
+
+    # every mistake now, as a 400, not in the job's log
+    FromDocsConfig(teacher=req.teacher or None, per_chunk=req.per_chunk, judge=req.judge).validate()
+    argv = ["data", "from-docs", *req.inputs, "--out", out, "--per-chunk", str(req.per_chunk)]
+    for flag, value in (("--teacher", req.teacher), ("--teacher-model", req.teacher_model),
+                        ("--teacher-key-env", req.teacher_key_env), ("--model", req.model)):
+        if value:
+            argv += [flag, value]
+    return argv + ["--judge"] * req.judge + ["--also-text"] * req.also_text
+
+
+def start_docs(runs: str, req) -> dict:
+    job_id = uuid.uuid4().hex[:12]
+    folder = os.path.join(runs, FOLDER, job_id)
+    argv = docs_argv(os.path.join(folder, "docs.jsonl"), req)
+    os.makedirs(folder)
+    jobs.start(folder, "docs", argv)
+    return docs_view(runs, job_id)
+
+
+def docs_view(runs: str, job_id: str) -> dict:
+    """The job's state and log tail; once it is done, its report and the files step 1 takes as inputs."""
+    if not JOB_ID.fullmatch(job_id):
+        raise APIError(404, f"no documents job '{job_id}'", kind="not_found_error")
+    folder = os.path.join(runs, FOLDER, job_id)
+    job = jobs.state(folder, "docs")
+    if job is None:
+        raise APIError(404, f"no documents job '{job_id}'", kind="not_found_error")
+    view = {"id": job_id, "job": job, "report": None, "inputs": []}
+    report = read_json(os.path.join(folder, "docs.report.json"))
+    # a teacher that gave nothing usable fails the job, yet the documents' own FAQ rows are written
+    if report is not None and job["state"] in ("done", "failed"):
+        for t in [report.get("teacher")] if report.get("teacher") else []:
+            t.pop("examples", None)  # the page shows counts; the examples are in the report file
+        view["report"] = report
+        view["inputs"] = [p for p in (report.get("out"), report.get("text_out")) if p and os.path.exists(p)]
+    return view
