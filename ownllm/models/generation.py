@@ -90,6 +90,28 @@ def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def logits_processors(gen: dict):
+    """transformers' logits processors for ``generate()`` arguments (``gen``, as :meth:`OwnModel._prepare`
+    builds them), for decoding loops of our own: repetition penalty, the sampling warpers, then any the
+    arguments carry (a request's seeded sampler)."""
+    from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                         TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    processors = LogitsProcessorList()
+    penalty, temperature = gen.get("repetition_penalty"), gen.get("temperature")
+    if penalty and penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+    if gen.get("do_sample"):
+        if temperature and temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if gen.get("top_k"):
+            processors.append(TopKLogitsWarper(gen["top_k"]))
+        if gen.get("top_p") is not None and gen["top_p"] < 1.0:
+            processors.append(TopPLogitsWarper(gen["top_p"]))
+    processors.extend(gen.get("logits_processor") or [])
+    return processors
+
+
 class SeededSampler:
     """Sampling as a logits processor with its own ``torch.Generator``: temperature, top-k and top-p
     (transformers' own warpers), then one draw per row from this request's generator; every other token
@@ -230,6 +252,15 @@ class OwnModel:
         """Answer the last user turn of ``messages`` (a list of {role, content}, or a string)."""
         return self._complete(self.render_chat(messages, system_prompt), True, kwargs, _user_text(messages))
 
+    def prepare_stream(self, prompt_or_messages, system_prompt: str | None, chat: bool | None, kwargs: dict,
+                       cancel=None):
+        """``(encoded prompt, generate() arguments, settings)`` for :meth:`stream` and the batcher."""
+        use_chat = chat if chat is not None else (
+            not isinstance(prompt_or_messages, str) or bool(system_prompt) or self.is_instruct)
+        text = self.render_chat(prompt_or_messages, system_prompt) if use_chat else prompt_or_messages
+        user_text = _user_text(prompt_or_messages) if use_chat else None
+        return self._prepare(text, use_chat, kwargs, user_text, cancel)
+
     def stream(self, prompt_or_messages, system_prompt: str | None = None, chat: bool | None = None,
                cancel=None, stats: dict | None = None, **kwargs) -> Iterator[str]:
         """Yield the answer piece by piece. A list of messages (or chat=True) uses the chat template.
@@ -238,11 +269,7 @@ class OwnModel:
         ``stats``: a dict filled with prompt_tokens, completion_tokens and finish_reason
         ("stop": end of answer or a stop string, "length": the token limit, "cancelled").
         """
-        use_chat = chat if chat is not None else (
-            not isinstance(prompt_or_messages, str) or bool(system_prompt) or self.is_instruct)
-        text = self.render_chat(prompt_or_messages, system_prompt) if use_chat else prompt_or_messages
-        user_text = _user_text(prompt_or_messages) if use_chat else None
-        enc, gen, settings = self._prepare(text, use_chat, kwargs, user_text, cancel)
+        enc, gen, settings = self.prepare_stream(prompt_or_messages, system_prompt, chat, kwargs, cancel)
         streamer = _counting_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
@@ -316,9 +343,9 @@ def _user_text(messages) -> str:
     return "".join(str(m.get("content", "")) for m in messages)
 
 
-def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None) -> Iterator[str]:
+def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None, found_event=None) -> Iterator[str]:
     """Pass text through, holding back what could be the start of a stop string; end at a stop
-    (and append True to ``hit`` when one was found)."""
+    (append True to ``hit`` and set ``found_event``, which ends a batched row, when one was found)."""
     if not stop:
         yield from (p for p in pieces if p)
         return
@@ -330,6 +357,8 @@ def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None) ->
         if found:
             if hit is not None:
                 hit.append(True)
+            if found_event is not None:
+                found_event.set()
             if text:
                 yield text
             for _ in pieces:  # drain so the generating thread can finish

@@ -108,21 +108,13 @@ class OnnxCausalLM:
         """Greedy or sampled decoding with the KV cache, using transformers' logits processors. ``eos_token_id``
         (an id or a list), as in transformers: the tokens that end a row instead of the model's own."""
         import torch
-        from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                             StopStringCriteria, TemperatureLogitsWarper, TopKLogitsWarper,
-                                             TopPLogitsWarper)
+        from transformers.generation import StopStringCriteria
 
-        processors = LogitsProcessorList()
-        if repetition_penalty and repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-        if do_sample:
-            if temperature and temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(temperature))
-            if top_k:
-                processors.append(TopKLogitsWarper(top_k))
-            if top_p is not None and top_p < 1.0:
-                processors.append(TopPLogitsWarper(top_p))
-        processors.extend(logits_processor or [])  # e.g. a request's own seeded sampler
+        from ownllm.models.generation import logits_processors
+
+        processors = logits_processors(dict(repetition_penalty=repetition_penalty, do_sample=do_sample,
+                                            temperature=temperature, top_k=top_k, top_p=top_p,
+                                            logits_processor=logits_processor))
         stop = StopStringCriteria(tokenizer, stop_strings) if stop_strings else None
         ends = self._eos_ids(tokenizer) if eos_token_id is None else set(
             eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])

@@ -42,6 +42,7 @@ class ServeSettings:
     host: str = "127.0.0.1"                 # the address it is bound to (a name here is an allowed Host)
     allowed_hosts: tuple[str, ...] = ()     # other names clients may use in Host (--allowed-host)
     max_request_bytes: int | None = None    # request-body limit; None: from the model's context
+    batching: bool = True                   # concurrent requests share decode steps (ownllm.models.batching)
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -122,9 +123,15 @@ def _message_text(m: Message) -> str:
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(model, settings: ServeSettings):
     """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
+    from ownllm.models.batching import Batcher, can_batch
+
     engine = Engine(settings.max_concurrency, settings.max_queue, settings.request_timeout)
     app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    # the engine's slots are the batch: up to max_concurrency requests decode in one forward pass per token
+    batcher = Batcher(model, settings.max_concurrency) if settings.batching and can_batch(model) else None
+    app.state.batcher = batcher
+    stream = batcher.stream if batcher else model.stream
 
     limit = settings.max_request_bytes or default_body_limit(model.context_length)
     install_errors_and_guard(app, Guard(bound_host=settings.host, allowed_hosts=settings.allowed_hosts,
@@ -172,7 +179,7 @@ def create_app(model, settings: ServeSettings):
         arrived = time.monotonic()
 
         def work(cancel, stats):
-            return model.stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs)
+            return stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs)
 
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         info = {"id": rid, "created": int(time.time()), "model": settings.model_id,

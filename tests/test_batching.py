@@ -1,0 +1,143 @@
+"""Continuous batching (ownllm.models.batching): requests that run at once share decode steps, and each
+gets what it would get alone — greedy text, seeded samples, stop strings, token limits, cancellation —
+on transformers and on onnxruntime."""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import pytest
+
+PROMPTS = ["hi", "Tell me about the weather in Paris today, please.", "你好，请介绍一下自己。",
+           "What is two plus two?", "List three colours."]
+
+
+def _together(batcher, requests):
+    """Run ``(prompt, kwargs)`` requests in threads at once; their texts and stats, in order."""
+    out = [None] * len(requests)
+
+    def one(i, prompt, kwargs):
+        stats = {}
+        text = "".join(batcher.stream(prompt, chat=True, stats=stats, **kwargs))
+        out[i] = (text, stats)
+
+    threads = [threading.Thread(target=one, args=(i, p, kw)) for i, (p, kw) in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_tiny(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from ownllm.export.formats import export
+    from ownllm.models.load import load_model
+
+    out = tmp_path_factory.mktemp("onnx-tiny") / "onnx"
+    export(tiny_model_dir, "onnx", out=str(out))
+    return load_model(str(out / "model.onnx"))
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def model(request, tiny):
+    return tiny if request.param == "torch" else request.getfixturevalue("onnx_tiny")
+
+
+@contextlib.contextmanager
+def _slow(own, seconds: float):
+    """Every forward pass (onnxruntime: every session run) ``seconds`` slower, so requests overlap."""
+    inner = own.model
+    name = "_run" if hasattr(inner, "_run") else "forward"
+    original = getattr(inner, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    setattr(inner, name, slow)
+    try:
+        yield
+    finally:
+        setattr(inner, name, original)
+
+
+def test_concurrent_requests_share_steps_and_get_what_they_would_alone(model):
+    from ownllm.models.batching import Batcher
+
+    requests = [(p, dict(temperature=0, max_new_tokens=6 + 3 * i)) for i, p in enumerate(PROMPTS)]
+    requests.append((PROMPTS[0], dict(temperature=1.0, seed=7, max_new_tokens=10)))  # seeded sampling
+    alone = [(model.chat(p, **kw)) for p, kw in requests]
+    batcher = Batcher(model, max_batch=8)
+    with _slow(model, 0.02):
+        together = _together(batcher, requests)
+    assert batcher.largest_batch >= 3  # they did share steps
+    assert [text for text, _ in together] == alone
+    for (text, stats), (_, kw) in zip(together, requests):
+        assert stats["completion_tokens"] <= kw["max_new_tokens"] and stats["prompt_tokens"] > 3
+        assert stats["finish_reason"] == ("length" if stats["completion_tokens"] == kw["max_new_tokens"] else "stop")
+
+
+def test_a_stop_string_or_a_cancel_ends_one_row_and_the_others_go_on(tiny):
+    from ownllm.models.batching import Batcher
+
+    full = tiny.chat(PROMPTS[1], temperature=0, max_new_tokens=12)
+    stop = full[len(full) // 2: len(full) // 2 + 2].strip() or full[-1]
+    cancel = threading.Event()
+    batcher = Batcher(tiny, max_batch=4)
+    results = {}
+
+    def cancelled():
+        stats = {}
+        for n, _ in enumerate(batcher.stream(PROMPTS[2], chat=True, cancel=cancel, stats=stats, temperature=0,
+                                             max_new_tokens=200)):
+            if n == 2:
+                cancel.set()
+        results["cancelled"] = stats
+
+    with _slow(tiny, 0.02):
+        t = threading.Thread(target=cancelled)
+        t.start()
+        stats = {}
+        results["stopped"] = "".join(batcher.stream(PROMPTS[1], chat=True, stats=stats, temperature=0,
+                                                    max_new_tokens=12, stop=[stop])), stats
+        results["plain"] = "".join(batcher.stream(PROMPTS[3], chat=True, temperature=0, max_new_tokens=5))
+        t.join(timeout=60)
+    text, stats = results["stopped"]
+    assert text == full[:full.index(stop)] and stats["finish_reason"] == "stop"
+    assert results["cancelled"]["finish_reason"] == "cancelled" and results["cancelled"]["completion_tokens"] < 200
+    assert results["plain"] == tiny.chat(PROMPTS[3], temperature=0, max_new_tokens=5)
+
+
+def test_a_failing_forward_pass_fails_its_requests_not_the_batcher(tiny):
+    from ownllm.models.batching import Batcher
+
+    batcher = Batcher(tiny, max_batch=2)
+    inner, original = tiny.model, tiny.model.forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    inner.forward = broken
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            list(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3))
+    finally:
+        inner.forward = original
+    assert "".join(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3)) == \
+        tiny.chat("hi", temperature=0, max_new_tokens=3)
+
+
+def test_prefix_tuning_keeps_one_generate_per_request(tiny_model_dir):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    from ownllm.models.batching import can_batch
+    from ownllm.models.generation import OwnModel
+    from ownllm.models.load import load_model
+
+    own = load_model(tiny_model_dir, device="cpu")
+    assert can_batch(own)
+    prefix = get_peft_model(own.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert not can_batch(OwnModel(prefix, own.tokenizer))
