@@ -145,6 +145,34 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model's ONNX export (checked against torch as every export is)."""
+    pytest.importorskip("onnxruntime")
+    from ownllm.export.formats import export
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "onnx"
+    export(tiny_model_dir, "onnx", out=str(out))
+    return str(out)
+
+
+def engines_here() -> list[str]:
+    """The generation engines installed here, for tests that run over each."""
+    from importlib.util import find_spec
+
+    return ["torch"] + ["onnx"] * (find_spec("onnxruntime") is not None)
+
+
+@pytest.fixture(scope="module", params=engines_here())
+def engine_model(request, tiny):
+    """The tiny model on each installed engine (module-scoped: a module's tests share each)."""
+    if request.param == "torch":
+        return tiny
+    from ownllm.models.load import load_model
+
+    return load_model(request.getfixturevalue("tiny_onnx_dir"))
+
+
 @pytest.fixture
 def live_server(serving):
     """``with live_server(model, **settings) as (url, app)``: the serve app for ``model``, live on loopback."""
@@ -162,19 +190,21 @@ def live_server(serving):
 
 @contextlib.contextmanager
 def _slowed(model, seconds: float):
-    """Real generation, each forward pass made slower: long enough to hold a slot for the load tests."""
+    """Real generation, each forward pass (onnxruntime: each session run) made slower: long enough to hold a
+    slot for the load tests, or to make concurrent requests overlap."""
     inner = model.model
-    original = inner.forward
+    name = "_run" if hasattr(inner, "_run") else "forward"
+    original = getattr(inner, name)
 
     def slow_forward(*args, **kwargs):
         time.sleep(seconds)
         return original(*args, **kwargs)
 
-    inner.forward = slow_forward
+    setattr(inner, name, slow_forward)
     try:
         yield model
     finally:
-        inner.forward = original
+        setattr(inner, name, original)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,7 @@ gets what it would get alone — greedy text, seeded samples, stop strings, toke
 on transformers and on onnxruntime."""
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 
 import pytest
 
@@ -30,48 +28,15 @@ def _together(batcher, requests):
     return out
 
 
-@pytest.fixture(scope="module")
-def onnx_tiny(tiny_model_dir, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from ownllm.export.formats import export
-    from ownllm.models.load import load_model
-
-    out = tmp_path_factory.mktemp("onnx-tiny") / "onnx"
-    export(tiny_model_dir, "onnx", out=str(out))
-    return load_model(str(out / "model.onnx"))
-
-
-@pytest.fixture(params=["torch", "onnx"])
-def model(request, tiny):
-    return tiny if request.param == "torch" else request.getfixturevalue("onnx_tiny")
-
-
-@contextlib.contextmanager
-def _slow(own, seconds: float):
-    """Every forward pass (onnxruntime: every session run) ``seconds`` slower, so requests overlap."""
-    inner = own.model
-    name = "_run" if hasattr(inner, "_run") else "forward"
-    original = getattr(inner, name)
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return original(*args, **kwargs)
-
-    setattr(inner, name, slow)
-    try:
-        yield
-    finally:
-        setattr(inner, name, original)
-
-
-def test_concurrent_requests_share_steps_and_get_what_they_would_alone(model):
+def test_concurrent_requests_share_steps_and_get_what_they_would_alone(engine_model, slowed):
     from ownllm.models.batching import Batcher
 
+    model = engine_model
     requests = [(p, dict(temperature=0, max_new_tokens=6 + 3 * i)) for i, p in enumerate(PROMPTS)]
     requests.append((PROMPTS[0], dict(temperature=1.0, seed=7, max_new_tokens=10)))  # seeded sampling
     alone = [(model.chat(p, **kw)) for p, kw in requests]
     batcher = Batcher(model, max_batch=8)
-    with _slow(model, 0.02):
+    with slowed(model, 0.02):  # every forward pass a little slower, so the requests overlap
         together = _together(batcher, requests)
     assert batcher.largest_batch >= 3  # they did share steps
     assert [text for text, _ in together] == alone
@@ -80,7 +45,7 @@ def test_concurrent_requests_share_steps_and_get_what_they_would_alone(model):
         assert stats["finish_reason"] == ("length" if stats["completion_tokens"] == kw["max_new_tokens"] else "stop")
 
 
-def test_a_stop_string_or_a_cancel_ends_one_row_and_the_others_go_on(tiny):
+def test_a_stop_string_or_a_cancel_ends_one_row_and_the_others_go_on(tiny, slowed):
     from ownllm.models.batching import Batcher
 
     full = tiny.chat(PROMPTS[1], temperature=0, max_new_tokens=12)
@@ -97,7 +62,7 @@ def test_a_stop_string_or_a_cancel_ends_one_row_and_the_others_go_on(tiny):
                 cancel.set()
         results["cancelled"] = stats
 
-    with _slow(tiny, 0.02):
+    with slowed(tiny, 0.02):
         t = threading.Thread(target=cancelled)
         t.start()
         stats = {}

@@ -16,9 +16,9 @@ pytest.importorskip("uvicorn")
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "test-artifacts")
 
 
-def test_openai_client_chat_and_completions_streaming_and_not(tiny, live_server):
+def test_openai_client_chat_and_completions_streaming_and_not(engine_model, live_server):
     openai = pytest.importorskip("openai")
-    with live_server(tiny) as (url, _):
+    with live_server(engine_model) as (url, _):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["tiny"]
         msgs = [{"role": "user", "content": "你好，请介绍一下自己。"}]
@@ -27,7 +27,7 @@ def test_openai_client_chat_and_completions_streaming_and_not(tiny, live_server)
         assert r.object == "chat.completion" and r.choices[0].finish_reason in ("stop", "length")
         assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-        assert text == tiny.chat(msgs, temperature=0, max_new_tokens=12)  # the served answer is the model's
+        assert text == engine_model.chat(msgs, temperature=0, max_new_tokens=12)  # the served answer is the model's
 
         stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0,
                                                 stream=True, stream_options={"include_usage": True})
@@ -48,11 +48,20 @@ def test_openai_client_chat_and_completions_streaming_and_not(tiny, live_server)
                                                  seed=7).choices[0].message.content for _ in range(2)]
         assert seeded[0] == seeded[1]
 
+        stop = text[len(text) // 2:len(text) // 2 + 2].strip() or text[-1]  # a stop string inside the answer
+        for streamed in (False, True):
+            r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0, stop=[stop],
+                                               stream=streamed)
+            chunks = list(r) if streamed else None
+            cut = "".join(c.choices[0].delta.content or "" for c in chunks) if streamed else r.choices[0].message.content
+            finish = chunks[-1].choices[0].finish_reason if streamed else r.choices[0].finish_reason
+            assert cut == text[:text.index(stop)] and finish == "stop"
 
-def test_raw_sse_shape_ends_with_done(tiny, live_server):
+
+def test_raw_sse_shape_ends_with_done(engine_model, live_server):
     import httpx
 
-    with live_server(tiny) as (url, _):
+    with live_server(engine_model) as (url, _):
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -88,12 +97,12 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("change,param", BAD_REQUESTS, ids=[p + str(i) for i, (_, p) in enumerate(BAD_REQUESTS)])
-def test_invalid_requests_get_400_naming_the_field(tiny, change, param):
+def test_invalid_requests_get_400_naming_the_field(engine_model, change, param):
     from fastapi.testclient import TestClient
 
     from ownllm.serving.app import ServeSettings, create_app
 
-    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")), base_url="http://127.0.0.1")
+    client = TestClient(create_app(engine_model, ServeSettings(model_id="tiny")), base_url="http://127.0.0.1")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **change}
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
@@ -103,12 +112,12 @@ def test_invalid_requests_get_400_naming_the_field(tiny, change, param):
         assert "600" in err["message"] and "512" in err["message"]
 
 
-def test_invalid_json_long_prompt_and_completion_errors(tiny):
+def test_invalid_json_long_prompt_and_completion_errors(engine_model):
     from fastapi.testclient import TestClient
 
     from ownllm.serving.app import ServeSettings, create_app
 
-    client = TestClient(create_app(tiny, ServeSettings(model_id="tiny")), raise_server_exceptions=False, base_url="http://127.0.0.1")
+    client = TestClient(create_app(engine_model, ServeSettings(model_id="tiny")), raise_server_exceptions=False, base_url="http://127.0.0.1")
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "word " * 600})
@@ -145,11 +154,11 @@ def test_api_key_guards_every_route_but_health_and_page(tiny):
         "/v1/models", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}).headers
 
 
-def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server, slowed):
+def test_burst_past_the_queue_gets_429_with_retry_after(engine_model, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
-    with slowed(tiny, 0.05), live_server(tiny, max_concurrency=1, max_queue=1) as (url, app):
+    with slowed(engine_model, 0.05), live_server(engine_model, max_concurrency=1, max_queue=1) as (url, app):
         results = []
 
         def call():
@@ -172,12 +181,12 @@ def test_burst_past_the_queue_gets_429_with_retry_after(tiny, live_server, slowe
         assert [x.status_code for x in results] == [200, 200]
 
 
-def test_disconnect_mid_stream_frees_the_slot(tiny, live_server, slowed):
+def test_disconnect_mid_stream_frees_the_slot(engine_model, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True,
             "temperature": 0}
-    with slowed(tiny, 0.05), live_server(tiny, max_concurrency=1) as (url, app):
+    with slowed(engine_model, 0.05), live_server(engine_model, max_concurrency=1) as (url, app):
         t = time.monotonic()
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
             next(r.iter_lines())
@@ -189,11 +198,11 @@ def test_disconnect_mid_stream_frees_the_slot(tiny, live_server, slowed):
         assert r.status_code == 200
 
 
-def test_request_timeout_ends_the_request(tiny, live_server, slowed):
+def test_request_timeout_ends_the_request(engine_model, live_server, slowed):
     import httpx
 
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}
-    with slowed(tiny, 0.05), live_server(tiny, request_timeout=0.5) as (url, app):
+    with slowed(engine_model, 0.05), live_server(engine_model, request_timeout=0.5) as (url, app):
         t = time.monotonic()
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and time.monotonic() - t < 5

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
-DTYPE_HELP = ("weights' precision (default auto: fp32 on a CPU, bf16/fp16 on a GPU); bf16 on a CPU with native bf16 "
-              "(AVX512-BF16/AMX) generates ~1.6x faster (benchmarks/generate_speed.py)")
+DTYPE_HELP = ("weights' precision (default auto: fp32 on a CPU, bf16/fp16 on a GPU; `serve` and `chat` use bf16 on a "
+              "CPU with native bf16 when it gives fp32's answers); bf16 on a CPU with native bf16 (AVX512-BF16/AMX) "
+              "generates ~1.5x faster (benchmarks/generate_speed.py)")
 
 
 def print_table(rows) -> None:
@@ -24,6 +25,16 @@ def add_merge_arg(p) -> None:
     p.add_argument("--no-merge", action="store_true",
                    help="keep a run's LoRA/DoRA adapter unmerged (by default it is folded into the weights in "
                         "memory, checked, so the tuned model generates as fast as the base model)")
+
+
+def add_engine_arg(p) -> None:
+    from ownllm.serving.engines import ENGINES  # a light module: --help imports no torch
+
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="what generates: torch (transformers; bf16 on a CPU with native bf16 when it gives fp32's "
+                        "answers), onnx (onnxruntime on the run's ONNX export, built once), llamacpp (llama.cpp on "
+                        "its f16 GGUF export; pip install llama-cpp-python); auto (default): the fastest of those "
+                        "installed that pass their check against torch, timed here")
 
 
 def add_gen_args(p) -> None:

@@ -1,7 +1,7 @@
 """`ownllm models | doctor | generate | chat`: the registry, this machine, and talking to a model."""
 from __future__ import annotations
 
-from ownllm.cli.common import add_gen_args, add_model_args, gen_kwargs, print_table
+from ownllm.cli.common import add_engine_arg, add_gen_args, add_model_args, gen_kwargs, print_table
 
 
 def cmd_models(args) -> int:
@@ -39,12 +39,14 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from ownllm.models.generation import GenerationSettings
-    from ownllm.models.load import load_model
+    from ownllm.serving.engines import describe, load_engine
 
     kwargs = gen_kwargs(args)
     GenerationSettings.build(**kwargs)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
-                       trust_remote_code=args.trust_remote_code, merge=not args.no_merge)
+    model, chosen = load_engine(args.model, args.engine, device=args.device, dtype=args.dtype,
+                                merge=not args.no_merge, allow_pickle=args.allow_pickle,
+                                trust_remote_code=args.trust_remote_code)
+    print(describe(chosen))
     system, history = args.system, []
     print(f"{model.name} — type a message; /reset clears the conversation, /system TEXT sets the "
           "system prompt, /exit quits.")
@@ -97,4 +99,5 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
     add_gen_args(p)
     add_model_args(p)
+    add_engine_arg(p)
     p.set_defaults(func=cmd_chat)

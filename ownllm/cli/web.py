@@ -51,12 +51,13 @@ def cmd_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or None,
           max_concurrency=args.max_concurrency, max_queue=args.max_queue, request_timeout=args.request_timeout,
           system=args.system, device=args.device, dtype=args.dtype, allowed_hosts=tuple(args.allowed_host or ()),
-          max_request_bytes=args.max_request_bytes, merge=not args.no_merge)
+          max_request_bytes=args.max_request_bytes, merge=not args.no_merge, engine=args.engine,
+          batching=not args.no_batching)
     return 0
 
 
 def register(sub) -> None:
-    from ownllm.cli.common import DTYPE_HELP, DTYPES, add_merge_arg
+    from ownllm.cli.common import DTYPE_HELP, DTYPES, add_engine_arg, add_merge_arg
 
     p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API with a web chat page")
     p.add_argument("model", metavar="RUN_DIR|MODEL|EXPORT",
@@ -76,6 +77,9 @@ def register(sub) -> None:
                    help="largest request body (default: room for the model's whole context, at least 1 MiB)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    add_engine_arg(p)
+    p.add_argument("--no-batching", action="store_true",
+                   help="one generate() per request instead of concurrent requests sharing decode steps")
     add_merge_arg(p)
     p.set_defaults(func=cmd_serve)
 

@@ -30,7 +30,7 @@ def can_batch(own) -> bool:
 
     model = own.model
     if isinstance(model, OnnxCausalLM):
-        return True
+        return getattr(model, "batchable", True)  # llama.cpp's context holds one sequence
     try:
         from peft import PeftModel
     except ImportError:

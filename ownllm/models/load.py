@@ -225,7 +225,7 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     """
     from ownllm.models.generation import OwnModel
 
-    if _is_onnx(name):
+    if is_onnx(name):
         from ownllm.models.onnx_runtime import load_onnx
 
         return load_onnx(name)
@@ -304,7 +304,7 @@ def base_of(tuned, base_name: str | None):
     return load_model(base_name or registry.DEFAULT_MODEL).model, nullcontext()
 
 
-def _is_onnx(name) -> bool:
+def is_onnx(name) -> bool:
     """A .onnx file, or a folder with model.onnx and no transformers config (an ONNX export)."""
     name = os.fspath(name)
     if name.endswith(".onnx"):

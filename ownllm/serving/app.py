@@ -43,6 +43,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()     # other names clients may use in Host (--allowed-host)
     max_request_bytes: int | None = None    # request-body limit; None: from the model's context
     batching: bool = True                   # concurrent requests share decode steps (ownllm.models.batching)
+    engine: dict | None = None              # how the model was chosen to run (ownllm.serving.engines), for /health
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -142,7 +143,9 @@ def create_app(model, settings: ServeSettings):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, "generating": engine.active, "waiting": engine.waiting}
+        return {"status": "ok", "model": settings.model_id, "generating": engine.active, "waiting": engine.waiting,
+                "engine": (settings.engine or {}).get("engine"), "dtype": (settings.engine or {}).get("dtype"),
+                "batching": batcher is not None}
 
     @app.get("/v1/models")
     async def models():
@@ -308,18 +311,21 @@ def model_id_for(source: str) -> str:
 def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
           system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
-          max_request_bytes: int | None = None, merge: bool = True) -> None:
-    """Load ``source`` and serve it until Ctrl-C."""
+          max_request_bytes: int | None = None, merge: bool = True, engine: str = "auto",
+          batching: bool = True) -> None:
+    """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C."""
     import uvicorn
 
-    from ownllm.models.load import load_model
+    from ownllm.serving.engines import describe, load_engine
 
     limit_malloc_arenas()
-    model = load_model(source, device=device, dtype=dtype, merge=merge)
+    model, chosen = load_engine(source, engine, device=device, dtype=dtype, merge=merge)
+    print(describe(chosen), flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # request lines from here on
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
-                             allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+                             allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes,
+                             batching=batching, engine=chosen)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)
