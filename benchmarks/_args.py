@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 
 
-def generation_args(doc: str) -> argparse.Namespace:
-    """--model, --tokens (new tokens per answer) and --rounds (best of N), parsed."""
+def generation_args(doc: str, run: bool = False) -> argparse.Namespace:
+    """--model, --tokens (new tokens per answer) and --rounds (best of N), parsed; with ``run``, also --run
+    (a tuned run directory of that model, default runs/demo, which `make demo` makes)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    if run:
+        ap.add_argument("--run", default="runs/demo", help="a tuned run of --model (skipped when missing)")
     return ap.parse_args()

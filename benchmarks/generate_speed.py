@@ -1,17 +1,19 @@
-"""ownllm generation vs plain transformers `generate`, and both against this machine's memory bandwidth.
+"""ownllm generation on each engine vs plain transformers `generate`, base and tuned, against the bandwidth limit.
 
-    python benchmarks/generate_speed.py [--model smollm2-135m] [--tokens 64] [--rounds 3]
+    python benchmarks/generate_speed.py [--model smollm2-135m] [--run runs/demo] [--tokens 64] [--rounds 3]
 
-Greedy, batch 1, the same model folder and prompt, exactly ``--tokens`` new tokens on every side
-(``min_new_tokens`` for transformers; ownllm's answer is checked to be the same text). Decoding one
-token reads every weight once, so the speed limit is bandwidth / weight bytes; the bandwidth is
-measured with a 1 GiB tensor copy (bytes read + written per second). Sides, run alternately:
+Greedy, batch 1, the same prompt, ``--tokens`` new tokens (``min_new_tokens`` for transformers; ownllm
+stops at the end of an answer, so its tokens are counted). Decoding one token reads every weight once,
+so the speed limit is bandwidth / weight bytes; the bandwidth is measured with a 1 GiB tensor copy
+(bytes read + written per second). Sides, run alternately, best of ``--rounds``:
 
 - ``hf fp32``: ``AutoModelForCausalLM`` + ``model.generate`` — the baseline;
-- ``ownllm fp32``: ``load_model(...).generate(...)`` with its defaults on a CPU (chat template, stop
-  handling, its logits processors);
-- ``ownllm bf16``: the same with ``dtype="bf16"`` (``--dtype bf16`` in the CLI), only where the CPU
-  (or GPU) has native bf16; its greedy agreement with fp32 is printed.
+- ``torch fp32`` / ``torch bf16`` (where the CPU has native bf16) / ``onnx``: ownllm's engines
+  (``ownllm serve --engine ...``), for the base model and, when ``--run`` exists, for the tuned run as
+  `serve` loads it (its adapter folded into the weights; the ONNX export built once into the run).
+
+Prints tokens/s, × vs hf, % of the bandwidth limit, tuned / base at the same engine (target ≥ 0.95),
+and which engine ``--engine auto`` picks here with its × vs hf (target ≥ 2.5×).
 """
 from __future__ import annotations
 
@@ -45,23 +47,42 @@ def weight_bytes(model) -> int:
     return total
 
 
+def load_sides(source: str, label: str) -> dict:
+    """ownllm's engines for ``source``, as ``serve --engine`` loads them."""
+    from importlib.util import find_spec
+
+    from ownllm.planning.hardware import cpu_has_fast_bf16
+    from ownllm.serving.engines import load_engine
+
+    sides = {f"{label} torch fp32": load_engine(source, "torch", dtype="fp32")[0]}
+    if cpu_has_fast_bf16():
+        sides[f"{label} torch bf16"] = load_engine(source, "torch", dtype="bf16")[0]
+    if find_spec("onnxruntime") is not None:
+        sides[f"{label} onnx"] = load_engine(source, "onnx")[0]
+    return sides
+
+
 def main() -> None:
-    args = generation_args(__doc__)
+    args = generation_args(__doc__, run=True)
 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ownllm.models.load import load_model, local_folder, resolve
-    from ownllm.planning.hardware import cpu_has_fast_bf16
+    from ownllm.models.load import local_folder, resolve
+    from ownllm.serving.engines import load_engine
 
     folder = local_folder(resolve(args.model))
-    ours = {"ownllm fp32": load_model(args.model, device="cpu", dtype="fp32")}
-    if cpu_has_fast_bf16():
-        ours["ownllm bf16"] = load_model(args.model, device="cpu", dtype="bf16")
+    ours = load_sides(args.model, "base")
+    tuned = os.path.isdir(args.run)
+    if tuned:
+        ours.update(load_sides(args.run, "tuned"))
+    else:
+        print(f"no tuned run at {args.run} (make demo makes runs/demo): base model only")
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tok = ours["ownllm fp32"].tokenizer
+    first = next(iter(ours.values()))
+    tok = first.tokenizer
     question = "Write a long story about a dragon who learns to cook."
-    enc = tok(ours["ownllm fp32"].render_chat(question), return_tensors="pt", add_special_tokens=False)
+    enc = tok(first.render_chat(question), return_tensors="pt", add_special_tokens=False)
     n_prompt = enc["input_ids"].shape[1]
 
     def run_hf():
@@ -89,14 +110,27 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"memory bandwidth (1 GiB copy): {bandwidth:.1f} GB/s")
     base = max(speeds["hf fp32"])
+    fp32_bytes = weight_bytes(hf)
     for name, v in speeds.items():
         model = hf if name == "hf fp32" else ours[name].model
-        limit = bandwidth * 1e9 / weight_bytes(model)
+        size = weight_bytes(model) if hasattr(model, "parameters") and any(True for _ in model.parameters()) else fp32_bytes
+        limit = bandwidth * 1e9 / size  # an ONNX graph holds fp32 weights
         n = args.tokens if name == "hf fp32" else len(tok(texts[name], add_special_tokens=False)["input_ids"])
-        print(f"{name:12s} {max(v):6.1f} tokens/s (best of {args.rounds})  ×{max(v) / base:.2f} vs hf  "
-              f"{max(v) / limit:5.1%} of the bandwidth limit ({limit:.0f} tokens/s for "
-              f"{weight_bytes(model) / 1e6:.0f} MB of weights); {n} tokens, same text as hf: "
-              f"{texts[name].strip() == texts['hf fp32'].strip()}")
+        print(f"{name:17s} {max(v):6.1f} tokens/s (best of {args.rounds})  ×{max(v) / base:.2f} vs hf  "
+              f"{max(v) / limit:5.1%} of the bandwidth limit ({limit:.0f} tokens/s for {size / 1e6:.0f} MB of "
+              f"weights); {n} tokens")
+    if tuned:
+        for name in [k for k in speeds if k.startswith("tuned ")]:
+            other = "base " + name[len("tuned "):]
+            print(f"tuned / base, {name[len('tuned '):]}: {max(speeds[name]) / max(speeds[other]):.2f}")
+    del ours
+    for source, label in [(args.model, "base")] + [(args.run, "tuned")] * tuned:
+        _, record = load_engine(source, "auto")
+        engine = record["engine"] + (f" {record['dtype']}" if record.get("dtype") else "")
+        timing = ", ".join(f"{k} {v:g}" for k, v in record["tokens_per_second"].items())
+        measured = speeds.get(f"{label} {engine}")
+        print(f"--engine auto picks {engine} for the {label} model here ({timing} tokens/s in its own timing)"
+              + (f": ×{max(measured) / base:.2f} vs hf above" if measured else ""))
 
 
 if __name__ == "__main__":

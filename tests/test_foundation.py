@@ -157,6 +157,7 @@ def test_chat_repl_answers_and_handles_commands(tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("model> ") == 2
     assert "system prompt set" in proc.stdout and "conversation cleared" in proc.stdout
+    assert proc.stdout.startswith("engine: ")  # which engine answers, and why
 
 
 def test_answer_cut_inside_a_chinese_character_drops_the_half(tiny_model_dir, monkeypatch):
