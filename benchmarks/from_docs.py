@@ -64,7 +64,7 @@ def with_teacher(docs: str, out: str) -> dict:
                 time.sleep(0.5)
         began = time.time()
         try:
-            report = docs_to_data([docs], out, teacher=url, concurrency=2, cache=False, progress=False)
+            report = docs_to_data([docs], out, teacher=url, concurrency=4, cache=False, progress=False)
         except TeacherError as e:
             print(f"teacher: {e}")
             report = json.load(open(out[:-len(".jsonl")] + ".report.json", encoding="utf-8"))

@@ -157,20 +157,29 @@ def tiny_onnx_dir(tiny_model_dir, tmp_path_factory):
 
 
 def engines_here() -> list[str]:
-    """The generation engines installed here, for tests that run over each."""
+    """The generation engines installed here, for tests that run over each (llama.cpp only where
+    llama-cpp-python is installed: it builds from source, which CI does not do)."""
     from importlib.util import find_spec
 
-    return ["torch"] + ["onnx"] * (find_spec("onnxruntime") is not None)
+    return ["torch"] + ["onnx"] * (find_spec("onnxruntime") is not None) + ["llamacpp"] * (
+        find_spec("llama_cpp") is not None)
 
 
 @pytest.fixture(scope="module", params=engines_here())
-def engine_model(request, tiny):
+def engine_model(request, tiny, tmp_path_factory):
     """The tiny model on each installed engine (module-scoped: a module's tests share each)."""
     if request.param == "torch":
         return tiny
     from ownllm.models.load import load_model
 
-    return load_model(request.getfixturevalue("tiny_onnx_dir"))
+    if request.param == "onnx":
+        return load_model(request.getfixturevalue("tiny_onnx_dir"))
+    from ownllm.export.formats import export
+    from ownllm.models.llamacpp_runtime import load_llamacpp
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "gguf"
+    export(request.getfixturevalue("tiny_model_dir"), "gguf", out=str(out), quant="f16")
+    return load_llamacpp(str(next(out.glob("*.gguf"))), tiny)
 
 
 @pytest.fixture

@@ -109,3 +109,41 @@ def test_studio_flow_on_the_embedded_model(tmp_path):
     assert client.post("/api/runs/support/export", json={"format": "merged"}).status_code == 200
     view = settled("export_job")
     assert view["export_job"]["state"] == "done" and view["exports"][0]["manifest"]["all_checks_passed"]
+
+
+def test_documents_to_an_evaluated_run_with_the_embedded_model_as_teacher(tmp_path, serving):
+    """The whole documents path: the embedded model as teacher behind `serve` (torch engine, batched), every
+    kept pair grounded in the document, then prepare → a short training → the report card."""
+    from ownllm.data.documents import document_text, read_document
+    from ownllm.data.from_docs import docs_to_data
+    from ownllm.data.prepare import prepare_dataset
+    from ownllm.data.synthesis import HttpTeacher, TeacherError, normalise
+    from ownllm.evaluation.compare import evaluate
+    from ownllm.serving.app import ServeSettings, create_app
+    from ownllm.serving.engines import load_engine
+    from ownllm.training.trainer import Trainer
+
+    doc = "examples/docs/handbook.docx"
+    out = str(tmp_path / "docs.jsonl")
+    model, _ = load_engine("smollm2-135m", "torch", dtype="fp32")
+    with serving(create_app(model, ServeSettings(model_id="smollm2-135m"))) as url:
+        try:
+            report = docs_to_data([doc], out, client=HttpTeacher(url), progress=False, max_tokens=384, per_chunk=2,
+                                   cache=False)
+        except TeacherError as e:  # nothing usable from a 135M teacher is a possible, named outcome
+            assert "nothing usable" in str(e)
+            report = json.load(open(out.replace(".jsonl", ".report.json"), encoding="utf-8"))
+    t = report["teacher"]
+    assert t["calls"] >= t["chunks"] > 0 and t["completion_tokens"] > 0 and t["proposed"] >= t["kept"]
+    rows = [json.loads(line) for line in open(out, encoding="utf-8")]
+    source = normalise(document_text(read_document(doc)))
+    taught = [r for r in rows if r["origin"] == "teacher"]
+    assert len(taught) == t["kept_rows"] and all(normalise(r["quote"]) in source for r in taught)
+    assert sum(r["origin"] == "document" for r in rows) == 11  # the handbook's own FAQ
+
+    run = str(tmp_path / "run")
+    prepare_dataset([out], run)
+    Trainer(model="smollm2-135m", train_dataset=run,
+            args={"output_dir": run, "max_steps": 20, "eval_steps": 10, "protect": "off"}).train()
+    result = evaluate(run, max_samples=4)
+    assert "contains" in result["tuned"] and "headline" in result
