@@ -4,6 +4,7 @@ on transformers and on onnxruntime."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -93,8 +94,13 @@ def test_a_failing_forward_pass_fails_its_requests_not_the_batcher(tiny):
             list(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3))
     finally:
         inner.forward = original
-    assert "".join(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3)) == \
-        tiny.chat("hi", temperature=0, max_new_tokens=3)
+    expected = tiny.chat("hi", temperature=0, max_new_tokens=3)
+    assert "".join(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3)) == expected
+    deadline = time.time() + 15
+    while batcher._thread is not None and time.time() < deadline:
+        time.sleep(0.1)
+    assert batcher._thread is None  # idle: the decoding thread ended
+    assert "".join(batcher.stream("hi", chat=True, temperature=0, max_new_tokens=3)) == expected  # and restarts
 
 
 def test_prefix_tuning_keeps_one_generate_per_request(tiny_model_dir):

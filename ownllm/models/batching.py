@@ -98,8 +98,8 @@ class Batcher:
         streamer = _counting_streamer_class()(self.own.tokenizer, skip_prompt=True, skip_special_tokens=True)
         row = _Row(enc, gen, streamer, cancel or threading.Event(), self.eos)
         streamer.put(row.ids)  # the prompt, which the streamer skips
-        self._start()
         self.inbox.put(row)
+        self._start()
         hit_stop: list = []
         try:
             yield from _hold_back_stops(streamer, settings.stop, hit_stop, row.stop)
@@ -123,6 +123,15 @@ class Batcher:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="ownllm-batcher")
                 self._thread.start()
 
+    def _idle_exit(self) -> bool:
+        """End the decoding thread when nothing waits (the next request starts a new one); under the lock
+        ``_start`` takes, so a request put in the inbox meanwhile is never left behind."""
+        with self._lock:
+            if self.inbox.empty():
+                self._thread = None
+                return True
+            return False
+
     def _loop(self) -> None:
         import torch
 
@@ -130,6 +139,8 @@ class Batcher:
         past, mask = None, None  # per layer (keys, values) of (rows, heads, length, head dim); (rows, length)
         while True:
             arrived = self._take(len(rows))
+            if not rows and not arrived and self._idle_exit():
+                return
             with torch.inference_mode():
                 for row in arrived:
                     try:
