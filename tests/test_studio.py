@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,6 +288,20 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.goto(url + "/")
         expect(page.locator("#method option")).to_have_count(5)
 
+        # 1. data from documents: uploaded, turned into rows by a background job, shown, and made the inputs
+        docs = os.path.join(os.path.dirname(__file__), "..", "examples", "docs")
+        page.click("#docs-box summary")
+        page.set_input_files("#docs-files", [os.path.join(docs, "handbook.docx"), os.path.join(docs, "policy_zh.html")])
+        page.click("#docs-start")
+        expect(page.locator("#docs-report")).to_contain_text("18 / 18", timeout=120000)  # rows / facts
+        expect(page.locator("#docs-report")).to_contain_text("docs.jsonl")
+        page.click("#inspect")
+        expect(page.locator("#report-counts")).to_contain_text("18")
+        shot(page, "1-documents")
+        page.click("#docs-box summary")
+        expect(page.locator("#run-name")).to_have_value(re.compile(r"docs-[0-9a-f]{6}"))
+        page.fill("#run-name", "")  # the next upload names the run again
+
         # 1. data: upload, the detector cannot map these columns, the mapping fixes it; then the run
         page.set_input_files("#file", support_csv)
         expect(page.locator("#run-name")).to_have_value("客服记录")
@@ -310,7 +325,7 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.fill("#budget", "10m")
         page.click("#plan")
         expect(page.locator("#plan-table")).to_contain_text("GB")
-        page.click("details summary")
+        page.click("#step-plan details summary")
         page.fill("#max-steps", "200")
         page.fill("#logging-steps", "1")
         page.fill("#save-steps", "50")
