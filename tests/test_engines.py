@@ -94,3 +94,50 @@ def test_engine_mistakes_are_one_clear_message(tiny_model_dir, tiny_onnx_dir):
     if find_spec("llama_cpp") is None:
         with pytest.raises(OwnLLMError, match="llama-cpp-python|llamacpp"):
             load_engine(tiny_model_dir, "llamacpp")
+
+
+class _FakeLlama:
+    """llama_cpp.Llama's surface that LlamaCppCausalLM uses (reset, eval, n_tokens, scores), computed by
+    the tiny torch model over the whole context: the wrapper's decoding is checked without building
+    llama.cpp (CI does not); with llama-cpp-python installed, the serve contract tests run it for real."""
+
+    def __init__(self, model):
+        import numpy as np
+
+        self.model, self.tokens = model, []
+        self.scores = np.zeros((512, model.config.vocab_size), dtype=np.float32)
+
+    @property
+    def n_tokens(self):
+        return len(self.tokens)
+
+    def reset(self):
+        self.tokens = []
+
+    def eval(self, tokens):
+        import torch
+
+        self.tokens += list(tokens)
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([self.tokens])).logits[0].float().numpy()
+        self.scores[:len(self.tokens)] = logits
+
+
+def test_the_llamacpp_wrapper_decodes_as_torch_does(tiny):
+    from ownllm.models.generation import OwnModel
+    from ownllm.models.llamacpp_runtime import LlamaCppCausalLM
+
+    wrapped = OwnModel(LlamaCppCausalLM(_FakeLlama(tiny.model), tiny.model.config, tiny.model.generation_config,
+                                        "fake.gguf"), tiny.tokenizer)
+    for question in ("hi", "你好，请介绍一下自己。"):
+        assert wrapped.chat(question, temperature=0, max_new_tokens=8) == tiny.chat(question, temperature=0,
+                                                                                    max_new_tokens=8)
+    assert wrapped.chat("hi", temperature=1.0, seed=3, max_new_tokens=6) == tiny.chat("hi", temperature=1.0, seed=3,
+                                                                                      max_new_tokens=6)
+    stats = {}
+    assert "".join(wrapped.stream("hi", chat=True, stats=stats, temperature=0, max_new_tokens=5)) == \
+        tiny.chat("hi", temperature=0, max_new_tokens=5)
+    assert stats["completion_tokens"] <= 5
+    from ownllm.models.batching import can_batch
+
+    assert not can_batch(wrapped)  # one sequence at a time: serve gives it no batcher
