@@ -52,7 +52,9 @@ def with_teacher(docs: str, out: str) -> dict:
     from ownllm.data.synthesis import TeacherError, normalise
 
     port = _port()
-    server = subprocess.Popen(OWNLLM + ["serve", "smollm2-135m", "--port", str(port)], stdout=subprocess.DEVNULL,
+    # a 768-token reply from four batched requests can outlast serve's default 120 s request timeout
+    server = subprocess.Popen(OWNLLM + ["serve", "smollm2-135m", "--port", str(port), "--request-timeout", "900"],
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"

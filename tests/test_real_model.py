@@ -126,7 +126,7 @@ def test_documents_to_an_evaluated_run_with_the_embedded_model_as_teacher(tmp_pa
     doc = "examples/docs/handbook.docx"
     out = str(tmp_path / "docs.jsonl")
     model, _ = load_engine("smollm2-135m", "torch", dtype="fp32")
-    with serving(create_app(model, ServeSettings(model_id="smollm2-135m"))) as url:
+    with serving(create_app(model, ServeSettings(model_id="smollm2-135m", request_timeout=900))) as url:
         try:
             report = docs_to_data([doc], out, client=HttpTeacher(url), progress=False, max_tokens=384, per_chunk=2,
                                    cache=False)
