@@ -26,7 +26,7 @@ from ownllm.errors import OwnLLMError
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
 from ownllm.web.engine import Engine, limit_malloc_arenas
 from ownllm.studio import jobs
-from ownllm.studio.docs import docs_view, start_docs
+from ownllm.studio.docs import add_docs_routes
 from ownllm.rundir import is_run_dir, read_json, trained_output
 from ownllm.studio.runs import read_metrics, run_view, training_state
 
@@ -60,17 +60,6 @@ class DataOptions(_Body):
 
 class NewRun(DataOptions):
     name: str
-
-
-class DocsRequest(_Body):  # `ownllm data from-docs`'s choices the page offers
-    inputs: list[str] = Field(min_length=1)
-    teacher: str | None = None          # an OpenAI-compatible /v1 URL, or a model run here
-    teacher_model: str | None = None
-    teacher_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-    per_chunk: int = Field(3, ge=1, le=20)
-    judge: bool = False
-    also_text: bool = False
-    model: str | None = None            # whose tokenizer sizes the chunks
 
 
 class PlanRequest(_Body):
@@ -384,18 +373,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
         prepared = await asyncio.to_thread(prepare_dataset, req.inputs, None, **_prepare_options(req))
         return {"report": _report_view(prepared.report)}
 
-    @app.post("/api/docs")
-    async def from_docs(req: DocsRequest):
-        for path in req.inputs:
-            studio.check_path(path, "inputs")
-        studio.check_model(req.model)
-        if req.teacher and not req.teacher.startswith(("http://", "https://")):
-            studio.check_model(req.teacher, "teacher")
-        return await asyncio.to_thread(start_docs, studio.runs, req)
-
-    @app.get("/api/docs/{job_id}")
-    async def docs_job(job_id: str):
-        return await asyncio.to_thread(docs_view, studio.runs, job_id)
+    add_docs_routes(app, studio)
 
     @app.get("/api/runs")
     async def runs():

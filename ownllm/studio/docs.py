@@ -12,6 +12,8 @@ import os
 import re
 import uuid
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ownllm.rundir import read_json
 from ownllm.studio import jobs
 from ownllm.web.common import APIError
@@ -20,8 +22,39 @@ FOLDER = ".docs"  # under the runs folder; a dot name is never listed as a run
 JOB_ID = re.compile(r"[0-9a-f]{12}")
 
 
-def docs_argv(out: str, req) -> list[str]:
-    """The `ownllm data from-docs` command line for the page's choices (``req``: the studio's DocsRequest)."""
+class DocsRequest(BaseModel):  # `ownllm data from-docs`'s choices the page offers
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(min_length=1)
+    teacher: str | None = None          # an OpenAI-compatible /v1 URL, or a model run here
+    teacher_model: str | None = None
+    teacher_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    per_chunk: int = Field(3, ge=1, le=20)
+    judge: bool = False
+    also_text: bool = False
+    model: str | None = None            # whose tokenizer sizes the chunks
+
+
+def add_docs_routes(app, studio) -> None:
+    """``POST /api/docs`` starts a job (paths and models checked against the studio's roots first);
+    ``GET /api/docs/{id}`` is its state, report and inputs."""
+    import asyncio
+
+    @app.post("/api/docs")
+    async def from_docs(req: DocsRequest):
+        for path in req.inputs:
+            studio.check_path(path, "inputs")
+        studio.check_model(req.model)
+        if req.teacher and not req.teacher.startswith(("http://", "https://")):
+            studio.check_model(req.teacher, "teacher")
+        return await asyncio.to_thread(start_docs, studio.runs, req)
+
+    @app.get("/api/docs/{job_id}")
+    async def docs_job(job_id: str):
+        return await asyncio.to_thread(docs_view, studio.runs, job_id)
+
+
+def docs_argv(out: str, req: DocsRequest) -> list[str]:
+    """The `ownllm data from-docs` command line for the page's choices."""
     from ownllm.data.from_docs import FromDocsConfig
 
     # every mistake now, as a 400, not in the job's log
@@ -34,7 +67,7 @@ def docs_argv(out: str, req) -> list[str]:
     return argv + ["--judge"] * req.judge + ["--also-text"] * req.also_text
 
 
-def start_docs(runs: str, req) -> dict:
+def start_docs(runs: str, req: DocsRequest) -> dict:
     job_id = uuid.uuid4().hex[:12]
     folder = os.path.join(runs, FOLDER, job_id)
     argv = docs_argv(os.path.join(folder, "docs.jsonl"), req)
