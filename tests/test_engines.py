@@ -78,7 +78,7 @@ def test_the_bf16_check_compares_real_answers(tiny_model_dir):
     from ownllm.serving.engines import BF16_THRESHOLDS, _bf16_if_verified
 
     own, record = _bf16_if_verified(load_model(tiny_model_dir, device="cpu"), tiny_model_dir)
-    found = record["checks"]["bf16_vs_fp32"]
+    found = record["checks"]["vs_torch_fp32"]
     assert found["max_logit_diff"] > 0  # bf16 rounds: the check measured a real bf16 copy
     assert record["checks"]["passed"] == all(found[k] >= v for k, v in BF16_THRESHOLDS.items())
 
@@ -139,5 +139,8 @@ def test_the_llamacpp_wrapper_decodes_as_torch_does(tiny):
         tiny.chat("hi", temperature=0, max_new_tokens=5)
     assert stats["completion_tokens"] <= 5
     from ownllm.models.batching import can_batch
+    from ownllm.serving.engines import LLAMACPP_THRESHOLDS, verify
 
     assert not can_batch(wrapped)  # one sequence at a time: serve gives it no batcher
+    checks = verify(tiny.model, wrapped.model, tiny.tokenizer, "tiny", LLAMACPP_THRESHOLDS)  # the start-up check
+    assert checks["passed"] and checks["vs_torch_fp32"]["max_logit_diff"] < 1e-4

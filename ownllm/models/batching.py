@@ -20,14 +20,13 @@ import threading
 from typing import Iterator
 
 from ownllm.models.generation import _counting_streamer_class, _hold_back_stops, logits_processors
+from ownllm.models.onnx_runtime import OnnxCausalLM, positions_from_mask
 
 _IDLE_WAIT_SECONDS = 1.0
 
 
 def can_batch(own) -> bool:
     """True for models whose forward pass the batcher can drive with its own key/value cache."""
-    from ownllm.models.onnx_runtime import OnnxCausalLM
-
     model = own.model
     if isinstance(model, OnnxCausalLM):
         return getattr(model, "batchable", True)  # llama.cpp's context holds one sequence
@@ -144,7 +143,7 @@ class Batcher:
             with torch.inference_mode():
                 for row in arrived:
                     try:
-                        logits, row_past = self._forward(row.ids, row.mask, _positions(row.mask), None)
+                        logits, row_past = self._forward(row.ids, row.mask, positions_from_mask(row.mask), None)
                         row.choose(logits)
                     except BaseException as e:  # handed to the request's thread, which raises it
                         row.end(e)
@@ -183,8 +182,6 @@ class Batcher:
 
     def _forward(self, ids, mask, positions, past):
         """Last-position logits (rows, vocab) and the new keys/values, from transformers or onnxruntime."""
-        from ownllm.models.onnx_runtime import OnnxCausalLM
-
         model = self.own.model
         if isinstance(model, OnnxCausalLM):
             import torch
@@ -218,10 +215,6 @@ def _end_ids(own) -> set[int]:
     if value is None:
         value = own.tokenizer.eos_token_id
     return set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
-
-
-def _positions(mask):
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _left_pad(past, mask, width: int):

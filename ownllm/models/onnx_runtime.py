@@ -91,7 +91,7 @@ class OnnxCausalLM:
 
         input_ids = input_ids.cpu().long()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.cpu().long()
-        logits, _ = self._run(input_ids, mask, _positions(mask), self._empty_past(input_ids.shape[0]))
+        logits, _ = self._run(input_ids, mask, positions_from_mask(mask), self._empty_past(input_ids.shape[0]))
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
     def _eos_ids(self, tokenizer) -> set[int]:
@@ -123,7 +123,7 @@ class OnnxCausalLM:
 
         ids = input_ids.cpu().long()
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask.cpu().long()
-        step_ids, positions, past = ids, _positions(mask), self._empty_past(ids.shape[0])
+        step_ids, positions, past = ids, positions_from_mask(mask), self._empty_past(ids.shape[0])
         done = torch.zeros(ids.shape[0], dtype=torch.bool)
         if streamer is not None:
             streamer.put(ids)
@@ -151,7 +151,7 @@ class OnnxCausalLM:
         return ids
 
 
-def _positions(mask):
+def positions_from_mask(mask):
     """Position ids that skip left padding (what transformers computes from the attention mask)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
 

@@ -29,6 +29,8 @@ TIMING_PROMPT = "Write a short story about a lighthouse keeper and a storm."
 TIMING_TOKENS = 24
 # a bf16 copy serves only if, on the probe prompts, its greedy text is fp32's and no confident choice flips
 BF16_THRESHOLDS = {"greedy_matching_fraction": 1.0, "confident_top1": 1.0}
+# llama.cpp on the f16 GGUF: its greedy text must be torch's (its logits differ by f16 rounding)
+LLAMACPP_THRESHOLDS = {"greedy_matching_fraction": 1.0}
 
 
 def load_engine(source: str, engine: str = "auto", device: str = "auto", dtype: str = "auto", merge: bool = True,
@@ -75,20 +77,26 @@ def _torch(source: str, device: str, dtype: str, merge: bool, load_kwargs: dict)
     return _bf16_if_verified(own, source)
 
 
-def _bf16_if_verified(own, source: str):
-    """The model in bf16 when a bf16 copy passes BF16_THRESHOLDS against it on the probe prompts, else as it is."""
+def verify(reference, candidate, tokenizer, source: str, thresholds: dict) -> dict:
+    """How ``candidate`` (a model) follows ``reference`` on the probe prompts (the export checks' ``agreement``:
+    logits, next-token choices, 16-token greedy text), and whether every figure meets ``thresholds``."""
     from dataclasses import asdict
-
-    import torch
 
     from ownllm.export.common import agreement, probe_prompts
     from ownllm.rundir import run_dir_of
 
+    found = asdict(agreement(reference, candidate, tokenizer, probe_prompts(run_dir_of(source), tokenizer)))
+    return {"vs_torch_fp32": found, "thresholds": thresholds,
+            "passed": all(found[k] >= v for k, v in thresholds.items())}
+
+
+def _bf16_if_verified(own, source: str):
+    """The model in bf16 when a bf16 copy passes BF16_THRESHOLDS against it on the probe prompts, else as it is."""
+    import torch
+
     candidate = copy.deepcopy(own.model).to(torch.bfloat16).eval()
-    found = asdict(agreement(own.model, candidate, own.tokenizer, probe_prompts(run_dir_of(source), own.tokenizer)))
-    passed = all(found[k] >= v for k, v in BF16_THRESHOLDS.items())
-    checks = {"bf16_vs_fp32": found, "thresholds": BF16_THRESHOLDS, "passed": passed}
-    if not passed:
+    checks = verify(own.model, candidate, own.tokenizer, source, BF16_THRESHOLDS)
+    if not checks["passed"]:
         del candidate
         return own, {"engine": "torch", "dtype": "fp32", "why": "bf16 changed greedy answers on the probe "
                                                                 "prompts; fp32 kept", "checks": checks}
@@ -155,18 +163,7 @@ def _llamacpp(source: str, reference):
     folder = _built(source, "gguf", "f16")
     gguf = next(os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".gguf"))
     model = load_llamacpp(gguf, reference)
-    return model, greedy_check(reference, model, source)
-
-
-def greedy_check(reference, candidate, source: str) -> dict:
-    """Do ``candidate``'s greedy answers to the probe prompts equal ``reference``'s (16 new tokens each)?"""
-    from ownllm.export.common import probe_prompts
-    from ownllm.rundir import run_dir_of
-
-    prompts = probe_prompts(run_dir_of(source), reference.tokenizer)
-    greedy = dict(raw=True, temperature=0, max_new_tokens=16)  # the prompts are rendered already
-    same = [reference.generate(p, **greedy) == candidate.generate(p, **greedy) for p in prompts]
-    return {"greedy_identical": f"{sum(same)}/{len(same)}", "passed": all(same)}
+    return model, verify(reference.model, model.model, reference.tokenizer, source, LLAMACPP_THRESHOLDS)
 
 
 # -- auto ------------------------------------------------------------------------------------------
