@@ -68,12 +68,16 @@ def test_time_scales_with_hardware_and_mfu():
 def test_time_counts_replay_tokens_padding_and_a_fixed_cost_per_step():
     shape, job = MODELS["smollm2-135m"], Job(micro_batch=4)
     plain = train_time(shape, job, 0.4, 100, 200, 1, 0.4)
-    # replay rows cost their own (shorter) tokens and a base forward each, not the domain rows' length
+    # replay rows cost their own (shorter) tokens each epoch, not the domain rows' length, and one base
+    # forward before training
     short = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=50)
     long = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200)
     assert plain.hours < short.hours < long.hours
     per_replay_token = (long.flops - short.flops) / (50 * 150)
     assert per_replay_token == pytest.approx(flops_per_token(shape, job) + 2 * shape.params)
+    three = train_time(shape, job, 0.4, 100, 200, 3, 0.4, replay_rows=50, replay_tokens=200, val_fraction=0)
+    once = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200, val_fraction=0)
+    assert three.flops - 3 * once.flops == pytest.approx(-2 * 50 * 200 * 2 * shape.params)
     # rows of very different lengths in one batch compute their padding
     assert train_time(shape, job, 0.4, 100, 200, 1, 0.4, lengths=[200] * 100).flops == pytest.approx(plain.flops)
     # four rows of 20 and 380 tokens in one batch of 4: 1520 tokens computed for 800

@@ -181,7 +181,8 @@ def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_ex
                replay_tokens: float = 0.0, lengths: list[int] | None = None, step_seconds: float = 0.0) -> TimeEstimate:
     """Hours for ``epochs`` over ``examples`` rows of ``tokens_per_example`` tokens; validation (forward only,
     val_fraction of the data) included. ``replay_rows`` of ``replay_tokens`` tokens each (forgetting
-    protection) train beside them, each with a forward pass of the base model (2N FLOPs per token more).
+    protection) train beside them; the base model's distributions on them are computed once, before
+    training (one forward pass: 2N FLOPs per replay token, not per epoch).
     ``lengths``: every row's tokens when known, for the padding the batches compute (replay rows included
     here). ``step_seconds``: a fixed cost per micro-batch (optimizer, framework), as ``--calibrate`` measures
     it; the rest runs at ``mfu`` of the peak."""
@@ -191,7 +192,8 @@ def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_ex
     val_tokens = examples * val_fraction * tokens_per_example * epochs
     padding = computed_per_used_token(list(lengths or []) + [round(replay_tokens)] * replay_rows if lengths else None,
                                       job.micro_batch)
-    flops = (tokens * per_token + replay_total * 2 * shape.params) * padding + val_tokens * 2 * shape.params
+    base_once = replay_rows * replay_tokens * 2 * shape.params
+    flops = (tokens * per_token + base_once) * padding + val_tokens * 2 * shape.params
     rate = peak_tflops * 1e12 * mfu * job.gpus
     micro_batches = math.ceil((examples + replay_rows) / (job.micro_batch * max(1, job.gpus))) * epochs
     seconds = flops / rate + micro_batches * step_seconds

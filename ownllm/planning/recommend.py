@@ -53,7 +53,7 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
          step_seconds: float = 0.0) -> dict:
     """``examples``: the person's training rows; ``replay_rows``: forgetting protection's replayed rows of
     ``replay_tokens_per_example`` tokens (default: ``tokens_per_example``), trained beside them each epoch
-    (with a forward pass of the base model each). ``lengths``: every training row's tokens, when known (the
+    (the base model's distributions on them computed once, before training). ``lengths``: every training row's tokens, when known (the
     padding its batches compute). ``mfu`` and ``step_seconds``: utilisation and fixed seconds per micro-batch,
     as ``--calibrate`` measures them (default: a typical utilisation, no fixed cost)."""
     shape = spec  # the registry entry carries the shape the estimates need

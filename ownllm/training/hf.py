@@ -13,7 +13,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ownllm.data.render import IGNORE
 from ownllm.errors import DiskFullError
-from ownllm.training.protect import base_logprobs, kl_sum
+from ownllm.training.protect import kl_sum
 
 
 class NonFiniteLoss(Exception):
@@ -22,8 +22,12 @@ class NonFiniteLoss(Exception):
         super().__init__(f"the loss became NaN/inf at step {step}")
 
 
-def pad_collator(pad_id: int):
-    """Pad a list of {input_ids, labels} to the longest row; labels padded with -100."""
+def pad_collator(pad_id: int, replay_targets: list | None = None):
+    """Pad a list of {input_ids, labels} to the longest row; labels padded with -100.
+
+    Forgetting protection: rows with a ``replay`` number n > 0 are replayed general prompts; the batch
+    then carries a ``replay`` row mask and ``base_ids``/``base_logprobs``, the base model's distributions
+    ``replay_targets[n - 1]`` at those rows' trained positions, in row order."""
 
     def collate(rows):
         longest = max(len(r["input_ids"]) for r in rows)
@@ -36,8 +40,12 @@ def pad_collator(pad_id: int):
             labels[i, :n] = torch.tensor(r["labels"])
             mask[i, :n] = 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        if "replay" in rows[0]:  # forgetting protection: which rows are replayed general prompts
-            batch["replay"] = torch.tensor([bool(r["replay"]) for r in rows])
+        if "replay" in rows[0] and replay_targets is not None:
+            batch["replay"] = torch.tensor([r["replay"] > 0 for r in rows])
+            targets = [replay_targets[r["replay"] - 1] for r in rows if r["replay"] > 0]
+            if targets:
+                batch["base_ids"] = torch.cat([t[0] for t in targets])
+                batch["base_logprobs"] = torch.cat([t[1] for t in targets])
         return batch
 
     return collate
@@ -71,8 +79,9 @@ def trained_positions_loss(model, kl_weight: float = 0.0):
     ``logits_to_keep=no_logits(input_ids)`` so that it makes no logits of its own.
 
     Forgetting protection (``kl_weight`` > 0): rows marked as replay with ``loss_fn.set_replay(rows,
-    base_logprobs)`` contribute ``kl_weight`` x KL(base || tuned) at their answer positions instead of
-    cross-entropy (see ``ownllm.training.protect``); the sum is divided by the same token count."""
+    base_ids, base_logprobs)`` contribute ``kl_weight`` x KL(base || tuned) at their answer positions
+    instead of cross-entropy, against the base model's distributions computed before training (see
+    ``ownllm.training.protect``); the sum is divided by the same token count."""
     import contextlib
 
     import torch.nn.functional as F
@@ -102,10 +111,10 @@ def trained_positions_loss(model, kl_weight: float = 0.0):
         count = keep.sum() if num_items_in_batch is None else num_items_in_batch
         hidden = captured.pop("hidden")[:, :-1]
         replay, kl = captured.pop("replay", None), None
-        if replay is not None:  # (rows, base log-probs at those rows' answer positions, in keep's order)
-            rows, base = replay
+        if replay is not None:  # (rows, the base model's top ids and log-probs at their answer positions)
+            rows, base_ids, base_lp = replay
             head = model.get_output_embeddings()
-            kl = kl_sum(head(hidden[keep & rows[:, None]].to(head.weight.dtype)), base)
+            kl = kl_sum(head(hidden[keep & rows[:, None]].to(head.weight.dtype)), base_ids, base_lp)
             keep = keep & ~rows[:, None]
         hidden = hidden[keep]
         targets = targets[keep]
@@ -119,8 +128,8 @@ def trained_positions_loss(model, kl_weight: float = 0.0):
             total = total + kl_weight * kl
         return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
-    def set_replay(rows, base_logprobs) -> None:
-        captured["replay"] = (rows, base_logprobs)
+    def set_replay(rows, base_ids, base_logprobs) -> None:
+        captured["replay"] = (rows, base_ids, base_logprobs)
 
     loss_fn.capturing, loss_fn.set_replay, loss_fn.kl_weight = capturing, set_replay, kl_weight
     return loss_fn
@@ -145,14 +154,11 @@ class HFTrainer(transformers.Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replay = inputs.pop("replay", None)
+        base_ids, base_lp = inputs.pop("base_ids", None), inputs.pop("base_logprobs", None)
         if self.compute_loss_func is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if replay is not None and bool(replay.any()) and self.compute_loss_func.kl_weight:
-            rows = replay.to(inputs["labels"].device)
-            keep = inputs["labels"][rows][:, 1:] != IGNORE
-            base = base_logprobs(self.accelerator.unwrap_model(model), inputs["input_ids"][rows],
-                                 inputs["attention_mask"][rows], keep)
-            self.compute_loss_func.set_replay(rows, base)
+        if base_ids is not None and self.compute_loss_func.kl_weight:
+            self.compute_loss_func.set_replay(replay.to(inputs["labels"].device), base_ids, base_lp)
         # the loss needs the final hidden states, not full-vocabulary logits
         with self.compute_loss_func.capturing():
             return super().compute_loss(model, {**inputs, "logits_to_keep": no_logits(inputs["input_ids"])},

@@ -123,9 +123,10 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
 
 
 def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths, extra_callbacks=(),
-                     kl_weight: float = 0.0):
+                     kl_weight: float = 0.0, replay_targets: list | None = None):
     """The transformers Trainer for this run; ``lengths``: the training rows' token counts; ``kl_weight``:
-    forgetting protection's weight on replay rows (0: none)."""
+    forgetting protection's weight on replay rows (0: none), ``replay_targets`` the base model's
+    distributions on them (``protect.base_distributions``)."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import EarlyStoppingCallback
     from transformers.integrations import TensorBoardCallback
@@ -142,7 +143,7 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     callbacks += list(extra_callbacks)
     hf = HFTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
-                   data_collator=pad_collator(tokenizer.pad_token_id), processing_class=tokenizer,
+                   data_collator=pad_collator(tokenizer.pad_token_id, replay_targets), processing_class=tokenizer,
                    callbacks=callbacks, nan_policy=cfg.nan_policy,
                    compute_loss_func=trained_positions_loss(model, kl_weight) if supports_trained_positions_loss(model) else None)
     from transformers.trainer_callback import PrinterCallback
@@ -175,7 +176,7 @@ def run_training(trainer, data) -> dict:
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
-        train_ds, trainer.protection = add_replay(model, tokenizer, cfg, train_ds)
+        train_ds, trainer.protection, replay_targets = add_replay(model, tokenizer, cfg, train_ds)
     if trainer._resume:
         _follow_checkpoint_batch(cfg, trainer._resume, trainer.adjusted)
     if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
@@ -196,7 +197,8 @@ def run_training(trainer, data) -> dict:
     trainer.budget = budget
     while True:
         hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths,
-                              [budget["callback"]] if budget else [], trainer.protection.get("kl_weight", 0.0))
+                              [budget["callback"]] if budget else [], trainer.protection.get("kl_weight", 0.0),
+                              replay_targets)
         hf.own_signals.install()
         try:
             hf.train(resume_from_checkpoint=resume)
@@ -254,27 +256,30 @@ def _follow_checkpoint_batch(cfg, checkpoint: str, adjusted: dict) -> None:
 
 
 def add_replay(model, tokenizer, cfg, train_ds):
-    """Forgetting protection: the replay rows appended to the training rows (a ``replay`` column marks
-    them), and what the summary records. Validation stays the domain's own rows."""
+    """Forgetting protection: the replay rows appended to the training rows (a ``replay`` column numbers
+    them from 1; 0 is a domain row), what the summary records, and the base model's distributions on the
+    replay rows (``protect.base_distributions``, in that numbering; None without protection). Validation
+    stays the domain's own rows."""
     from datasets import concatenate_datasets
 
     from ownllm.training.data import tokenize
     from ownllm.training.hf import supports_trained_positions_loss
-    from ownllm.training.protect import protection_for, replay_rows
+    from ownllm.training.protect import base_distributions, protection_for, replay_rows
 
     protection = protection_for(cfg)
     if protection is None or not supports_trained_positions_loss(model):
         if cfg.protect != "off":
             _log(f"ownllm: forgetting protection is not applied to {cfg.method} on this model "
                  "(it needs LoRA, DoRA or QLoRA on a Llama/Qwen/Mistral-type model)")
-        return train_ds, {"level": cfg.protect, "applied": False}
+        return train_ds, {"level": cfg.protect, "applied": False}, None
     replay, _ = tokenize(replay_rows(model, tokenizer, cfg, len(train_ds), protection), tokenizer, cfg)
+    targets = base_distributions(model, replay, tokenizer.pad_token_id)
     mixed = concatenate_datasets([train_ds.add_column("replay", [0] * len(train_ds)),
-                                  replay.add_column("replay", [1] * len(replay))])
+                                  replay.add_column("replay", list(range(1, len(replay) + 1)))])
     _log(f"ownllm: forgetting protection '{cfg.protect}': {len(replay)} replayed general answers of the base "
          f"model beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
     return mixed, {"level": cfg.protect, "applied": True, "replay_rows": len(replay),
-                   "kl_weight": protection.kl_weight}
+                   "kl_weight": protection.kl_weight}, targets
 
 
 def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: dict) -> dict:
