@@ -22,35 +22,6 @@ class NonFiniteLoss(Exception):
         super().__init__(f"the loss became NaN/inf at step {step}")
 
 
-def pad_collator(pad_id: int, replay_targets: list | None = None):
-    """Pad a list of {input_ids, labels} to the longest row; labels padded with -100.
-
-    Forgetting protection: rows with a ``replay`` number n > 0 are replayed general prompts; the batch
-    then carries a ``replay`` row mask and ``base_ids``/``base_logprobs``, the base model's distributions
-    ``replay_targets[n - 1]`` at those rows' trained positions, in row order."""
-
-    def collate(rows):
-        longest = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        if "replay" in rows[0] and replay_targets is not None:
-            batch["replay"] = torch.tensor([r["replay"] > 0 for r in rows])
-            targets = [replay_targets[r["replay"] - 1] for r in rows if r["replay"] > 0]
-            if targets:
-                batch["base_ids"] = torch.cat([t[0] for t in targets])
-                batch["base_logprobs"] = torch.cat([t[1] for t in targets])
-        return batch
-
-    return collate
-
-
 # Model types whose logits are exactly lm_head(final hidden state): no soft-capping or logit scale.
 TRAINED_POSITIONS_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 CE_CHUNK_ROWS = 2048            # rows of logits materialised at once when the batch has many trained tokens

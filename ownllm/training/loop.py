@@ -132,7 +132,8 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     from transformers.integrations import TensorBoardCallback
 
     from ownllm.training.callbacks import MetricsCallback, ProgressCallback, SignalCallback, StatusFileCallback
-    from ownllm.training.hf import HFTrainer, pad_collator, supports_trained_positions_loss, trained_positions_loss
+    from ownllm.training.data import pad_collator
+    from ownllm.training.hf import HFTrainer, supports_trained_positions_loss, trained_positions_loss
 
     has_val = val_ds is not None and len(val_ds) > 0
     args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths)

@@ -148,7 +148,7 @@ def base_distributions(model, rows, pad_id: int, batch: int = 8, k: int = BASE_T
     import torch
 
     from ownllm.data.render import IGNORE
-    from ownllm.training.hf import pad_collator
+    from ownllm.training.data import pad_collator
 
     collate, device = pad_collator(pad_id), next(model.parameters()).device
     decoder, head = model.get_base_model().get_decoder(), model.get_output_embeddings()
