@@ -115,30 +115,29 @@ def kl_sum(tuned_logits, top_ids, top_logprobs):
     log-probabilities of those tokens and, last, of all the others together. Zero when the two models
     agree; its gradient with respect to a tuned logit is q - p for a top token and q (1 - p_rest / q_rest)
     for any other, q and p being the tuned and base probabilities."""
+    tuned = coarse_logprobs(tuned_logits, top_ids)
+    base = top_logprobs.to(tuned.dtype)
+    return (base.exp() * (base - tuned)).sum()
+
+
+def coarse_logprobs(logits, ids):
+    """Log-probabilities (positions, k + 1) of the tokens ``ids`` (positions, k) under ``logits`` (positions,
+    vocabulary) and, last, of all the other tokens together; in at least fp32."""
     import torch
 
-    dtype = torch.promote_types(tuned_logits.dtype, torch.float32)  # at least fp32 for the softmax
-    logits = tuned_logits.to(dtype)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     total = torch.logsumexp(logits, dim=-1, keepdim=True)
-    top = logits.gather(-1, top_ids) - total
-    rest = torch.logsumexp(logits.scatter(-1, top_ids, float("-inf")), dim=-1, keepdim=True) - total
-    tuned = torch.cat([top, rest], dim=-1)
-    base = top_logprobs.to(dtype)
-    return (base.exp() * (base - tuned)).sum()
+    rest = torch.logsumexp(logits.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
+    return torch.cat([logits.gather(-1, ids), rest], dim=-1) - total
 
 
 def top_k_logprobs(logits, k: int = BASE_TOP_K):
     """(ids, log-probabilities) of the ``k`` most likely tokens at each row of ``logits`` (positions,
     vocabulary), the log-probabilities followed by the log of the remaining mass, as ``kl_sum`` takes them.
     Never all of the vocabulary: the remaining bucket keeps at least one token."""
-    import torch
-
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     k = min(k, logits.shape[-1] - 1)
-    total = torch.logsumexp(logits, dim=-1, keepdim=True)
-    values, ids = logits.topk(k, dim=-1)
-    rest = torch.logsumexp(logits.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
-    return ids, torch.cat([values, rest], dim=-1) - total
+    ids = logits.topk(k, dim=-1).indices
+    return ids, coarse_logprobs(logits, ids)
 
 
 def base_distributions(model, rows, pad_id: int, batch: int = 8, k: int = BASE_TOP_K) -> list[tuple]:
