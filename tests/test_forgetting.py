@@ -24,6 +24,34 @@ def test_replay_prompts_never_ask_a_probe_question():
             assert len(words & qw) / len(words | qw) < 0.6, (r, q)
 
 
+def test_replay_follows_the_domains_language(monkeypatch):
+    """A Chinese domain moves the model most on Chinese text: most of its replay rows are Chinese ones, and an
+    English domain still gets some Chinese replay (half of the mix is the pool's)."""
+    from types import SimpleNamespace
+
+    from ownllm.training import protect
+
+    pool = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
+            for p in protect.replay_prompts()]
+    monkeypatch.setattr(protect, "base_answers", lambda model, tok, cfg: pool)
+    cfg, level = SimpleNamespace(seed=7), protect.Protection(replay_ratio=0.5, kl_weight=2.0)
+
+    def chat(q, a):
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+    def chinese_rows(domain):
+        rows = protect.replay_rows(None, None, cfg, domain, level)
+        assert len(rows) == 40 and len({r["messages"][0]["content"] for r in rows}) == 40
+        return sum(protect.is_cjk(r["messages"][0]["content"]) for r in rows)
+
+    pool_share = sum(protect.is_cjk(r["messages"][0]["content"]) for r in pool) / len(pool)
+    zh, en = [chat("诊所几点开门？", "早上八点。")] * 80, [chat("When do you open?", "At 8 am.")] * 80
+    assert protect.cjk_share(zh) == 1 and protect.cjk_share(en) == 0 and protect.cjk_share([{"text": "水"}]) == 1
+    assert chinese_rows(zh) == round(40 * (1 + pool_share) / 2) > 40 * pool_share
+    assert 0 < chinese_rows(en) == round(40 * pool_share / 2)
+    assert protect.replay_rows(None, None, cfg, zh, level) == protect.replay_rows(None, None, cfg, zh, level)
+
+
 def test_probe_items_are_well_formed_in_both_languages():
     items = probe.probe_items()
     assert len({i["id"] for i in items}) == len(items)

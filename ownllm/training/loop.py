@@ -177,7 +177,7 @@ def run_training(trainer, data) -> dict:
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
-        train_ds, trainer.protection, replay_targets = add_replay(model, tokenizer, cfg, train_ds)
+        train_ds, trainer.protection, replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train)
     if trainer._resume:
         _follow_checkpoint_batch(cfg, trainer._resume, trainer.adjusted)
     if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
@@ -256,7 +256,7 @@ def _follow_checkpoint_batch(cfg, checkpoint: str, adjusted: dict) -> None:
         _adjust(adjusted, "resumed with the checkpoint's micro-batch", batch_size=saved, grad_accum=cfg.grad_accum)
 
 
-def add_replay(model, tokenizer, cfg, train_ds):
+def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict]):
     """Forgetting protection: the replay rows appended to the training rows (a ``replay`` column numbers
     them from 1; 0 is a domain row), what the summary records, and the base model's distributions on the
     replay rows (``protect.base_distributions``, in that numbering; None without protection). Validation
@@ -273,7 +273,7 @@ def add_replay(model, tokenizer, cfg, train_ds):
             _log(f"ownllm: forgetting protection is not applied to {cfg.method} on this model "
                  "(it needs LoRA, DoRA or QLoRA on a Llama/Qwen/Mistral-type model)")
         return train_ds, {"level": cfg.protect, "applied": False}, None
-    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, len(train_ds), protection), tokenizer, cfg)
+    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, domain_rows, protection), tokenizer, cfg)
     targets = base_distributions(model, replay, tokenizer.pad_token_id)
     mixed = concatenate_datasets([train_ds.add_column("replay", [0] * len(train_ds)),
                                   replay.add_column("replay", list(range(1, len(replay) + 1)))])

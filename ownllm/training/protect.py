@@ -2,7 +2,8 @@
 
 Replay rows are general prompts (``resources/replay_prompts.txt``, none of them a probe question)
 followed by the base model's own greedy answer, generated once per base model and cached. They
-are mixed into the training rows (never into validation, so early stopping and the best
+are drawn more in the domain's language than the pool's (a Chinese domain moves the model most on Chinese
+text) and mixed into the training rows (never into validation, so early stopping and the best
 checkpoint follow the domain alone). On replay rows the loss is not cross-entropy but the KL
 divergence from the base model's next-token distribution to the tuned model's at every answer
 position: the adapter is pulled back to what the base model would have said. The base model's
@@ -17,6 +18,8 @@ import os
 import random
 from dataclasses import dataclass
 from importlib import resources
+
+from ownllm.evaluation.metrics import is_cjk
 
 REPLAY_NEW_TOKENS = 40   # keeps replay rows short (the general prompt plus a sentence or two)
 # What the planner assumes a replay row costs before the run has made them: on the embedded model, with
@@ -95,10 +98,31 @@ def base_answers(model, tokenizer, cfg) -> list[dict]:
     return rows
 
 
-def replay_rows(model, tokenizer, cfg, n_train: int, protection: Protection) -> list[dict]:
-    """``replay_count`` replay rows, drawn with the run's seed."""
+def replay_rows(model, tokenizer, cfg, domain_rows: list[dict], protection: Protection) -> list[dict]:
+    """``replay_count`` replay rows for ``domain_rows`` (the person's training rows), drawn with the run's seed,
+    in the domain's languages more than the pool's (``language_mix``)."""
     rows = base_answers(model, tokenizer, cfg)
-    return random.Random(cfg.seed).sample(rows, min(len(rows), replay_count(n_train, protection)))
+    rng, n = random.Random(cfg.seed), min(len(rows), replay_count(len(domain_rows), protection))
+    chinese = [r for r in rows if is_cjk(r["messages"][0]["content"])]
+    other = [r for r in rows if not is_cjk(r["messages"][0]["content"])]
+    want = round(n * language_mix(cjk_share(domain_rows), len(chinese) / max(1, len(rows))))
+    take = min(len(chinese), max(want, n - len(other)))
+    return rng.sample(chinese, take) + rng.sample(other, n - take)
+
+
+def language_mix(domain_share: float, pool_share: float) -> float:
+    """The share of Chinese replay rows: half the domain's share of Chinese rows, half the pool's. Fine-tuning
+    moves the model most on text like the domain's, so that is where most of the replay goes; the pool's
+    half keeps every language some protection."""
+    return (domain_share + pool_share) / 2
+
+
+def cjk_share(rows: list[dict]) -> float:
+    """The share of ``rows`` (chat or text rows) whose trained text is Chinese (or another CJK language)."""
+    def trained(r):
+        return " ".join(m.get("content") or "" for m in r["messages"] if m.get("role") == "assistant") \
+            if "messages" in r else r.get("text") or ""
+    return sum(is_cjk(trained(r)) for r in rows) / len(rows) if rows else 0.0
 
 
 # The base model's distribution at a replay position is kept as its 256 most likely tokens and one bucket for
