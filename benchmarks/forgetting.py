@@ -33,7 +33,8 @@ def run(data: str, out: str, protect: str) -> dict:
     g = result["general_answers"] or {}
     return {"data": os.path.basename(data), "protect": protect, "contains": result["tuned"]["contains"],
             "base_contains": result["base"]["contains"], "kept": g.get("kept"), "base_right": g.get("base_right"),
-            "kept_share": g.get("kept_share"), "perplexity_change": result.get("general_perplexity_change"),
+            "kept_share": g.get("kept_share"),
+            "kept_by_lang": g.get("kept_by_lang"), "base_right_by_lang": g.get("base_right_by_lang"), "perplexity_change": result.get("general_perplexity_change"),
             "train_seconds": round(wall, 1), "steps": summary["global_step"], "stopped": summary["stopped_because"],
             "lost": [x["question"] for x in g.get("lost_examples", [])]}
 
