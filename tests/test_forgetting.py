@@ -227,6 +227,25 @@ def test_kl_term_is_zero_for_a_zero_adapter_and_matches_finite_differences(tiny_
     assert float(both) > float(ce_only) > 0
 
 
+def test_general_drift_is_zero_for_the_base_and_the_mean_kl_per_answer_token(tiny_model_dir):
+    from ownllm.training.protect import base_distributions, general_drift
+
+    model, ids, mask, labels = _lora_batch(tiny_model_dir)
+    n = mask.sum(-1)
+    rows = [{"input_ids": ids[i, :n[i]].tolist(), "labels": labels[i, :n[i]].tolist()} for i in range(len(ids))]
+    targets = base_distributions(model, rows, pad_id=0, k=64)
+    assert general_drift(model, rows, targets, pad_id=0) < 1e-12  # LoRA B starts at zero: the base model itself
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    # the protected loss of the two rows, both replayed with KL weight 1, is the KL summed over their 9 answer
+    # positions divided by those 9: the same mean
+    mean = float(_protected_loss(model, ids, mask, labels, torch.tensor([True, True])))
+    assert general_drift(model, rows, targets, pad_id=0, batch=1) == pytest.approx(mean, rel=1e-9) and mean > 0
+
+
 def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(tiny_model_dir, qa_file, tmp_path,
                                                                               monkeypatch):
     import yaml
@@ -248,6 +267,15 @@ def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(
     p = summary["protection"]
     assert p["applied"] and p["replay_rows"] == max(16, math.ceil(0.35 * summary["train_rows"]))
     assert seen and all(n == summary["val_rows"] and "replay" not in cols for n, cols in seen)
+    # early stopping and the best checkpoint follow the domain's validation loss plus the weighted drift on
+    # replayed rows
+    evals = [json.loads(line) for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+             if "eval_protected_loss" in line]
+    assert evals and summary["best_checkpoint_by"] == "eval_protected_loss"
+    for e in evals:
+        assert e["eval_protected_loss"] == pytest.approx(e["eval_loss"] + 2.0 * e["eval_general_drift"], abs=1e-5)
+    assert summary["best_val_loss"] == evals[-1]["eval_loss"] and summary["general_drift"] == evals[-1][
+        "eval_general_drift"]
     assert yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())["protect"] == "default"
     off = Trainer(model=tiny_model_dir, train_dataset=qa_file, args={**args, "output_dir": str(tmp_path / "o"),
                                                                       "protect": "off"}).train()
@@ -286,11 +314,11 @@ def test_report_card_counts_kept_answers_and_warns(tiny_model_dir, qa_file, tmp_
 def test_planner_counts_the_replayed_rows():
     from ownllm.planning.profiles import get_profile
     from ownllm.planning.recommend import plan, spec_for
-    from ownllm.training.protect import replay_for_plan
+    from ownllm.training.protect import replay_for_plan, replay_prompts
 
     spec, gpu = spec_for("smollm2-135m"), get_profile("RTX 4090")
     replay = replay_for_plan("default", "lora", 1000)
-    assert replay == 141 and replay_for_plan("off", "lora", 1000) == 0 and replay_for_plan("default", "full", 1000) == 0
+    assert replay == len(replay_prompts()) and replay_for_plan("off", "lora", 1000) == 0 and replay_for_plan("default", "full", 1000) == 0
     plain = plan(spec, gpu, examples=1000, tokens_per_example=100)
     protected = plan(spec, gpu, examples=1000, tokens_per_example=100, replay_rows=replay)
     assert protected["examples"] == 1000 and protected["replay_rows"] == replay

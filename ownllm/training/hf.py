@@ -13,7 +13,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ownllm.data.render import IGNORE
 from ownllm.errors import DiskFullError
-from ownllm.training.protect import kl_sum
+from ownllm.training.protect import general_drift, kl_sum
 
 
 class NonFiniteLoss(Exception):
@@ -114,9 +114,11 @@ def no_logits(input_ids):
 
 
 class HFTrainer(transformers.Trainer):
-    def __init__(self, *args, nan_policy: str = "stop", **kwargs):
+    def __init__(self, *args, nan_policy: str = "stop", drift: tuple | None = None, **kwargs):
+        """``drift``: (replayed rows, the base model's distributions on them, pad id, KL weight): forgetting
+        protection's validation, see ``evaluation_loop``."""
         super().__init__(*args, **kwargs)
-        self.nan_policy = nan_policy
+        self.nan_policy, self.drift = nan_policy, drift
         self.tokens_seen = 0          # non-padding tokens through the model
         self.tokens_computed = 0      # tokens the batches computed, padding included
         self.trained_tokens = 0       # tokens with a label
@@ -134,6 +136,21 @@ class HFTrainer(transformers.Trainer):
         with self.compute_loss_func.capturing():
             return super().compute_loss(model, {**inputs, "logits_to_keep": no_logits(inputs["input_ids"])},
                                         return_outputs, num_items_in_batch)
+
+    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        """With forgetting protection, validation also scores the drift from the base model on replayed rows
+        (``{prefix}_general_drift``, mean KL per answer token) and ``{prefix}_protected_loss``: the domain's
+        validation loss plus the KL weight times that drift, what training minimises, per token. Early stopping
+        and the best checkpoint follow it, so the run keeps the checkpoint that knows the domain and still
+        answers like the base model, not the first one that knows the domain."""
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        loss = output.metrics.get(f"{metric_key_prefix}_loss")
+        if self.drift is not None and loss is not None:
+            rows, targets, pad_id, weight = self.drift
+            drift = general_drift(self.model, rows, targets, pad_id)
+            output.metrics[f"{metric_key_prefix}_general_drift"] = round(drift, 5)
+            output.metrics[f"{metric_key_prefix}_protected_loss"] = loss + weight * drift
+        return output
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())

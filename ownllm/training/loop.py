@@ -92,7 +92,8 @@ def choose_attention(model, device: str, lengths: list[int]) -> str:
 
 
 def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: str, precision: str,
-                       lengths: list[int] | None = None):
+                       lengths: list[int] | None = None, best_metric: str = "eval_loss"):
+    """``best_metric``: what early stopping and the best checkpoint follow (lower is better)."""
     from transformers import TrainingArguments
 
     from ownllm.planning.estimate import sampling_strategy, steps_per_epoch
@@ -111,7 +112,7 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=has_val, metric_for_best_model="eval_loss" if has_val else None,
+        load_best_model_at_end=has_val, metric_for_best_model=best_metric if has_val else None,
         greater_is_better=False if has_val else None,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
@@ -136,7 +137,9 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     from ownllm.training.hf import HFTrainer, supports_trained_positions_loss, trained_positions_loss
 
     has_val = val_ds is not None and len(val_ds) > 0
-    args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths)
+    drift = drift_rows(cfg, train_ds, replay_targets, tokenizer.pad_token_id, kl_weight) if has_val else None
+    args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths,
+                              "eval_protected_loss" if drift else "eval_loss")
     signals, metrics = SignalCallback(), MetricsCallback(os.path.join(run_dir, "metrics.jsonl"))
     callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(os.path.join(run_dir, "status.json"), device),
                  TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
@@ -145,13 +148,27 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     callbacks += list(extra_callbacks)
     hf = HFTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if has_val else None,
                    data_collator=pad_collator(tokenizer.pad_token_id, replay_targets), processing_class=tokenizer,
-                   callbacks=callbacks, nan_policy=cfg.nan_policy,
+                   callbacks=callbacks, nan_policy=cfg.nan_policy, drift=drift,
                    compute_loss_func=trained_positions_loss(model, kl_weight) if supports_trained_positions_loss(model) else None)
     from transformers.trainer_callback import PrinterCallback
 
     hf.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its prints
     hf.own_signals, hf.own_metrics = signals, metrics
     return hf
+
+
+def drift_rows(cfg, train_ds, replay_targets: list | None, pad_id: int, kl_weight: float) -> tuple | None:
+    """What validation scores for drift from the base model (``HFTrainer.evaluation_loop``): the first
+    ``protect.DRIFT_ROWS`` replayed rows (they come last in ``train_ds``, numbered from 1) with their base
+    distributions. None without protection, and under DeepSpeed, whose engine holds the weights."""
+    from ownllm.training.protect import DRIFT_ROWS
+
+    if not kl_weight or not replay_targets or cfg.deepspeed:
+        return None
+    first = len(train_ds) - len(replay_targets)
+    rows = train_ds.select(range(first, first + min(DRIFT_ROWS, len(replay_targets))))
+    assert rows[0]["replay"] == 1, "replay rows come last in the training rows"
+    return list(rows), replay_targets[:len(rows)], pad_id, kl_weight
 
 
 def run_training(trainer, data) -> dict:
@@ -311,6 +328,12 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
             "callback": TimeBudgetCallback(hours * 3600 * 0.97, start)}
 
 
+def _val_loss_at(history: list[dict], step: int | None, best_metric: float | None) -> float | None:
+    """The domain's validation loss of the best checkpoint (what best_metric is when it follows eval_loss)."""
+    return next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h and h.get("step") == step),
+                best_metric)
+
+
 def _free_accelerator_memory() -> None:
     import gc
 
@@ -360,7 +383,10 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
         "tokens_per_second": round(tokens_seen / wall, 1) if wall else 0, "processes": distributed.world_size(),
         "peak_memory_mb": _peak_memory_mb(device), "wall_seconds": round(wall, 1),
         "final_train_loss": losses[-1] if losses else None,
-        "best_val_loss": state.best_metric, "best_checkpoint": state.best_model_checkpoint,
+        "best_val_loss": _val_loss_at(history, state.best_global_step, state.best_metric),
+        "best_checkpoint": state.best_model_checkpoint, "best_checkpoint_by": hf.args.metric_for_best_model,
+        "general_drift": next((h["eval_general_drift"] for h in reversed(history) if "eval_general_drift" in h
+                               and h.get("step") == state.best_global_step), None),
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": trainer.attention, "added_terms": trainer.term_stats,
         "protection": trainer.protection, "continual": getattr(trainer, "continual", None),
@@ -374,9 +400,11 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
     }
     atomic_write(os.path.join(run_dir, "train_summary.json"), json.dumps(summary, indent=2, ensure_ascii=False))
     plot_losses(history, os.path.join(run_dir, "loss.png"))
+    best = summary["best_val_loss"]
     _log(f"ownllm: {stopped.replace('_', ' ')} after {state.global_step} steps in {wall:.0f}s "
-         f"({summary['tokens_per_second']:.0f} tokens/s); best val loss "
-         f"{state.best_metric if state.best_metric is not None else 'n/a'}; saved {out_dir}")
+         f"({summary['tokens_per_second']:.0f} tokens/s); best val loss {best if best is not None else 'n/a'}"
+         + (f" (step {state.best_global_step}, general drift {summary['general_drift']})"
+            if summary["general_drift"] is not None else "") + f"; saved {out_dir}")
     if interrupted:
         _log(f"resume with: ownllm train --resume {run_dir}")
     return summary
