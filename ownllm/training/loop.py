@@ -328,10 +328,9 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
             "callback": TimeBudgetCallback(hours * 3600 * 0.97, start)}
 
 
-def _val_loss_at(history: list[dict], step: int | None, best_metric: float | None) -> float | None:
-    """The domain's validation loss of the best checkpoint (what best_metric is when it follows eval_loss)."""
-    return next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h and h.get("step") == step),
-                best_metric)
+def _at_step(history: list[dict], step: int | None, key: str, default: float | None = None) -> float | None:
+    """The logged ``key`` of the evaluation at ``step`` (the best checkpoint's), else ``default``."""
+    return next((h[key] for h in reversed(history) if key in h and h.get("step") == step), default)
 
 
 def _free_accelerator_memory() -> None:
@@ -383,10 +382,9 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
         "tokens_per_second": round(tokens_seen / wall, 1) if wall else 0, "processes": distributed.world_size(),
         "peak_memory_mb": _peak_memory_mb(device), "wall_seconds": round(wall, 1),
         "final_train_loss": losses[-1] if losses else None,
-        "best_val_loss": _val_loss_at(history, state.best_global_step, state.best_metric),
+        "best_val_loss": _at_step(history, state.best_global_step, "eval_loss", state.best_metric),
         "best_checkpoint": state.best_model_checkpoint, "best_checkpoint_by": hf.args.metric_for_best_model,
-        "general_drift": next((h["eval_general_drift"] for h in reversed(history) if "eval_general_drift" in h
-                               and h.get("step") == state.best_global_step), None),
+        "general_drift": _at_step(history, state.best_global_step, "eval_general_drift"),
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": trainer.attention, "added_terms": trainer.term_stats,
         "protection": trainer.protection, "continual": getattr(trainer, "continual", None),

@@ -3,8 +3,9 @@
 Replay rows are general prompts (``resources/replay_prompts.txt``, none of them a probe question)
 followed by the base model's own greedy answer, generated once per base model and cached. They
 are drawn more in the domain's language than the pool's (a Chinese domain moves the model most on Chinese
-text) and mixed into the training rows (never into validation, so early stopping and the best
-checkpoint follow the domain alone). On replay rows the loss is not cross-entropy but the KL
+text) and mixed into the training rows, never into validation: validation scores the domain's rows, and
+early stopping and the best checkpoint follow their loss plus the KL weight times the drift on a few
+replayed rows (``general_drift``). On replay rows the loss is not cross-entropy but the KL
 divergence from the base model's next-token distribution to the tuned model's at every answer
 position: the adapter is pulled back to what the base model would have said. The base model's
 distributions on the replay rows are fixed, so they are computed once before training (the adapter
@@ -88,11 +89,8 @@ def base_answers(model, tokenizer, cfg) -> list[dict]:
     prompts = replay_prompts()
     rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}], chat_template=template,
                                               tokenize=False, add_generation_prompt=True) for p in prompts]
-    was_training = model.training
-    model.eval()
-    with model.disable_adapter():
+    with _evaluating(model), model.disable_adapter():
         answers, _, _ = generate_greedy(model, tokenizer, rendered, REPLAY_NEW_TOKENS, batch=16, strip=False)
-    model.train(was_training)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a.strip() or a}]}
             for p, a in zip(prompts, answers) if a]
     write_jsonl(path, rows)
@@ -104,8 +102,9 @@ def replay_rows(model, tokenizer, cfg, domain_rows: list[dict], protection: Prot
     in the domain's languages more than the pool's (``language_mix``)."""
     rows = base_answers(model, tokenizer, cfg)
     rng, n = random.Random(cfg.seed), min(len(rows), replay_count(len(domain_rows), protection))
-    chinese = [r for r in rows if is_cjk(r["messages"][0]["content"])]
-    other = [r for r in rows if not is_cjk(r["messages"][0]["content"])]
+    chinese, other = [], []
+    for r in rows:
+        (chinese if is_cjk(r["messages"][0]["content"]) else other).append(r)
     want = round(n * language_mix(cjk_share(domain_rows), len(chinese) / max(1, len(rows))))
     take = min(len(chinese), max(want, n - len(other)))
     return rng.sample(chinese, take) + rng.sample(other, n - take)
