@@ -172,6 +172,28 @@ def test_kl_sum_gradient_is_the_difference_of_distributions():
     assert torch.allclose(tuned.grad, torch.where(top, q - p, q * (1 - p_rest / q_rest)), atol=1e-9)
 
 
+def test_kl_sum_matches_autograd_through_the_coarse_distribution():
+    """kl_sum's written-out gradient is the one autograd gives through ``coarse_logprobs``, in fp32 and bf16, also
+    where the tuned model is so sure of one token that the others' mass underflows."""
+    from ownllm.training.protect import coarse_logprobs, kl_sum, top_k_logprobs
+
+    torch.manual_seed(0)
+    base_logits = torch.randn(6, 500) * 3
+    ids, lp = top_k_logprobs(base_logits, k=16)
+    tuned = base_logits + torch.randn(6, 500)
+    tuned[0, 7] = 200.0  # every other token's probability is below exp(-100)
+    for dtype in (torch.float32, torch.bfloat16):
+        mine, ref = (tuned.to(dtype).clone().requires_grad_(True) for _ in range(2))
+        value = kl_sum(mine, ids, lp)
+        value.backward()
+        coarse = coarse_logprobs(ref, ids)
+        expected = (lp.exp() * (lp - coarse)).sum()
+        expected.backward()
+        assert torch.isfinite(value) and float(value) == pytest.approx(float(expected), rel=1e-5)
+        assert mine.grad.dtype == dtype and torch.isfinite(mine.grad).all()
+        assert torch.allclose(mine.grad.float(), ref.grad.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
 def _lora_batch(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -285,6 +307,27 @@ def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(
     assert full["protection"]["applied"] is False  # no adapter to switch off: the base is not in memory
 
 
+def test_resumed_protected_run_reports_its_best_checkpoints_domain_loss(tiny_model_dir, qa_file, tmp_path,
+                                                                         monkeypatch):
+    from ownllm.training import hf
+    from ownllm.training.trainer import Trainer
+
+    args = {"precision": "fp32", "batch_size": 4, "max_steps": 4, "save_steps": 2, "early_stopping_patience": 0,
+            "output_dir": str(tmp_path / "r")}
+    Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args).train()
+    first = {e["step"]: e for e in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
+             if "eval_protected_loss" in e}
+    # resumed from checkpoint-2, whose evaluation came before the resume; step 4's now drifts far from the
+    # base model, so step 2 stays the best checkpoint
+    monkeypatch.setattr(hf, "general_drift", lambda *a, **k: 100.0)
+    resumed = Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args)
+    resumed.resume_from_checkpoint("checkpoint-2")
+    summary = resumed.train()
+    assert summary["best_checkpoint"].endswith("checkpoint-2")
+    assert summary["best_val_loss"] == first[2]["eval_loss"]  # the domain's loss, not the protected one
+    assert summary["general_drift"] == first[2]["eval_general_drift"]
+
+
 def test_report_card_counts_kept_answers_and_warns(tiny_model_dir, qa_file, tmp_path):
     from ownllm.evaluation.compare import evaluate
     from ownllm.evaluation.report import forgetting_warnings, to_markdown
@@ -325,3 +368,23 @@ def test_planner_counts_the_replayed_rows():
     # each replayed row trains, and the base model's distributions on them are computed once: a little more
     # than their share of the time
     assert 1 + replay / 1000 < protected["hours"] / plain["hours"] < 1 + 1.2 * replay / 1000
+
+
+def test_planner_counts_the_drift_scored_at_each_validation():
+    from ownllm.planning.estimate import Job, train_time
+    from ownllm.planning.recommend import spec_for
+    from ownllm.training.protect import DRIFT_ROWS
+
+    shape, job = spec_for("smollm2-135m"), Job(method="lora", precision="bf16", micro_batch=8)
+
+    def validation_flops(replay_rows):
+        def flops(val_fraction):
+            return train_time(shape, job, 100.0, examples=500, tokens_per_example=60, epochs=3, mfu=0.3,
+                              val_fraction=val_fraction, replay_rows=replay_rows, replay_tokens=80).flops
+        return flops(0.1) - flops(0.0)
+
+    # each validation (once per epoch) runs DRIFT_ROWS replayed rows forward, beside the domain's rows
+    extra = validation_flops(51) - validation_flops(0)
+    assert extra == pytest.approx(2 * shape.params * DRIFT_ROWS * 80 * 3, rel=1e-9)
+    # fewer replayed rows than DRIFT_ROWS: all of them
+    assert validation_flops(5) - validation_flops(0) == pytest.approx(2 * shape.params * 5 * 80 * 3, rel=1e-9)

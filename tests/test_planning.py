@@ -74,7 +74,10 @@ def test_time_counts_replay_tokens_padding_and_a_fixed_cost_per_step():
     long = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200)
     assert plain.hours < short.hours < long.hours
     per_replay_token = (long.flops - short.flops) / (50 * 150)
-    assert per_replay_token == pytest.approx(flops_per_token(shape, job) + 2 * shape.params)
+    # and each validation scores DRIFT_ROWS of the 50 forward
+    from ownllm.training.protect import DRIFT_ROWS
+
+    assert per_replay_token == pytest.approx(flops_per_token(shape, job) + 2 * shape.params * (1 + DRIFT_ROWS / 50))
     three = train_time(shape, job, 0.4, 100, 200, 3, 0.4, replay_rows=50, replay_tokens=200, val_fraction=0)
     once = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200, val_fraction=0)
     assert three.flops - 3 * once.flops == pytest.approx(-2 * 50 * 200 * 2 * shape.params)

@@ -61,11 +61,16 @@ class TimeBudgetCallback(TrainerCallback):
 
 
 class MetricsCallback(TrainerCallback):
-    """Append every log to metrics.jsonl; keep the history for loss.png and the summary."""
+    """Append every log to metrics.jsonl; keep the run's history for loss.png and the summary (a resumed run's
+    starts from the checkpoint's log history, so its best checkpoint's evaluation is there even when it came
+    before the resume)."""
 
     def __init__(self, path: str):
         self.path = path
         self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.history = [dict(h) for h in state.log_history]  # empty unless resumed from a checkpoint
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
