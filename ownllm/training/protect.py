@@ -24,10 +24,13 @@ from importlib import resources
 
 from ownllm.evaluation.metrics import is_cjk
 
-REPLAY_NEW_TOKENS = 40   # keeps replay rows short (the general prompt plus a sentence or two)
+# Keeps replay rows short: the general prompt and the start of the base model's answer, where a fine-tune's damage
+# shows (short factual answers end sooner). Support sample (benchmarks/RESULTS.md): 24 tokens kept 69 and 71 of
+# 76 general answers in two runs with 0.81x the replayed tokens of 40 (68 of 76 in three); 16 kept 66.
+REPLAY_NEW_TOKENS = 24
 # What the planner assumes a replay row costs before the run has made them: on the embedded model, with
-# its chat template's default system prompt, the prompt and up to 40 answer tokens, they average 81.
-REPLAY_TOKENS_PER_ROW = 80
+# its chat template's default system prompt, the prompt and up to 24 answer tokens, they average 63.
+REPLAY_TOKENS_PER_ROW = 63
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def cjk_share(rows: list[dict]) -> float:
 # The base model's distribution at a replay position is kept as its 256 most likely tokens and one bucket for
 # the rest of the vocabulary: KL between those coarse distributions is zero when the models agree; on the
 # embedded model's 141 replay answers the bucket holds 1.2% of the probability on average (64 tokens: 4.2%,
-# 512: 0.7%). 191 rows of ~40 answer tokens are ~24 MB.
+# 512: 0.7%). 191 rows of ~23 answer tokens are ~14 MB.
 BASE_TOP_K = 256
 
 
@@ -199,8 +202,9 @@ def top_k_logprobs(logits, k: int = BASE_TOP_K):
 
 # Validation also scores this many replayed rows for drift from the base model (a few seconds per evaluation on
 # a CPU): the best checkpoint by the domain's loss alone is an early one, before the KL term has pulled the
-# general answers back (support sample: best at step 100 of 250, 61 of 76 general answers kept).
-DRIFT_ROWS = 16
+# general answers back (support sample: best at step 100 of 250, 61 of 76 general answers kept). 8 rather than 16:
+# each validation took 2.2 s for 16 rows against 1.4 s for the domain's own 18 (benchmarks/RESULTS.md).
+DRIFT_ROWS = 8
 
 
 def base_distributions(model, rows, pad_id: int, batch: int = 8, k: int = BASE_TOP_K) -> list[tuple]:
