@@ -26,7 +26,7 @@ from ownllm.evaluation.metrics import is_cjk
 
 # Keeps replay rows short: the general prompt and the start of the base model's answer, where a fine-tune's damage
 # shows (short factual answers end sooner). Support sample (benchmarks/RESULTS.md): 24 tokens kept 69 and 71 of
-# 76 general answers in two runs with 0.81x the replayed tokens of 40 (68 of 76 in three); 16 kept 66.
+# 76 general answers in two runs with 0.81x the replayed tokens of 40 (68-69 of 76 in four); 16 kept 66.
 REPLAY_NEW_TOKENS = 24
 # What the planner assumes a replay row costs before the run has made them: on the embedded model, with
 # its chat template's default system prompt, the prompt and up to 24 answer tokens, they average 63.
