@@ -47,7 +47,10 @@ def test_replay_follows_the_domains_language(monkeypatch):
     pool_share = sum(protect.is_cjk(r["messages"][0]["content"]) for r in pool) / len(pool)
     zh, en = [chat("诊所几点开门？", "早上八点。")] * 80, [chat("When do you open?", "At 8 am.")] * 80
     assert protect.cjk_share(zh) == 1 and protect.cjk_share(en) == 0 and protect.cjk_share([{"text": "水"}]) == 1
-    assert chinese_rows(zh) == round(40 * (1 + pool_share) / 2) > 40 * pool_share
+    # a Chinese domain gets more Chinese replay than the pool's share, but never more than half
+    assert chinese_rows(zh) == round(40 * min(0.5, (1 + pool_share) / 2)) == 20 > 40 * pool_share
+    mixed = zh[:20] + en[:60]  # a quarter Chinese: half of that and half the pool's, under the cap
+    assert chinese_rows(mixed) == round(40 * (0.25 + pool_share) / 2)
     assert 0 < chinese_rows(en) == round(40 * pool_share / 2)
     assert protect.replay_rows(None, None, cfg, zh, level) == protect.replay_rows(None, None, cfg, zh, level)
 
