@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def run(data: str, out: str, protect: str) -> dict:
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.evaluation.compare import evaluate
     from ownllm.training.trainer import Trainer
 
@@ -66,7 +66,7 @@ def continual(tmp: str, alone: bool = True) -> dict:
     """Half of the support sample's facts, then the other half on top (`--resume --data`), against a single
     run on the second half alone. Targets (issue 17): the first half's accuracy stays >= 90% of what it
     was; the second half's reaches the single run's."""
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.evaluation.compare import evaluate
     from ownllm.training.trainer import Trainer
 

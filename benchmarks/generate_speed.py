@@ -51,7 +51,7 @@ def load_sides(source: str, label: str) -> dict:
     """ownllm's engines for ``source``, as ``serve --engine`` loads them."""
     from importlib.util import find_spec
 
-    from ownllm.planning.hardware import cpu_has_fast_bf16
+    from ownllm.device import cpu_has_fast_bf16
     from ownllm.serving.engines import load_engine
 
     sides = {f"{label} torch fp32": load_engine(source, "torch", dtype="fp32")[0]}

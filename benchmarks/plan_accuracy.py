@@ -28,11 +28,11 @@ def predict(data: str, settings: dict, steps: int, measured: dict) -> dict:
     """The planner's prediction for `steps` optimizer steps of a run on `data`, made before it starts."""
     import dataclasses
 
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.data.prepare import prepare_dataset
     from ownllm.planning.estimate import steps_per_epoch
     from ownllm.planning.profiles import this_machine
-    from ownllm.planning.recommend import plan, spec_for
+    from ownllm.planning.plan import plan, spec_for
     from ownllm.training.defaults import resolve_defaults
     from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
 

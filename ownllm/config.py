@@ -1,142 +1,94 @@
-"""Typed configuration: the dataclass is the CLI (field help becomes ``--help``) and the YAML.
+"""One dataclass per stage, written once, becomes everything a person sets that stage with.
 
-``validate()`` collects every problem and raises once. Nothing heavy is imported here.
+Each stage keeps its settings in a dataclass on its own floor (``PrepareConfig`` in ``data/prepare.py``,
+``TrainConfig`` in ``training/config.py``, ``PlanConfig`` in ``training/plan.py``, ...), its fields made with
+:func:`setting` (default + help). This module turns such a class into its command-line flags
+(:func:`add_flags`, help from the field), its studio request model (:func:`request_model`) and its
+``config.yaml`` mapping (:func:`load_yaml`, :func:`save_yaml`). It knows no stage: the foundation floor.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import os
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import field, fields
 
 from ownllm.errors import ConfigError
 
-METHODS = ("lora", "qlora", "full", "dora", "prefix")
-PROTECTION_LEVELS = ("off", "default", "strong")
+
+def setting(default, help: str, *, flag: str | None = None, cli: bool = True, choices=None, **kw):
+    """A stage field: its default, its help (``--help`` and the studio), its flag name when it is not the
+    field's own (``--micro-batch`` for ``batch_size``), whether it is a flag at all, and its choices."""
+    meta = {"help": help, "cli": cli, "flag": flag, "choices": tuple(choices) if choices else None, **kw}
+    return field(default=default, metadata=meta)
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _field_type(cls, f) -> tuple[type, bool]:
+    """(the field's plain type, whether None is allowed)."""
+    typ = typing.get_type_hints(cls)[f.name]
+    inner = [t for t in typing.get_args(typ) if t is not type(None)]
+    if not inner:
+        return typ, False
+    return (float if set(inner) == {float, int} else inner[0]), len(inner) < len(typing.get_args(typ))
 
 
-@dataclass
-class TrainConfig:
-    data: str | None = _f(None, "dataset file/folder, or a run directory prepared by `ownllm data prepare`")
-    model: str = _f("smollm2-135m", "base model: alias, HF folder, .gguf file or hub id")
-    out: str | None = _f(None, "run directory (default runs/<data name>)")
-    method: str = _f("lora", "lora | qlora | full | dora | prefix")
-    epochs: float | None = _f(None, "epochs (default: chosen from the dataset size; early stopping decides)")
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides --epochs)")
-    lr: float | None = _f(None, "learning rate (default by method and dataset size: LoRA 2e-4..1e-3, full 3e-5)")
-    batch_size: int = _f(8, "micro-batch per device (lowered automatically on out-of-memory)")
-    grad_accum: int | None = _f(None, "gradient accumulation steps (default 4, fewer on small datasets)")
-    max_seq_len: int = _f(1024, "longest sequence in tokens; longer rows are truncated")
-    lora_r: int | None = _f(None, "LoRA rank (default 16, 64 on small datasets)")
-    lora_alpha: int | None = _f(None, "LoRA alpha (default 2 x rank)")
-    lora_dropout: float = _f(0.1, "dropout on LoRA layers (the guide's 0.1)")
-    target_modules: str = _f("all-linear", "modules to adapt: all-linear or a comma list (q_proj,v_proj)")
-    prefix_tokens: int = _f(20, "virtual tokens for prefix tuning")
-    save_steps: int | None = _f(None, "checkpoint every N steps (default 100, or once per epoch when shorter)")
-    eval_steps: int | None = _f(None, "validate every N steps (default: same as --save-steps)")
-    save_total_limit: int = _f(3, "checkpoints to keep (the best one is always kept)")
-    early_stopping_patience: int = _f(3, "stop after N validations without improvement (0 disables)")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    warmup: float = _f(0.05, "warm-up: a fraction of the steps (< 1) or a number of steps")
-    scheduler: str = _f("cosine", "learning-rate schedule: cosine | linear | constant_with_warmup")
-    gradient_checkpointing: bool = _f(False, "recompute activations to save memory (slower)")
-    precision: str = _f("auto", "auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on GPUs, fp32 on CPUs without native bf16)")
-    deepspeed: str | None = _f(None, "DeepSpeed JSON config (passed to transformers)")
-    seed: int = _f(42, "random seed")
-    init_adapter: str | None = _f(None, "start from an earlier adapter (folder or run dir): incremental learning")
-    add_terms: str | None = _f(None, "text file of domain terms (one per line) to add to the vocabulary")
-    system: str | None = _f(None, "system prompt baked into every training example")
-    template: str | None = _f(None, "chat template: the model's own (default) or chatml, llama3, qwen, deepseek, alpaca")
-    train_on_prompt: bool = _f(False, "also train on user/system tokens (default: assistant tokens only)")
-    nan_policy: str = _f("stop", "on a NaN/inf loss: stop (keep the last good checkpoint) or skip the step")
-    logging_steps: int = _f(5, "log train loss every N steps")
-    device: str = _f("auto", "auto | cpu | cuda | mps")
-    split: str = _f("0.8,0.1,0.1", "train,val,test fractions when --data is a raw file")
-    time_budget: str | None = _f(None, "fit the run to a wall-clock budget (e.g. 3h, 45m): max steps from the plan, "
-                                       "then a graceful stop with a checkpoint when the budget is spent")
-    protect: str = _f("default", "keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
-                                 "replays general prompts with a KL term to the base model (see README)")
-    hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
-
-    def validate(self) -> "TrainConfig":
-        p = []
-        if self.method not in METHODS:
-            p.append(f"--method must be one of {', '.join(METHODS)} (got '{self.method}')")
-        for name in ("batch_size", "max_seq_len", "logging_steps", "prefix_tokens", "save_total_limit"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                p.append(f"--{name.replace('_', '-')} must be an integer >= 1 (got {v!r})")
-        for name in ("grad_accum", "max_steps", "lora_r", "lora_alpha", "save_steps", "eval_steps"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                p.append(f"--{name.replace('_', '-')} must be an integer >= 1 (got {v!r})")
-        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            p.append(f"--epochs must be > 0 (got {self.epochs!r})")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            p.append(f"--lr must be between 0 and 1 (got {self.lr!r})")
-        if not 0 <= self.lora_dropout < 1:
-            p.append(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
-        if not 0 <= self.weight_decay < 1:
-            p.append(f"--weight-decay must be in [0, 1) (got {self.weight_decay})")
-        if self.warmup < 0:
-            p.append(f"--warmup must be >= 0 (got {self.warmup})")
-        if self.early_stopping_patience < 0:
-            p.append(f"--early-stopping-patience must be >= 0 (got {self.early_stopping_patience})")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            p.append(f"--precision must be auto, fp32, fp16 or bf16 (got '{self.precision}')")
-        if self.scheduler not in ("cosine", "linear", "constant_with_warmup", "constant"):
-            p.append(f"--scheduler must be cosine, linear, constant_with_warmup or constant (got '{self.scheduler}')")
-        if self.protect not in PROTECTION_LEVELS:
-            p.append(f"--protect must be one of {', '.join(PROTECTION_LEVELS)} (got '{self.protect}')")
-        if self.nan_policy not in ("stop", "skip"):
-            p.append(f"--nan-policy must be stop or skip (got '{self.nan_policy}')")
-        for name in ("deepspeed", "add_terms"):
-            v = getattr(self, name)
-            if v and not os.path.isfile(v):
-                p.append(f"--{name.replace('_', '-')}: file not found: {v}")
-        if self.add_terms and os.path.isfile(self.add_terms):
-            from ownllm.data.formats import read_text_file
-            from ownllm.errors import DataError
-
-            try:  # before any model loads: a terms file that does not decode fails now, not after loading
-                read_text_file(self.add_terms, "--add-terms")
-            except DataError as e:
-                p.append(str(e).split("\n")[0])
-        if self.init_adapter and not os.path.exists(self.init_adapter):
-            p.append(f"--init-adapter: not found: {self.init_adapter}")
-        if self.data is not None and not os.path.exists(self.data):
-            p.append(f"--data: not found: {self.data}")
-        if self.out is not None and os.path.isfile(self.out):
-            p.append(f"--out {self.out} is a file: give a folder for the run (it will be created)")
-        if self.template:
-            from ownllm.models.templates import TEMPLATES
-
-            if self.template not in TEMPLATES:
-                p.append(f"--template must be one of {', '.join(TEMPLATES)} (got '{self.template}')")
-        if self.time_budget is not None:
-            from ownllm.planning.recommend import parse_duration
-
-            try:
-                if parse_duration(self.time_budget) <= 0:
-                    p.append(f"--time-budget must be positive (got {self.time_budget})")
-            except ConfigError as e:
-                p += [f"--time-budget: {q}" + (f" ({e.hint})" if e.hint else "") for q in e.problems]
-        if p:
-            raise ConfigError(p)
-        return self
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+# -- command-line flags ------------------------------------------------------------------------------
+def add_flags(parser, cls, skip=(), only=None) -> None:
+    """One flag per field of ``cls`` (``--field-name``, or the field's own ``flag``), help from its metadata.
+    Every flag defaults to None, so :func:`values_from_args` tells "not given" from a value."""
+    for f in fields(cls):
+        if f.name in skip or (only is not None and f.name not in only) or not f.metadata.get("cli", True):
+            continue
+        names = ["--" + f.name.replace("_", "-")]
+        if f.metadata.get("flag"):
+            names = [f.metadata["flag"], *names]
+        typ, _ = _field_type(cls, f)
+        help_text = f.metadata["help"]
+        if typ is bool:
+            parser.add_argument(*names, dest=f.name, action="store_true", default=None, help=help_text)
+            continue
+        conv = {int: int, float: float}.get(typ, str)
+        parser.add_argument(*names, dest=f.name, type=conv, default=None, help=help_text,
+                            choices=f.metadata.get("choices"))
 
 
-# -- YAML and key=value overrides ----------------------------------------------------------
+def values_from_args(args, cls) -> dict:
+    """The fields of ``cls`` given on the command line (flags added by :func:`add_flags`)."""
+    out = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    for name, value in out.items():
+        if isinstance(value, float) and value.is_integer() and _field_type(cls, _by_name(cls)[name])[0] is not float:
+            out[name] = int(value)
+    return out
+
+
+def _by_name(cls) -> dict:
+    return {f.name: f for f in fields(cls)}
+
+
+# -- the studio's request models ---------------------------------------------------------------------
+def request_model(cls, name: str, only=None, defaults: dict | None = None, extra: dict | None = None):
+    """A pydantic model of ``cls``'s fields (or ``only`` those), with ``defaults`` replacing the dataclass's,
+    plus ``extra`` fields (name: (type, default)). Unknown keys are refused; ``validate()`` of the stage's
+    dataclass checks the values, so the page and the CLI refuse the same things with the same words."""
+    from pydantic import ConfigDict, Field, create_model
+
+    hints = typing.get_type_hints(cls)
+    spec = {}
+    for f in fields(cls):
+        if (only is not None and f.name not in only) or not f.metadata.get("cli", True):
+            continue
+        default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        spec[f.name] = (hints[f.name] | None if default is None else hints[f.name],
+                        Field(default, description=f.metadata.get("help")))
+    spec.update(extra or {})
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
+
+
+# -- config.yaml and key=value overrides -----------------------------------------------------------
 def coerce(cls, key: str, value):
     """Turn a string from the command line into the field's type."""
-    names = {f.name: f for f in fields(cls)}
+    names = _by_name(cls)
     key = key.replace("-", "_")
     if key not in names:
         close = difflib.get_close_matches(key, names, n=3)
@@ -158,7 +110,9 @@ def coerce(cls, key: str, value):
     return key, parsed
 
 
-def load_yaml(path: str, cls=TrainConfig, overrides: list[str] | None = None):
+def load_yaml(path: str, cls, overrides: list[str] | None = None, sections: tuple[str, ...] = ()):
+    """``cls`` from a YAML mapping of its fields, with ``key=value`` ``overrides``. Keys named in ``sections``
+    (other stages' settings kept in the same file) are left for their own stage."""
     import yaml
 
     if not os.path.isfile(path):
@@ -171,7 +125,8 @@ def load_yaml(path: str, cls=TrainConfig, overrides: list[str] | None = None):
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of settings", where=path)
     values, problems = {}, []
-    for k, v in list(raw.items()) + [tuple(o.split("=", 1)) if "=" in o else (o, None) for o in overrides or []]:
+    for k, v in [(k, v) for k, v in raw.items() if k not in sections] + \
+            [tuple(o.split("=", 1)) if "=" in o else (o, None) for o in overrides or []]:
         try:
             key, val = coerce(cls, str(k), v)
             values[key] = val
@@ -182,10 +137,15 @@ def load_yaml(path: str, cls=TrainConfig, overrides: list[str] | None = None):
     return cls(**values)
 
 
-def save_yaml(cfg, path: str, header: str = "") -> None:
+def save_yaml(cfg, path: str, header: str = "", sections: dict | None = None) -> None:
+    """``cfg``'s set fields as YAML, with other stages' settings under their ``sections`` names."""
     import yaml
 
     from ownllm.utils import atomic_write
 
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
+    for name, section in (sections or {}).items():
+        if section is not None:
+            data[name] = {k: v for k, v in (dataclasses.asdict(section) if dataclasses.is_dataclass(section)
+                                            else section).items() if v is not None}
     atomic_write(path, header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))

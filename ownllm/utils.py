@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -60,3 +61,11 @@ def _remove(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+
+
+def is_cjk(text: str) -> bool:
+    """True when ``text`` has a Chinese, Japanese or Korean character."""
+    return bool(CJK.search(text or ""))

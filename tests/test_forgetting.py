@@ -98,7 +98,8 @@ def _train_on_probe(tiny_model_dir, items, max_steps=400):
     answers 10 of them: a fixed step count was enough on one CPU and not on another)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ownllm.data.render import chat_template_for, render_row
+    from ownllm.models.templates import chat_template_for
+    from ownllm.data.render import render_row
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -359,7 +360,7 @@ def test_report_card_counts_kept_answers_and_warns(tiny_model_dir, qa_file, tmp_
 
 def test_planner_counts_the_replayed_rows():
     from ownllm.planning.profiles import get_profile
-    from ownllm.planning.recommend import plan, spec_for
+    from ownllm.planning.plan import plan, spec_for
     from ownllm.training.protect import replay_for_plan, replay_prompts
 
     spec, gpu = spec_for("smollm2-135m"), get_profile("RTX 4090")
@@ -375,7 +376,7 @@ def test_planner_counts_the_replayed_rows():
 
 def test_planner_counts_the_drift_scored_at_each_validation():
     from ownllm.planning.estimate import Job, train_time
-    from ownllm.planning.recommend import spec_for
+    from ownllm.planning.plan import spec_for
     from ownllm.training.protect import DRIFT_ROWS
 
     shape, job = spec_for("smollm2-135m"), Job(method="lora", precision="bf16", micro_batch=8)
@@ -383,7 +384,8 @@ def test_planner_counts_the_drift_scored_at_each_validation():
     def validation_flops(replay_rows):
         def flops(val_fraction):
             return train_time(shape, job, 100.0, examples=500, tokens_per_example=60, epochs=3, mfu=0.3,
-                              val_fraction=val_fraction, replay_rows=replay_rows, replay_tokens=80).flops
+                              val_fraction=val_fraction, replay_rows=replay_rows, replay_tokens=80,
+                              drift_rows=DRIFT_ROWS).flops
         return flops(0.1) - flops(0.0)
 
     # each validation (once per epoch) runs DRIFT_ROWS replayed rows forward, beside the domain's rows

@@ -115,7 +115,7 @@ def test_cli_generate_with_tiny_model(tiny_model_dir):
 
 
 def test_generate_dtype_flag(tiny_model_dir):
-    from ownllm.planning.hardware import cpu_has_fast_bf16
+    from ownllm.device import cpu_has_fast_bf16
 
     out = run_cli("generate", tiny_model_dir, "hi", "--device", "cpu", "--dtype", "fp16", "--max-new-tokens", "2")
     assert out.returncode == 2 and "fp16" in out.stderr and "Traceback" not in out.stderr
@@ -136,7 +136,7 @@ def test_doctor_reports_this_machine():
 
 def test_precision_choice_on_cpu():
     from ownllm.errors import HardwareError
-    from ownllm.planning import hardware
+    from ownllm import device as hardware
 
     assert hardware.cpu_has_fast_bf16({"avx2"}) is False
     assert hardware.cpu_has_fast_bf16({"avx2", "avx512_bf16"}) is True

@@ -51,7 +51,7 @@ def test_prefix_tuning_stays_unmerged_and_says_why(tiny_model_dir, qa_file, tmp_
 
 def test_a_merge_that_changes_the_logits_fails_loudly(tiny_model_dir, qa_file, tmp_path, monkeypatch):
     from ownllm.errors import OwnLLMError
-    from ownllm.models.load import load_model, merge_for_inference
+    from ownllm.models.load import load_model, merge_adapter
 
     run = _train(tiny_model_dir, qa_file, tmp_path / "broken", "lora")
     own = load_model(run, device="cpu")
@@ -65,4 +65,4 @@ def test_a_merge_that_changes_the_logits_fails_loudly(tiny_model_dir, qa_file, t
 
     monkeypatch.setattr(own.model.base_model, "merge_and_unload", broken)
     with pytest.raises(OwnLLMError, match="merging the adapter changed the logits"):
-        merge_for_inference(own.model, own.tokenizer)
+        merge_adapter(own.model, own.tokenizer)

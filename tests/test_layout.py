@@ -99,6 +99,51 @@ def test_no_import_circles_and_no_private_names_across_packages():
     assert not circles, circles
 
 
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "architecture.md")
+
+
+def _floors() -> dict[str, int]:
+    """Package -> floor number (0 is the ground), from the ```floors block of docs/architecture.md (top floor
+    first, one floor a line)."""
+    text = open(DOCS, encoding="utf-8").read()
+    block = text.split("```floors\n", 1)[1].split("```", 1)[0]
+    lines = [line.split() for line in block.strip().splitlines()]
+    return {("ownllm" if name == "ownllm" else f"ownllm.{name}"): len(lines) - 1 - i
+            for i, names in enumerate(lines) for name in names}
+
+
+def test_packages_import_only_their_floor_or_below():
+    mods, floors = _modules(), _floors()
+    unplaced = sorted({_package(m) for m in mods} - set(floors))
+    assert not unplaced, f"packages on no floor of docs/architecture.md: {unplaced}"
+    upward = []
+    for mod, target, name in _imports(mods):
+        owner = _owner(target, mods) if target.startswith("ownllm") else None
+        if owner is None:
+            continue
+        a, b = _package(mod), _package(owner)
+        if floors[b] > floors[a]:
+            upward.append(f"{mod} imports {owner}{'.' + name if name else ''} ({a} floor {floors[a]} < {b} floor {floors[b]})")
+    assert not upward, upward
+
+
+def test_the_floor_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    pkg = tmp_path / "ownllm"
+    for p in (pkg, pkg / "models", pkg / "training"):
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "__init__.py").write_text("")
+    (pkg / "models" / "load.py").write_text("def f():\n    from ownllm.training.loop import g\n")
+    (pkg / "training" / "loop.py").write_text("def g():\n    pass\n")
+    docs = tmp_path / "architecture.md"
+    docs.write_text("```floors\ntraining\nmodels\nownllm\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(pkg))
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", str(docs))
+    with pytest.raises(AssertionError, match=r"ownllm\.models\.load imports ownllm\.training\.loop"):
+        test_packages_import_only_their_floor_or_below()
+    (pkg / "models" / "load.py").write_text("def f():\n    pass\n")
+    test_packages_import_only_their_floor_or_below()
+
+
 def test_the_checker_sees_a_circle_and_a_private_import(tmp_path, monkeypatch):
     """The rules above would fail on a tree that breaks them (so the test can fail)."""
     pkg = tmp_path / "ownllm"

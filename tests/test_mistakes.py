@@ -3,7 +3,8 @@ import json
 import subprocess
 import sys
 
-from ownllm.config import TrainConfig, load_yaml
+from ownllm.config import load_yaml
+from ownllm.training.config import TrainConfig
 
 
 def _ownllm(*args, timeout=300):
@@ -14,7 +15,7 @@ def _ownllm(*args, timeout=300):
 def test_a_number_written_without_a_dot_is_a_number(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: 1e-3\nwarmup: 5\n")
-    loaded = load_yaml(str(cfg), overrides=["weight_decay=1e-2", "max_steps=7"])
+    loaded = load_yaml(str(cfg), TrainConfig, overrides=["weight_decay=1e-2", "max_steps=7"])
     assert loaded.lr == 0.001 and loaded.weight_decay == 0.01 and loaded.max_steps == 7
     loaded.validate()
     bad = tmp_path / "b.yaml"

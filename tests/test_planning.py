@@ -7,7 +7,7 @@ import pytest
 from ownllm.models.registry import MODELS
 from ownllm.planning.estimate import Job, flops_per_token, linear_params, lora_params, memory_gb, train_time
 from ownllm.planning.profiles import PROFILES, get_profile
-from ownllm.planning.recommend import parse_duration, plan
+from ownllm.planning.plan import parse_duration, plan
 
 
 def test_lora_parameter_count_matches_peft():
@@ -70,12 +70,13 @@ def test_time_counts_replay_tokens_padding_and_a_fixed_cost_per_step():
     plain = train_time(shape, job, 0.4, 100, 200, 1, 0.4)
     # replay rows cost their own (shorter) tokens each epoch, not the domain rows' length, and one base
     # forward before training
-    short = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=50)
-    long = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200)
+    from ownllm.training.protect import DRIFT_ROWS
+
+    short = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=50, drift_rows=DRIFT_ROWS)
+    long = train_time(shape, job, 0.4, 100, 200, 1, 0.4, replay_rows=50, replay_tokens=200, drift_rows=DRIFT_ROWS)
     assert plain.hours < short.hours < long.hours
     per_replay_token = (long.flops - short.flops) / (50 * 150)
     # and each validation scores DRIFT_ROWS of the 50 forward
-    from ownllm.training.protect import DRIFT_ROWS
 
     assert per_replay_token == pytest.approx(flops_per_token(shape, job) + 2 * shape.params * (1 + DRIFT_ROWS / 50))
     three = train_time(shape, job, 0.4, 100, 200, 3, 0.4, replay_rows=50, replay_tokens=200, val_fraction=0)
@@ -156,7 +157,7 @@ def test_train_stops_at_the_time_budget(tiny_model_dir, qa_file, tmp_path):
 
 def test_zero_stages_shard_memory_across_gpus_and_time_divides():
     from ownllm.planning.profiles import get_profile
-    from ownllm.planning.recommend import format_plan, plan, spec_for
+    from ownllm.planning.plan import format_plan, plan, spec_for
 
     kw = dict(examples=100_000, tokens_per_example=256, epochs=1, method="full", micro_batch=1,
               gradient_checkpointing=True)

@@ -202,7 +202,7 @@ def test_default_cleaning_keeps_meaning_and_the_options_are_counted(prep, tmp_pa
 
 # -- evaluation rows in memory, counts -------------------------------------------------------------
 def test_in_memory_evaluation_rows_are_used_and_checked_for_leakage(tmp_path, tokenizer_dir, qa_file):
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.training.data import resolve_data
 
     cfg = TrainConfig(model=tokenizer_dir)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from ownllm.config import TrainConfig
+from ownllm.training.config import TrainConfig
 from ownllm.errors import ConfigError, DiskFullError, OwnLLMError
 from ownllm.training.trainer import Trainer
 
@@ -61,7 +61,7 @@ def test_method_contract(method, tiny_model_dir, qa_file, tmp_path):
         ref = model(input_ids=ids).logits
     cfg.model = tiny_model_dir
     saved = methods.save_trained(model, tok, str(tmp_path), cfg)
-    from ownllm.models.load import load_model
+    from ownllm.models.load import load_model, merge_adapter
 
     if method != "qlora":
         with torch.no_grad():
@@ -69,7 +69,7 @@ def test_method_contract(method, tiny_model_dir, qa_file, tmp_path):
         assert torch.allclose(ref, again, atol=1e-5)
     if method in ("lora", "dora"):
         with torch.no_grad():
-            merged = methods.merge(model)(input_ids=ids).logits
+            merged = merge_adapter(model, strict=True)[0](input_ids=ids).logits
         assert torch.allclose(ref, merged, atol=1e-4)
 
 
@@ -77,7 +77,7 @@ def test_method_contract(method, tiny_model_dir, qa_file, tmp_path):
 def test_bf16_adapter_training_keeps_frozen_weights_in_bf16(method, tiny_model_dir, qa_file, tmp_path):
     """bf16 runs of adapter methods hold the frozen base in bf16 and the trained adapter in fp32 (the
     CPU path needs native bf16; on other CPUs bf16 is refused and this is skipped)."""
-    from ownllm.planning.hardware import cpu_has_fast_bf16
+    from ownllm.device import cpu_has_fast_bf16
 
     if not cpu_has_fast_bf16():
         pytest.skip("this CPU has no native bf16")
@@ -364,7 +364,7 @@ def test_cpu_lora_dropout_keeps_dropout_statistics(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.training.methods import apply
 
     model = apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir), TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1))

@@ -10,7 +10,7 @@ import os
 import sys
 import typing
 
-from ownllm.config import TrainConfig
+from ownllm.training.config import TrainConfig
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def add_config_flags(p, cls=TrainConfig, skip=()) -> None:
 def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     from ownllm.config import load_yaml
 
-    cfg = base or (load_yaml(args.config, overrides=args.overrides) if getattr(args, "config", None) else TrainConfig())
+    cfg = base or (load_yaml(args.config, TrainConfig, overrides=args.overrides) if getattr(args, "config", None) else TrainConfig())
     updates = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                if getattr(args, f.name, None) is not None}
     if isinstance(updates.get("epochs"), float) and updates["epochs"].is_integer():
@@ -220,11 +220,11 @@ def _resume(args) -> int:
             raise ConfigError("--resume RUN --data FILE starts a new stage from the run's finished adapter; "
                               "--checkpoint does not apply", hint="drop --checkpoint")
         new_data, args.data = args.data, None
-        cfg = config_from_args(args, load_yaml(cfg_path))
+        cfg = config_from_args(args, load_yaml(cfg_path, TrainConfig))
         cfg.out = cfg.data = args.resume
         _print_summary(Trainer(config=cfg).continue_with(new_data, args.additional_epochs))
         return 0
-    cfg = config_from_args(args, load_yaml(cfg_path))
+    cfg = config_from_args(args, load_yaml(cfg_path, TrainConfig))
     cfg.out = args.resume
     cfg.data = args.resume if os.path.exists(os.path.join(args.resume, "data", "train.jsonl")) else cfg.data
     trainer = Trainer(config=cfg)

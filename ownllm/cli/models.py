@@ -17,7 +17,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from ownllm.doctor import report
+    from ownllm.planning.doctor import report
 
     print(report())
     return 0

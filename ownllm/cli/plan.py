@@ -17,7 +17,7 @@ def calibrate(model: str, data: str | None, profile, steps: int = 8) -> dict:
     import tempfile
 
     from ownllm.planning.estimate import Job, flops_per_token
-    from ownllm.planning.recommend import spec_for
+    from ownllm.planning.plan import spec_for
     from ownllm.training.trainer import Trainer
 
     points = []  # (computed tokens, seconds) per measured step
@@ -53,7 +53,7 @@ def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def cmd_plan(args) -> int:
     from ownllm.planning.profiles import get_profile, this_machine
-    from ownllm.planning.recommend import format_plan, matrix, parse_duration, plan, spec_for
+    from ownllm.planning.plan import format_plan, matrix, parse_duration, plan, spec_for
     if args.matrix:
         rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
         if args.json:

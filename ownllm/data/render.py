@@ -17,15 +17,6 @@ from ownllm.errors import DataError
 IGNORE = -100
 
 
-def chat_template_for(tokenizer, name: str | None = None) -> str | None:
-    """The template to use: a named one, else the tokenizer's own, else ChatML."""
-    from ownllm.models.templates import CHATML, get_template
-
-    if name:
-        return get_template(name)
-    return None if getattr(tokenizer, "chat_template", None) else CHATML
-
-
 @dataclass
 class Rendered:
     input_ids: list[int]

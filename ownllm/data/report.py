@@ -22,7 +22,7 @@ def percentile(sorted_vals: list[int], q: float) -> int:
 
 def token_lengths(rows: list[dict], tokenizer, template: str | None) -> list[int]:
     """Tokens per rendered row (chat template applied), tokenized in one batch."""
-    from ownllm.data.render import chat_template_for
+    from ownllm.models.templates import chat_template_for
 
     tmpl = chat_template_for(tokenizer, template)
     lengths = []
@@ -126,7 +126,8 @@ def lengths_from_histogram(hist: dict | None) -> list[int]:
 
 
 def _marked_examples(rows, tokenizer, cfg) -> list[str]:
-    from ownllm.data.render import chat_template_for, marked_example, render_row
+    from ownllm.models.templates import chat_template_for
+    from ownllm.data.render import marked_example, render_row
 
     tmpl = chat_template_for(tokenizer, cfg.template)
     return [marked_example(render_row(r, tokenizer, template=tmpl, max_seq_len=cfg.max_seq_len), tokenizer)

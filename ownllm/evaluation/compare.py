@@ -12,8 +12,9 @@ import os
 from ownllm.errors import DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
-from ownllm.evaluation.measure import general_rows, generate_greedy, loss_on_rows, perplexity
-from ownllm.models.load import base_of, load_model, merge_for_inference
+from ownllm.evaluation.measure import general_rows, loss_on_rows, perplexity
+from ownllm.models.generation import generate_greedy
+from ownllm.models.load import base_of, load_model, merge_adapter
 from ownllm.rundir import earlier_tests, is_run_dir, run_config, trained_output
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
@@ -77,7 +78,7 @@ def _scored_set(loss: float, generator, tok, prompts, refs, max_new_tokens) -> d
 def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
              max_new_tokens: int | None = None) -> dict:
     """Score the base and the tuned model of ``run_dir`` on its test split; write ``run_dir/eval/``."""
-    from ownllm.data.render import chat_template_for
+    from ownllm.models.templates import chat_template_for
 
     if not os.path.isdir(run_dir):
         raise OwnLLMError(f"run directory not found: {run_dir}")
@@ -109,7 +110,7 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     losses = [loss_on_rows(tuned.model, tok, r, template, seq) for _, r, *_ in asked]
     # answers from the adapter folded into the weights (checked), as `chat`/`serve` generate them;
     # the base side above needed the adapter switched off, so the merge comes only now
-    generator, note = merge_for_inference(tuned.model, tok)
+    generator, note = merge_adapter(tuned.model, tok)
     scores, answers["tuned"] = _answers(generator, tok, prompts, refs, max_new_tokens)
     result["tuned"].update(scores, merged_for_generation=note is None)
     for out, loss, (_, r, p, ref, n) in zip(sets, losses, asked):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+from ownllm.utils import is_cjk
+
 _SPACE = re.compile(r"\s+")
 
 
@@ -17,10 +18,6 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text or "").lower()
     text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
     return _SPACE.sub(" ", text).strip()
-
-
-def is_cjk(text: str) -> bool:
-    return bool(_CJK.search(text or ""))
 
 
 def tokens(text: str) -> list[str]:

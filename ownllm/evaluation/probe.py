@@ -11,8 +11,9 @@ import os
 import re
 from importlib import resources
 
-from ownllm.evaluation.measure import generate_greedy
-from ownllm.evaluation.metrics import contains, is_cjk, normalize
+from ownllm.models.generation import generate_greedy
+from ownllm.evaluation.metrics import contains, normalize
+from ownllm.utils import is_cjk
 
 KEPT_WARN = 0.90        # warn when the tuned model keeps fewer of the base model's right answers
 PERPLEXITY_WARN = 0.10  # warn when general-text perplexity rises by more

@@ -27,11 +27,11 @@ def plain_copy(own):
     import torch
     from peft import PeftModel
 
-    from ownllm.training.methods import merge
+    from ownllm.models.load import merge_adapter
 
     model = own.model
     if isinstance(model, PeftModel):
-        model = merge(copy.deepcopy(model))  # merge_and_unload works in place
+        model = merge_adapter(copy.deepcopy(model), strict=True)[0]  # merge_and_unload works in place
     elif getattr(model, "hf_quantizer", None) is not None and getattr(model, "is_quantized", False):
         model = copy.deepcopy(model)
         model.dequantize()
@@ -45,7 +45,7 @@ def plain_copy(own):
 
 def trained_chat_template(run_dir: str | None, tokenizer) -> str:
     """The chat template the run trained with: its --template, else the tokenizer's own, else ChatML."""
-    from ownllm.data.render import chat_template_for
+    from ownllm.models.templates import chat_template_for
     from ownllm.rundir import run_config
 
     return chat_template_for(tokenizer, run_config(run_dir).get("template")) or tokenizer.chat_template

@@ -79,8 +79,7 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ownllm.models.load import load_model
-    from ownllm.training.methods import merge
+    from ownllm.models.load import load_model, merge_adapter
 
     is_adapter = isinstance(trained.model, PeftModel)
     if fmt == "adapter" and not is_adapter:
@@ -89,7 +88,7 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
     if fmt == "merged":
         # merge_and_unload changes the model in place, so the reference logits come from a fresh load
         reference = load_model(run_dir, device="cpu").model
-        merged = merge(trained.model)
+        merged = merge_adapter(trained.model, strict=True)[0]
         for_other_servers(merged, trained.tokenizer, run_dir)  # `vllm serve` / TGI read this folder as it is
         merged.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)

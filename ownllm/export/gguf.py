@@ -123,7 +123,7 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
         w.add_token_types(types)
         special = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab)
         if tokenizer.chat_template is None:
-            from ownllm.data.render import chat_template_for
+            from ownllm.models.templates import chat_template_for
 
             special.chat_template = chat_template_for(tokenizer)
         special.add_to_gguf(w, quiet=True)
@@ -191,7 +191,7 @@ def default_system(tokenizer) -> str | None:
     helpful AI assistant named SmolLM…"), found by rendering a conversation without one."""
     import re
 
-    from ownllm.data.render import chat_template_for
+    from ownllm.models.templates import chat_template_for
 
     template = chat_template_for(tokenizer)  # None: the tokenizer's own
     form = _ollama_form(template or tokenizer.chat_template)
@@ -212,7 +212,7 @@ def modelfile(gguf_name: str, tokenizer, system: str | None) -> str:
     """An Ollama Modelfile: the chat template in Ollama's Go syntax (ChatML and Llama 3 are translated;
     for others Ollama reads the template stored in the GGUF), stop tokens, and the system prompt — the
     run's, else the one the chat template adds by itself, so Ollama builds the prompt transformers builds."""
-    from ownllm.data.render import chat_template_for
+    from ownllm.models.templates import chat_template_for
 
     lines = [f"FROM ./{gguf_name}", ""]
     form = _ollama_form(chat_template_for(tokenizer) or tokenizer.chat_template)

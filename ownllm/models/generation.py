@@ -173,7 +173,7 @@ class OwnModel:
     # -- prompts -----------------------------------------------------------------------------
     def render_chat(self, messages, system_prompt: str | None = None) -> str:
         """The chat template applied to ``messages`` (a string is one user message)."""
-        from ownllm.data.render import chat_template_for
+        from ownllm.models.templates import chat_template_for
 
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -370,3 +370,28 @@ def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None, fo
             buffer = buffer[safe:]
     if buffer:
         yield buffer
+
+
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8,
+                    strip: bool = True) -> tuple[list[str], float, int]:
+    """Greedy answers to rendered ``prompts``, batched with left padding. Returns answers, seconds and new tokens."""
+    import time
+
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers, new_tokens, start = [], 0, time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        gen = out[:, enc["input_ids"].shape[1]:]
+        for row in gen:
+            keep = row[row != tokenizer.pad_token_id]
+            new_tokens += len(keep)
+            text = tokenizer.decode(keep, skip_special_tokens=True)
+            answers.append(text.strip() if strip else text)
+    tokenizer.padding_side = "right"
+    return answers, time.perf_counter() - start, new_tokens

@@ -163,7 +163,7 @@ def local_folder(source: ModelSource, allow_pickle: bool = False) -> str:
 def load_pretrained(name: str, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
                     trust_remote_code: bool = False, quantization_config=None):
     """Load ``(model, tokenizer, source)``: the raw transformers objects, on the chosen device."""
-    from ownllm.planning.hardware import resolve_device, resolve_precision, torch_dtype
+    from ownllm.device import resolve_device, resolve_precision, torch_dtype
 
     source = resolve(name)
     folder = local_folder(source, allow_pickle)
@@ -248,7 +248,7 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
         model.eval()
     note = None
     if merge and adapter:
-        model, note = merge_for_inference(model, tokenizer)
+        model, note = merge_adapter(model, tokenizer)
         if note:
             log.warning("ownllm: generating with the adapter unmerged: %s", note)
     own = OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
@@ -259,22 +259,30 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
 MERGE_PROBE = "The capital of France is Paris. 人工智能的未来是"
 
 
-def merge_for_inference(model, tokenizer):
-    """``(model, None)`` with a LoRA/DoRA adapter folded into the weights (in place: give it a model loaded
-    for this), after checking that merged and unmerged logits agree on a probe prompt; ``(model, why)``
-    unchanged when the adapter cannot be merged (prefix tuning, a quantized base)."""
+def merge_adapter(model, tokenizer=None, *, strict: bool = False):
+    """Fold a LoRA/DoRA adapter into the weights, in place (give it a model loaded for this): the one merge
+    that chat, serve, eval, export and the quantizer all use. Returns ``(model, None)``, or ``(model, why)``
+    unchanged when the adapter cannot be folded (prefix tuning; a quantized base, whose 4/8-bit weights
+    would round it). ``strict``: the caller needs plain weights (export, quantize): prefix tuning is an
+    error, a quantized base is folded all the same. With ``tokenizer``, merged and unmerged logits must
+    agree on a probe prompt."""
     import torch
     from peft import PeftModel
 
-    from ownllm.errors import OwnLLMError
+    from ownllm.errors import ConfigError, OwnLLMError
 
     if not isinstance(model, PeftModel):
         return model, None
     kind = model.peft_config[model.active_adapter].peft_type.value
     if kind != "LORA":  # DoRA is LoRA with use_dora
-        return model, f"{kind.lower().replace('_', ' ')} adapters cannot be folded into the weights"
-    if getattr(model.get_base_model(), "is_quantized", False):
+        why = f"{kind.lower().replace('_', ' ')} adapters cannot be folded into the weights"
+        if strict:
+            raise ConfigError(f"{why}; export the adapter instead")
+        return model, why
+    if not strict and getattr(model.get_base_model(), "is_quantized", False):
         return model, "the base model is quantized: merging would round the adapter into its 4/8-bit weights"
+    if tokenizer is None:
+        return model.merge_and_unload(), None
     enc = {k: v.to(model.device) for k, v in tokenizer(MERGE_PROBE, return_tensors="pt").items()}
     with torch.inference_mode():
         before = model(**enc).logits.float()

@@ -73,3 +73,10 @@ def get_template(name: str) -> str:
     if name not in TEMPLATES:
         raise ConfigError(f"unknown chat template '{name}'", hint=f"choose one of: {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
+
+
+def chat_template_for(tokenizer, name: str | None = None) -> str | None:
+    """The template to use: a named one, else the tokenizer's own, else ChatML."""
+    if name:
+        return get_template(name)
+    return None if getattr(tokenizer, "chat_template", None) else CHATML

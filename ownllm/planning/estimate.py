@@ -178,12 +178,13 @@ def computed_per_used_token(lengths: list[int] | None, micro_batch: int) -> floa
 
 def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_example: float,
                epochs: float, mfu: float, val_fraction: float = 0.1, replay_rows: int = 0,
-               replay_tokens: float = 0.0, lengths: list[int] | None = None, step_seconds: float = 0.0) -> TimeEstimate:
+               replay_tokens: float = 0.0, lengths: list[int] | None = None, step_seconds: float = 0.0,
+               drift_rows: int = 0) -> TimeEstimate:
     """Hours for ``epochs`` over ``examples`` rows of ``tokens_per_example`` tokens; validation (forward only,
     val_fraction of the data) included. ``replay_rows`` of ``replay_tokens`` tokens each (forgetting
     protection) train beside them; the base model's distributions on them are computed once, before
     training (one forward pass: 2N FLOPs per replay token, not per epoch), and each validation (counted, like
-    the domain's, once per epoch) also scores ``protect.DRIFT_ROWS`` of them for drift.
+    the domain's, once per epoch) also scores ``drift_rows`` of them for drift (``protect.DRIFT_ROWS``).
     ``lengths``: every row's tokens when known, for the padding the batches compute (replay rows included
     here). ``step_seconds``: a fixed cost per micro-batch (optimizer, framework), as ``--calibrate`` measures
     it; the rest runs at ``mfu`` of the peak."""
@@ -192,9 +193,7 @@ def train_time(shape, job: Job, peak_tflops: float, examples: int, tokens_per_ex
     tokens = examples * tokens_per_example * epochs + replay_total
     val_tokens = examples * val_fraction * tokens_per_example * epochs
     if val_fraction and replay_rows:
-        from ownllm.training.protect import DRIFT_ROWS
-
-        val_tokens += min(DRIFT_ROWS, replay_rows) * replay_tokens * epochs
+        val_tokens += min(drift_rows, replay_rows) * replay_tokens * epochs
     padding = computed_per_used_token(list(lengths or []) + [round(replay_tokens)] * replay_rows if lengths else None,
                                       job.micro_batch)
     base_once = replay_rows * replay_tokens * 2 * shape.params

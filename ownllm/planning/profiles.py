@@ -150,7 +150,8 @@ _CPU_CACHE: dict = {}
 def this_cpu() -> Profile:
     """A profile for this CPU, its peak measured with a matmul (cached for the process)."""
     if "cpu" not in _CPU_CACHE:
-        from ownllm.planning.hardware import available_ram_gb, cpu_has_fast_bf16, cpu_name
+        from ownllm.device import cpu_has_fast_bf16
+        from ownllm.planning.hardware import available_ram_gb, cpu_name
 
         fp32 = measure_matmul_tflops("fp32")
         bf16 = measure_matmul_tflops("bf16") if cpu_has_fast_bf16() else 0.0

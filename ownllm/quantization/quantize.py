@@ -62,9 +62,9 @@ class Quantizer:
         before_size = original.model.get_memory_footprint()
         before_ppl = perplexity_on_rows(original.model, original.tokenizer, rows)
         with tempfile.TemporaryDirectory() as tmp:
-            from ownllm.training.methods import merge
+            from ownllm.models.load import merge_adapter
 
-            merged = merge(original.model)  # adapters are folded in; plain models come back as they are
+            merged = merge_adapter(original.model, strict=True)[0]  # adapters are folded in; plain models come back as they are
             merged.save_pretrained(tmp)
             original.tokenizer.save_pretrained(tmp)
             del original, merged

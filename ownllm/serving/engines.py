@@ -38,7 +38,7 @@ def load_engine(source: str, engine: str = "auto", device: str = "auto", dtype: 
     """``(OwnModel, record)``: the model generating with the chosen engine, and a record of the choice
     (engine, dtype, why, checks and tokens/s measured) that ``serve`` logs and ``/health`` shows."""
     from ownllm.models.load import is_onnx, load_model
-    from ownllm.planning.hardware import resolve_device
+    from ownllm.device import resolve_device
 
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine '{engine}'", hint=f"choose one of: {', '.join(ENGINES)}")
@@ -66,7 +66,7 @@ def load_engine(source: str, engine: str = "auto", device: str = "auto", dtype: 
 # -- torch -----------------------------------------------------------------------------------------
 def _torch(source: str, device: str, dtype: str, merge: bool, load_kwargs: dict):
     from ownllm.models.load import load_model
-    from ownllm.planning.hardware import cpu_has_fast_bf16, resolve_device
+    from ownllm.device import cpu_has_fast_bf16, resolve_device
 
     if not (dtype == "auto" and resolve_device(device) == "cpu" and cpu_has_fast_bf16()):
         own = load_model(source, device=device, dtype=dtype, merge=merge, **load_kwargs)

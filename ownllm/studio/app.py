@@ -184,7 +184,7 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
     """Registry models with what fits this machine for the run's data (or a 1,000-row guess)."""
     from ownllm.models.registry import MODELS, is_available_here
     from ownllm.planning.profiles import this_machine
-    from ownllm.planning.recommend import plan
+    from ownllm.planning.plan import plan
 
     examples, tpe = 1000, 256.0
     report = read_json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
@@ -202,10 +202,10 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
 
 
 def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
     from ownllm.data.report import lengths_from_histogram
     from ownllm.planning.profiles import this_machine
-    from ownllm.planning.recommend import format_plan, parse_duration, plan, spec_for
+    from ownllm.planning.plan import format_plan, parse_duration, plan, spec_for
     from ownllm.rundir import data_stats
     from ownllm.training.defaults import resolve_defaults
     from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
@@ -228,7 +228,7 @@ def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
 
 def train_argv(run: str, req: TrainRequest) -> list[str]:
     """The `ownllm train` command line for the page's choices."""
-    from ownllm.config import TrainConfig
+    from ownllm.training.config import TrainConfig
 
     argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method, "--protect", req.protect]
     for flag, value in (("--epochs", req.epochs), ("--time-budget", req.time_budget), ("--max-steps", req.max_steps),
@@ -349,7 +349,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
     @app.get("/api/info")
     async def info():
         from ownllm import __version__
-        from ownllm.config import METHODS, PROTECTION_LEVELS
+        from ownllm.training.config import METHODS, PROTECTION_LEVELS
         from ownllm.export.formats import FORMATS
         from ownllm.export.gguf import QUANTS
         from ownllm.planning.hardware import detect

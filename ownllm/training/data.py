@@ -67,7 +67,8 @@ def tokenize(rows: list, tokenizer, cfg, what: str = "training"):
     dropped; when that is every row, a DataError says what length they need."""
     from datasets import Dataset
 
-    from ownllm.data.render import chat_template_for, render_row
+    from ownllm.models.templates import chat_template_for
+    from ownllm.data.render import render_row
 
     template = chat_template_for(tokenizer, cfg.template)
     ids, labels, full = [], [], []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from ownllm.config import TrainConfig
+from ownllm.training.config import TrainConfig
 from ownllm.errors import ConfigError
 
 # The guide's (transformers') names → ours.

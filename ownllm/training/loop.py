@@ -22,7 +22,7 @@ def setup_model(trainer, cfg, rows: list):
     import torch
 
     from ownllm.models.load import load_pretrained
-    from ownllm.planning.hardware import resolve_device, resolve_precision, torch_dtype
+    from ownllm.device import resolve_device, resolve_precision, torch_dtype
     from ownllm.training import methods
 
     device = resolve_device(cfg.device)
@@ -304,7 +304,7 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
     """--time-budget: predict the run's time with the planner; cap max steps to what fits; stop at the budget.
     ``lengths``: every training row's tokens, the ``replay`` replayed rows among them."""
     from ownllm.planning.profiles import this_machine
-    from ownllm.planning.recommend import parse_duration, plan, spec_for
+    from ownllm.planning.plan import parse_duration, plan, spec_for
     from ownllm.training.callbacks import TimeBudgetCallback
 
     hours = parse_duration(cfg.time_budget)

@@ -129,17 +129,6 @@ def save_trained(model, tokenizer, run_dir: str, cfg) -> str:
     return target
 
 
-def merge(model):
-    """Fold LoRA/DoRA weights into the base model (plain transformers model back)."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        return model
-    if model.peft_config[model.active_adapter].peft_type.value == "PREFIX_TUNING":
-        raise ConfigError("prefix tuning cannot be merged into the weights; export the adapter instead")
-    return model.merge_and_unload()
-
-
 def check_precision_for_method(method: str, device: str) -> None:
     if method == "qlora" and device == "mps":
         raise HardwareError("QLoRA (bitsandbytes 4-bit) does not run on Apple MPS", hint="use --method lora")

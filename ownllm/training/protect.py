@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 
-from ownllm.evaluation.metrics import is_cjk
+from ownllm.utils import is_cjk
 
 # Keeps replay rows short: the general prompt and the start of the base model's answer, where a fine-tune's damage
 # shows (short factual answers end sooner). Support sample (benchmarks/RESULTS.md): 24 tokens kept 69 and 71 of
@@ -84,8 +84,8 @@ def base_answers(model, tokenizer, cfg) -> list[dict]:
     """The base model's greedy answer to every replay prompt, as chat rows; cached per base model.
 
     ``model`` is the model being trained (its adapter is switched off while it answers)."""
-    from ownllm.data.render import chat_template_for
-    from ownllm.evaluation.measure import generate_greedy
+    from ownllm.models.templates import chat_template_for
+    from ownllm.models.generation import generate_greedy
     from ownllm.utils import read_jsonl, write_jsonl
 
     template = chat_template_for(tokenizer, cfg.template)

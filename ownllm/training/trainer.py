@@ -10,7 +10,8 @@ import json
 import os
 import time
 
-from ownllm.config import TrainConfig, save_yaml
+from ownllm.config import save_yaml
+from ownllm.training.config import TrainConfig
 from ownllm.errors import ConfigError
 from ownllm.training.data import TrainData, resolve_data
 from ownllm.training.defaults import map_guide_args, resolve_defaults

@@ -35,7 +35,8 @@ def advice(hw) -> str:
 
 def report() -> str:
     from ownllm.models.registry import embedded_gguf_path
-    from ownllm.planning.hardware import cpu_flags, detect
+    from ownllm.device import cpu_flags
+    from ownllm.planning.hardware import detect
 
     lines = [f"python        {sys.version.split()[0]} ({platform.platform()})"]
     try:

@@ -50,16 +50,17 @@ def plan(spec, profile: Profile, *, examples: int, tokens_per_example: float, ep
          lora_r: int = 16, gradient_checkpointing: bool = False, mfu: float | None = None, gpus: int = 1,
          price_per_hour: float | None = None, zero_stage: int = 0, replay_rows: int = 0,
          replay_tokens_per_example: float | None = None, lengths: list[int] | None = None,
-         step_seconds: float = 0.0) -> dict:
+         step_seconds: float = 0.0, drift_rows: int = 0) -> dict:
     """``examples``: the person's training rows; ``replay_rows``: forgetting protection's replayed rows of
     ``replay_tokens_per_example`` tokens (default: ``tokens_per_example``), trained beside them each epoch
-    (the base model's distributions on them computed once, before training). ``lengths``: every training row's tokens, when known (the
+    (the base model's distributions on them computed once, before training; ``drift_rows`` of them scored at
+    each validation). ``lengths``: every training row's tokens, when known (the
     padding its batches compute). ``mfu`` and ``step_seconds``: utilisation and fixed seconds per micro-batch,
     as ``--calibrate`` measures them (default: a typical utilisation, no fixed cost)."""
     shape = spec  # the registry entry carries the shape the estimates need
     work = {"examples": examples, "tokens_per_example": tokens_per_example, "replay_rows": replay_rows,
             "replay_tokens": tokens_per_example if replay_tokens_per_example is None else replay_tokens_per_example,
-            "lengths": lengths, "step_seconds": step_seconds}
+            "lengths": lengths, "step_seconds": step_seconds, "drift_rows": drift_rows}
     seq = int(min(max(tokens_per_example * 1.5, 64), spec.context))
     precision = profile.best_precision
     job = Job(method=method, micro_batch=micro_batch, seq_len=seq, lora_r=lora_r,
