@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def run(data: str, out: str, protect: str) -> dict:
     from ownllm.training.config import TrainConfig
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     start = time.time()
@@ -67,7 +67,7 @@ def continual(tmp: str, alone: bool = True) -> dict:
     run on the second half alone. Targets (issue 17): the first half's accuracy stays >= 90% of what it
     was; the second half's reaches the single run's."""
     from ownllm.training.config import TrainConfig
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     first, second = halves(os.path.join(HERE, "..", "examples", "data", "support_en.jsonl"), tmp)

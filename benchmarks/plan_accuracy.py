@@ -66,7 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=24, help="optimizer steps per measured run")
     args = ap.parse_args()
-    from ownllm.cli.plan import calibrate
+    from ownllm.training.calibrate import calibrate
     from ownllm.planning.profiles import this_machine
 
     here = this_machine()

@@ -20,7 +20,7 @@ _LAZY = {
     "clean_text": "ownllm.data.clean",
     "prepare_dataset": "ownllm.data.prepare",
     "Trainer": "ownllm.training.trainer",
-    "evaluate": "ownllm.evaluation.compare",
+    "evaluate": "ownllm.evaluation.evaluate",
     "Quantizer": "ownllm.quantization.quantize",
     "ONNXExporter": "ownllm.export.onnx",
 }

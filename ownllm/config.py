@@ -17,10 +17,10 @@ from dataclasses import field, fields
 from ownllm.errors import ConfigError
 
 
-def setting(default, help: str, *, flag: str | None = None, cli: bool = True, choices=None, **kw):
-    """A stage field: its default, its help (``--help`` and the studio), its flag name when it is not the
-    field's own (``--micro-batch`` for ``batch_size``), whether it is a flag at all, and its choices."""
-    meta = {"help": help, "cli": cli, "flag": flag, "choices": tuple(choices) if choices else None, **kw}
+def setting(default, help: str, *, aliases: tuple[str, ...] = (), cli: bool = True, choices=None, **kw):
+    """A stage field: its default, its help (``--help`` and the studio), other flag names it answers to
+    (``--micro-batch`` for ``batch_size``), whether it is a flag at all, and its choices."""
+    meta = {"help": help, "cli": cli, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None, **kw}
     return field(default=default, metadata=meta)
 
 
@@ -35,14 +35,12 @@ def _field_type(cls, f) -> tuple[type, bool]:
 
 # -- command-line flags ------------------------------------------------------------------------------
 def add_flags(parser, cls, skip=(), only=None) -> None:
-    """One flag per field of ``cls`` (``--field-name``, or the field's own ``flag``), help from its metadata.
+    """One flag per field of ``cls`` (``--field-name`` and its aliases), help from its metadata.
     Every flag defaults to None, so :func:`values_from_args` tells "not given" from a value."""
     for f in fields(cls):
         if f.name in skip or (only is not None and f.name not in only) or not f.metadata.get("cli", True):
             continue
-        names = ["--" + f.name.replace("_", "-")]
-        if f.metadata.get("flag"):
-            names = [f.metadata["flag"], *names]
+        names = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         typ, _ = _field_type(cls, f)
         help_text = f.metadata["help"]
         if typ is bool:

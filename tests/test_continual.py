@@ -30,7 +30,7 @@ def _cli(*args):
 
 
 def test_a_second_stage_keeps_the_first_and_the_report_card_scores_both_test_sets(tiny_model_dir, tmp_path):
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     run = tmp_path / "run"

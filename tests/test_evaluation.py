@@ -5,6 +5,7 @@ import pytest
 
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation.report import to_html
+from ownllm.rundir import RunDir
 
 
 def test_normalisation_and_simple_metrics():
@@ -50,7 +51,7 @@ def test_html_report_escapes_model_text():
 
 
 def test_eval_end_to_end_on_a_tiny_run(tiny_model_dir, qa_file, tmp_path):
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     run = tmp_path / "run"
@@ -102,7 +103,7 @@ def test_quickstart_and_compare_on_a_tiny_model(tiny_model_dir, qa_file, tmp_pat
 
 
 def test_text_only_run_gets_perplexity_report(tiny_model_dir, tmp_path):
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     src = tmp_path / "notes.txt"
@@ -117,7 +118,7 @@ def test_text_only_run_gets_perplexity_report(tiny_model_dir, tmp_path):
 
 
 def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.training.trainer import Trainer
 
     run = tmp_path / "full"
@@ -145,7 +146,7 @@ def test_contains_matches_words_numbers_and_one_choice(pred, ref, expected):
 
 
 def test_headline_says_when_test_answers_were_trained_on():
-    from ownllm.evaluation.compare import _answer_overlap, headline
+    from ownllm.evaluation.evaluate import _answer_overlap, headline
 
     import json as _json
     import tempfile
@@ -157,7 +158,7 @@ def test_headline_says_when_test_answers_were_trained_on():
                                               {"role": "assistant", "content": "Refunds take 5 days."}]}) + "\n")
         samples = [{"reference": "Refunds take 5 days.", "base_scores": {"contains": 0.0}, "tuned_scores": {"contains": 1.0}},
                    {"reference": "Call us on Monday.", "base_scores": {"contains": 0.0}, "tuned_scores": {"contains": 0.0}}]
-        overlap = _answer_overlap(run, samples)
+        overlap = _answer_overlap(RunDir(run), samples)
     assert overlap["answers_seen_in_training"] == {"seen": 1, "questions": 2}
     assert overlap["by_overlap"] == {"seen": {"base": 0.0, "tuned": 1.0}, "unseen": {"base": 0.0, "tuned": 0.0}}
     side = {"contains": 0.5, "token_f1": 0.5, "test_loss": 1.0, "general_perplexity": 0}

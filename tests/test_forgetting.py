@@ -333,7 +333,7 @@ def test_resumed_protected_run_reports_its_best_checkpoints_domain_loss(tiny_mod
 
 
 def test_report_card_counts_kept_answers_and_warns(tiny_model_dir, qa_file, tmp_path):
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.evaluation.report import forgetting_warnings, to_markdown
     from ownllm.training.trainer import Trainer
 

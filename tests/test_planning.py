@@ -93,7 +93,7 @@ def test_time_counts_replay_tokens_padding_and_a_fixed_cost_per_step():
 
 
 def test_calibration_fit_separates_the_fixed_cost_from_the_cost_per_token():
-    from ownllm.cli.plan import _fit_line
+    from ownllm.training.calibrate import fit_line as _fit_line
 
     points = [(n, 0.5 + n * 0.003) for n in (256, 300, 512, 700, 800, 1000)]
     fixed, per_token = _fit_line(points)

@@ -118,7 +118,7 @@ def test_documents_to_an_evaluated_run_with_the_embedded_model_as_teacher(tmp_pa
     from ownllm.data.from_docs import docs_to_data
     from ownllm.data.prepare import prepare_dataset
     from ownllm.data.synthesis import HttpTeacher, TeacherError, normalise
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
     from ownllm.serving.app import ServeSettings, create_app
     from ownllm.serving.engines import load_engine
     from ownllm.training.trainer import Trainer

@@ -203,16 +203,17 @@ def test_default_cleaning_keeps_meaning_and_the_options_are_counted(prep, tmp_pa
 # -- evaluation rows in memory, counts -------------------------------------------------------------
 def test_in_memory_evaluation_rows_are_used_and_checked_for_leakage(tmp_path, tokenizer_dir, qa_file):
     from ownllm.training.config import TrainConfig
-    from ownllm.training.data import resolve_data
+    from ownllm.rundir import RunDir
+    from ownllm.training.data import prepare_for_training
 
     cfg = TrainConfig(model=tokenizer_dir)
     held = [{"messages": x["messages"][1:]} for x in distinct_rows(8)]
-    data = resolve_data(qa_file, held, cfg, str(tmp_path / "a"))
+    data = prepare_for_training(qa_file, cfg, RunDir(tmp_path / "a"), held)
     assert len(data.val) == 8
     train = [{"messages": x["messages"][1:]} for x in distinct_rows(30)]
-    data = resolve_data(train, held[:3] + [{"messages": [{"role": "user", "content": "A new question?"},
-                                                         {"role": "assistant", "content": "A new answer."}]}],
-                        cfg, str(tmp_path / "b"))
+    data = prepare_for_training(train, cfg, RunDir(tmp_path / "b"),
+                                held[:3] + [{"messages": [{"role": "user", "content": "A new question?"},
+                                                          {"role": "assistant", "content": "A new answer."}]}])
     assert data.report["leakage_removed"] == 3 and len(data.train) == 27 and len(data.val) == 4
 
 

@@ -230,7 +230,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, qa_file, tm
             def on_step_end(self, args, state, control, **kw):
                 if state.global_step == 2:
                     os.kill(os.getpid(), signal.SIGINT)
-        import ownllm.training.loop as loop
+        import ownllm.training.train as loop
         real = loop.build_hf_trainer
         def build(*a, **k):
             t = real(*a, **k); t.add_callback(Kick()); return t
@@ -394,7 +394,7 @@ def test_short_rows_on_cpu_train_with_eager_attention_and_the_same_loss(tiny_mod
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ownllm.training.loop import EAGER_ATTENTION_MAX_TOKENS, choose_attention
+    from ownllm.training.train import EAGER_ATTENTION_MAX_TOKENS, choose_attention
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa"),

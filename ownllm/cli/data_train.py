@@ -1,6 +1,7 @@
-"""CLI commands of the core flow: `data inspect|prepare`, `train`, `eval`, `quickstart`.
+"""CLI commands of the core flow: `data inspect|prepare|from-docs`, `train`, `eval`, `compare`, `quickstart`.
 
-`train`'s flags are generated from TrainConfig's fields: the dataclass is the CLI.
+Each stage's flags are generated from its dataclass (``ownllm.config.add_flags``): `data` from
+PrepareConfig, `train` and `quickstart` from TrainConfig. The commands call the stage functions.
 """
 from __future__ import annotations
 
@@ -8,70 +9,48 @@ import dataclasses
 import json
 import os
 import sys
-import typing
 
+from ownllm.config import add_flags, values_from_args
 from ownllm.training.config import TrainConfig
 
 
 # -- data ------------------------------------------------------------------------------------
-def _prepare_options(args) -> dict:
-    return dict(format=args.format, columns=args.columns, split=args.split, seed=args.seed, strict=args.strict,
-                max_rejected=args.max_rejected, max_seq_len=args.max_seq_len, system=args.system, pii=args.pii,
-                dedup=args.dedup, normalize=args.normalize, strip_html=args.strip_html, model=args.model,
-                template=args.template)
-
-
 def cmd_data_inspect(args) -> int:
-    from ownllm.data.prepare import prepare_dataset
+    from ownllm.data.prepare import PrepareConfig, prepare_dataset
     from ownllm.data.report import to_markdown
 
-    result = prepare_dataset(args.inputs, None, **_prepare_options(args))
+    result = prepare_dataset(args.inputs, None, **values_from_args(args, PrepareConfig))
     print(to_markdown(result.report))
     return 0
 
 
 def cmd_data_prepare(args) -> int:
-    from ownllm.data.prepare import prepare_dataset
+    from ownllm.data.prepare import PrepareConfig, prepare_dataset
     from ownllm.errors import ConfigError
+    from ownllm.rundir import RunDir
 
     if os.path.isfile(args.out):
         raise ConfigError(f"--out {args.out} is a file: give a folder for the run (it will be created)")
-
-    r = prepare_dataset(args.inputs, args.out, val=args.val, test=args.test, **_prepare_options(args)).report
+    run = RunDir(args.out)
+    r = prepare_dataset(args.inputs, run.path, val=args.val, test=args.test,
+                        **values_from_args(args, PrepareConfig)).report
     print(f"format {r['format']} ({r['format_reason']}); {r['total_rows']} rows read, {r['kept_rows']} kept, "
           f"{r['rejected_rows']} rejected; train {r['splits']['train']} / val {r['splits']['val']} / "
           f"test {r['splits']['test']}; {r['train_tokens_per_epoch']:,} training tokens per epoch")
-    print(f"wrote {os.path.join(args.out, 'data')}/ (train/val/test.jsonl, rejected.jsonl, report.md, report.json)")
+    print(f"wrote {run.data_dir}/ (train/val/test.jsonl, rejected.jsonl, report.md, report.json); "
+          f"next: ownllm plan --data {run.path}, ownllm train {run.path}")
     return 0
 
 
 def _add_prepare_args(p, with_out: bool) -> None:
+    from ownllm.data.prepare import PrepareConfig
+
     p.add_argument("inputs", nargs="+", help="files or folders (.jsonl .json .csv .tsv .parquet .txt .md)")
     if with_out:
         p.add_argument("--out", required=True, help="run directory to write data/ into")
         p.add_argument("--val", help="your own validation file (used instead of a split)")
         p.add_argument("--test", help="your own test file (used instead of a split)")
-    p.add_argument("--model", default=None, help="model whose tokenizer and chat template are used (default smollm2-135m)")
-    p.add_argument("--format", default="auto", help="auto | messages | sharegpt | alpaca | prompt-completion | text")
-    p.add_argument("--columns", help="column mapping, e.g. prompt=问题,response=答案")
-    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
-    p.add_argument("--seed", type=int, default=42, help="shuffle seed (default 42)")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad row")
-    p.add_argument("--max-rejected", type=float, default=0.1, help="fail if more than this share of rows is bad")
-    p.add_argument("--max-seq-len", type=int, default=1024, help="token limit used for the truncation count")
-    p.add_argument("--system", help="system prompt added to every conversation")
-    p.add_argument("--pii", default="keep", choices=["mask", "keep"], help="mask e-mails, phones, ID and card numbers")
-    p.add_argument("--dedup", default="near", choices=["exact", "near", "off"],
-                   help="duplicate removal on the user and assistant turns (never the system prompt); near "
-                        "(default) also removes rows that differ only slightly, never ones whose numbers or "
-                        "names differ; exact removes identical rows only")
-    p.add_argument("--normalize", default="nfc", choices=["nfc", "nfkc"],
-                   help="Unicode normalisation: nfc (default, changes no meaning) or nfkc (full-width letters "
-                        "and digits to ASCII, but also m² to m2 and ① to 1)")
-    p.add_argument("--strip-html", action="store_true",
-                   help="remove HTML tags and decode entities (off by default: it deletes literal tags in text "
-                        "about HTML)")
-    p.add_argument("--template", help="chat template: the model's own, or chatml, llama3, qwen, deepseek, alpaca")
+    add_flags(p, PrepareConfig)
 
 
 def _add_from_docs(dsub) -> None:
@@ -125,39 +104,19 @@ def cmd_data_from_docs(args) -> int:
 
 
 # -- train -----------------------------------------------------------------------------------
-def add_config_flags(p, cls=TrainConfig, skip=()) -> None:
-    """One flag per dataclass field; help from the field's metadata."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.metadata.get("cli", True):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        typ = hints[f.name]
-        if typ is bool:
-            p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
-            continue
-        inner = [t for t in typing.get_args(typ) if t is not type(None)] or [typ]
-        conv = {int: int, float: float}.get(inner[0], str)
-        if set(inner) == {float, int} or inner[0] is float:
-            conv = float
-        p.add_argument(flag, type=conv, default=None, help=f.metadata["help"])
-
-
 def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
     from ownllm.config import load_yaml
 
-    cfg = base or (load_yaml(args.config, TrainConfig, overrides=args.overrides) if getattr(args, "config", None) else TrainConfig())
-    updates = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if getattr(args, f.name, None) is not None}
-    if isinstance(updates.get("epochs"), float) and updates["epochs"].is_integer():
-        updates["epochs"] = int(updates["epochs"])
-    return dataclasses.replace(cfg, **updates)
+    cfg = base or (load_yaml(args.config, TrainConfig, overrides=args.overrides) if getattr(args, "config", None)
+                   else TrainConfig())
+    return dataclasses.replace(cfg, **values_from_args(args, TrainConfig))
 
 
 def cmd_train(args) -> int:
+    from ownllm.rundir import RunDir
     from ownllm.training.trainer import Trainer
 
-    if args.config and os.path.exists(os.path.join(args.config, "data", "train.jsonl")) and not args.data:
+    if args.config and RunDir(args.config).is_prepared() and not args.data:
         # `ownllm train RUN_DIR` after `ownllm data prepare ... --out RUN_DIR`: train that run, in place
         args.data, args.out, args.config = args.config, args.out or args.config, None
     elif args.config and not args.config.endswith((".yaml", ".yml")) and "=" not in args.config:
@@ -206,9 +165,11 @@ def _launch(args) -> int:
 
 def _resume(args) -> int:
     from ownllm.config import load_yaml
+    from ownllm.rundir import RunDir
     from ownllm.training.trainer import Trainer
 
-    cfg_path = os.path.join(args.resume, "config.yaml")
+    run = RunDir(args.resume)
+    cfg_path = run.config_yaml
     if not os.path.exists(cfg_path):
         from ownllm.errors import ConfigError
 
@@ -226,7 +187,7 @@ def _resume(args) -> int:
         return 0
     cfg = config_from_args(args, load_yaml(cfg_path, TrainConfig))
     cfg.out = args.resume
-    cfg.data = args.resume if os.path.exists(os.path.join(args.resume, "data", "train.jsonl")) else cfg.data
+    cfg.data = args.resume if run.is_prepared() else cfg.data
     trainer = Trainer(config=cfg)
     trainer.resume_from_checkpoint(args.checkpoint)
     _print_summary(trainer.train(additional_epochs=args.additional_epochs))
@@ -243,44 +204,62 @@ def _print_summary(s: dict) -> None:
 
 # -- eval and quickstart ---------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from ownllm.evaluation.compare import evaluate
+    from ownllm.evaluation.evaluate import evaluate
+    from ownllm.rundir import RunDir
 
     result = evaluate(args.run_dir, data=args.data, no_base=args.no_base, max_samples=args.max_samples,
                       max_new_tokens=args.max_new_tokens)
     print(result["headline"])
-    print(f"report: {os.path.join(args.run_dir, 'eval', 'report.html')}")
+    print(f"report: {RunDir(args.run_dir).eval_file('report.html')}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from ownllm.evaluation.compare import compare_runs
+    from ownllm.evaluation.evaluate import compare_runs
 
     print(compare_runs(args.run_a, args.run_b))
     return 0
 
 
 def cmd_quickstart(args) -> int:
-    from ownllm.evaluation.compare import evaluate
-    from ownllm.training.trainer import Trainer
+    """The pipeline, stage by stage: prepare → plan → train → evaluate, all into one run directory."""
+    from ownllm.evaluation.evaluate import evaluate
+    from ownllm.rundir import RunDir
+    from ownllm.training.data import prepare_for_training
+    from ownllm.training.plan import plan_run
+    from ownllm.training.train import train_run
 
-    cfg = config_from_args(args)
-    trainer = Trainer(config=cfg)
-    print(f"[1/3] preparing data and training into {trainer.run_dir}", file=sys.stderr)
-    summary = trainer.train()
-    if summary["stopped_because"] == "interrupted":  # the person asked to stop: no evaluation now
-        print(f"stopped; resume with: ownllm train --resume {trainer.run_dir}, then: ownllm eval {trainer.run_dir}")
+    cfg = config_from_args(args).validate()
+    if not cfg.data:
+        from ownllm.errors import ConfigError
+
+        raise ConfigError("no training data", hint="ownllm quickstart --data my.jsonl")
+    run = RunDir(cfg.out) if cfg.out else RunDir.default_for(cfg.data)
+    cfg.out = run.path
+    _stage(1, f"preparing {cfg.data} into {run.data_dir}")
+    data = prepare_for_training(cfg.data, cfg, run)
+    _stage(2, "planning")
+    plan = plan_run(cfg, data, run, strict=False)
+    print(plan.text, file=sys.stderr)
+    _stage(3, f"training into {run.path}")
+    trained = train_run(plan.settings, data, run)
+    if trained.summary["stopped_because"] == "interrupted":  # the person asked to stop: no evaluation now
+        print(f"stopped; resume with: ownllm train --resume {run.path}, then: ownllm eval {run.path}")
         return 0
-    print("[2/3] evaluating base vs tuned on the held-out test split", file=sys.stderr)
-    result = evaluate(trainer.run_dir, max_samples=args.max_samples)
-    print("[3/3] done\n")
-    run = trainer.run_dir
-    print(f"  {result['headline']}\n")
-    for label, path in (("data report", "data/report.md"), ("training curve", "loss.png"),
-                        ("train summary", "train_summary.json"), ("adapter", os.path.relpath(summary["output"], run)),
-                        ("eval report", "eval/report.html"), ("tensorboard", "tensorboard/")):
-        print(f"  {label:<15}{os.path.join(run, path)}")
-    print(f"\n  chat with it:   ownllm chat {run}")
+    _stage(4, "evaluating base vs tuned on the held-out test split")
+    result = evaluate(run, max_samples=args.max_samples)
+    print(f"\n  {result['headline']}\n")
+    for label, path in (("data report", run.data_file("report.md")), ("plan", run.plan_json),
+                        ("training curve", run.loss_png), ("train summary", run.summary_json),
+                        ("result", trained.summary["output"]), ("eval report", run.eval_file("report.html")),
+                        ("tensorboard", run.tensorboard_dir)):
+        print(f"  {label:<15}{path}")
+    print(f"\n  chat with it:   ownllm chat {run.path}")
     return 0
+
+
+def _stage(n: int, what: str) -> None:
+    print(f"[{n}/4] {what}", file=sys.stderr, flush=True)
 
 
 def register(sub) -> None:
@@ -308,7 +287,7 @@ def register(sub) -> None:
                                                         "with --data NEW_FILE: train new rows on top of the finished run")
     p.add_argument("--checkpoint", help="with --resume: e.g. checkpoint-100")
     p.add_argument("--additional-epochs", type=float, help="with --resume: this many more epochs")
-    add_config_flags(p)
+    add_flags(p, TrainConfig)
     g = p.add_argument_group("several processes (data parallel; torchrun underneath, gloo on CPUs, NCCL on GPUs)")
     g.add_argument("--num-processes", type=int, default=1, help="processes on this machine, e.g. one per GPU")
     g.add_argument("--num-machines", type=int, default=1, help="machines taking part")
@@ -332,5 +311,5 @@ def register(sub) -> None:
 
     p = sub.add_parser("quickstart", help="prepare → train → evaluate → report, in one command")
     p.add_argument("--max-samples", type=int, help="evaluate at most N test rows")
-    add_config_flags(p)
+    add_flags(p, TrainConfig)
     p.set_defaults(func=cmd_quickstart)

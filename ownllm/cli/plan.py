@@ -1,109 +1,75 @@
-"""`ownllm plan`: memory, time and cost before a run starts, fitted to a time budget."""
+"""`ownllm plan`: memory, time and cost before a run starts, fitted to a time budget.
+
+Its flags are PlanConfig's (the hardware side) and the TrainConfig fields a plan depends on, so a setting
+left out is chosen as `ownllm train` would choose it for the data. It calls the plan stage, ``plan_run``.
+"""
 from __future__ import annotations
 
 import json
 import os
 
+from ownllm.config import add_flags, values_from_args
 
-CALIBRATION_BATCHES = (8, 2)  # two micro-batch sizes separate the fixed cost per step from the cost per token
-
-
-def calibrate(model: str, data: str | None, profile, steps: int = 8) -> dict:
-    """Train a few real steps here at two micro-batch sizes and fit each step's time as a fixed cost plus a
-    cost per computed token (padding included). Returns ``{"mfu", "step_seconds"}``: the utilisation of
-    ``profile``'s peak (this machine: its GPU, else its CPU) the tokens run at, and the fixed seconds per
-    micro-batch (optimizer, framework) — what the planner's time estimate takes. Forgetting protection is
-    off here; the planner adds its cost itself."""
-    import tempfile
-
-    from ownllm.planning.estimate import Job, flops_per_token
-    from ownllm.planning.plan import spec_for
-    from ownllm.training.trainer import Trainer
-
-    points = []  # (computed tokens, seconds) per measured step
-    for batch in CALIBRATION_BATCHES:
-        with tempfile.TemporaryDirectory() as tmp:
-            Trainer(model=model, train_dataset=data or "examples/data/support_en.jsonl",
-                    args={"output_dir": tmp, "max_steps": steps, "logging_steps": 1, "early_stopping_patience": 0,
-                          "batch_size": batch, "grad_accum": 1, "protect": "off", "save_steps": 10_000,
-                          "eval_steps": 10_000}).train()
-            with open(os.path.join(tmp, "metrics.jsonl"), encoding="utf-8") as f:
-                logged = [json.loads(line) for line in f]
-        steps_logged = [(r["computed_tokens_since_last_log"], r["seconds_since_last_log"])
-                        for r in logged if r.get("seconds_since_last_log")]
-        points += steps_logged[1:]  # the first step warms up
-    fixed, per_token = _fit_line(points)
-    seq = sum(n for n, _ in points) / len(points) / (sum(CALIBRATION_BATCHES) / len(CALIBRATION_BATCHES))
-    flops = flops_per_token(spec_for(model), Job(seq_len=int(seq), precision=profile.best_precision))
-    mfu = flops / per_token / (profile.peak_tflops(profile.best_precision) * 1e12)
-    return {"mfu": round(mfu, 3), "step_seconds": round(fixed, 4)}
-
-
-def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares seconds = fixed + tokens x per_token, with fixed >= 0."""
-    n = len(points)
-    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-    fixed = my - slope * mx
-    if slope <= 0 or fixed < 0:  # noise: no fixed cost can be told apart; all of the time is per token
-        return 0.0, my / mx
-    return fixed, slope
+# TrainConfig's fields that change a plan: the rest (checkpoints, logging, ...) do not
+PLANNED = ("data", "model", "method", "epochs", "batch_size", "grad_accum", "lora_r", "gradient_checkpointing",
+           "protect", "time_budget", "max_seq_len")
 
 
 def cmd_plan(args) -> int:
-    from ownllm.planning.profiles import get_profile, this_machine
-    from ownllm.planning.plan import format_plan, matrix, parse_duration, plan, spec_for
-    if args.matrix:
-        rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        print(format_matrix(rows))
-        return 0
+    import dataclasses
+
     from ownllm.errors import ConfigError
+    from ownllm.planning.profiles import this_machine
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.plan import PlanConfig, plan_run
 
-    examples, tpe, lengths = args.examples, args.tokens_per_example, None
-    if args.data:
-        examples, tpe, lengths = _data_size(args.data)
-    if not examples or not tpe:
-        raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data FILE|RUN_DIR")
-    here = this_machine() if args.calibrate or not args.gpu else None
-    profile = get_profile(args.gpu) if args.gpu else here
-    if args.calibrate and profile.name != here.name:
-        raise ConfigError(f"--calibrate measures this machine ({here.name}); it cannot stand in for {profile.name}",
-                          hint="drop --gpu to plan for this machine, or drop --calibrate (and give --mfu)")
-    data_file = args.data if args.data and not os.path.isdir(args.data) else None
-    measured = calibrate(args.model, data_file, here) if args.calibrate else {"mfu": args.mfu, "step_seconds": 0.0}
-    from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
+    if args.matrix:
+        return _matrix(args)
+    options = PlanConfig(**values_from_args(args, PlanConfig)).validate()
+    cfg = dataclasses.replace(TrainConfig(), **values_from_args(args, TrainConfig)).validate()
+    run, data = _data(cfg.data) if cfg.data else (None, None)
+    measured = None
+    if options.calibrate:
+        from ownllm.training.calibrate import calibrate
 
-    replay = replay_for_plan(args.protect, args.method, examples)
-    result = plan(spec_for(args.model), profile, examples=examples, tokens_per_example=tpe, epochs=args.epochs,
-                  replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, lengths=lengths, step_seconds=measured["step_seconds"],
-                  method=args.method, budget_hours=parse_duration(args.time_budget), micro_batch=args.micro_batch,
-                  grad_accum=args.grad_accum, lora_r=args.lora_r, gradient_checkpointing=args.gradient_checkpointing,
-                  mfu=measured["mfu"], gpus=args.gpus, price_per_hour=args.price_per_hour, zero_stage=args.zero_stage,
-                  replay_rows=replay)
-    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+        here = this_machine()
+        if options.gpu and here.name != _profile_name(options.gpu):
+            raise ConfigError(f"--calibrate measures this machine ({here.name}); it cannot stand in for "
+                              f"{_profile_name(options.gpu)}",
+                              hint="drop --gpu to plan for this machine, or drop --calibrate (and give --mfu)")
+        measured = calibrate(cfg.model, cfg.data if cfg.data and not os.path.isdir(cfg.data) else None, here)
+    result = plan_run(cfg, data, run, options, measured)
+    print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.text)
+    if run is not None:
+        print(f"wrote {run.plan_json}", file=__import__("sys").stderr)
     return 0
 
 
-def _data_size(data: str) -> tuple[int, float, list[int]]:
-    """(training rows, mean tokens per row, row lengths) of a prepared run directory, or of a data file or
-    folder prepared in memory as `ownllm train --data` would (same split; nothing is written)."""
-    from ownllm.rundir import data_stats
+def _profile_name(gpu: str) -> str:
+    from ownllm.planning.profiles import get_profile
 
-    from ownllm.data.report import lengths_from_histogram
+    return get_profile(gpu).name
 
-    if os.path.isdir(data) and os.path.exists(os.path.join(data, "data", "report.json")):
-        rows, mean, histogram = data_stats(data)
-        return rows, mean, lengths_from_histogram(histogram)
+
+def _data(data: str):
+    """(the run directory whose plan.json the plan is written to, the prepared data): a prepared run
+    directory is planned in place; a data file or folder is prepared in memory as `ownllm train --data`
+    would (the same split; nothing is written)."""
     from ownllm.data.prepare import prepare_dataset
+    from ownllm.rundir import RunDir
 
-    report = prepare_dataset([data]).report
-    train = report["splits"]["train"]
-    lengths = [min(n, report["max_seq_len"]) for n in report["_lengths"]]  # every split: the same distribution
-    return train, round(report["train_tokens_per_epoch"] / max(1, train), 1), lengths
+    run = RunDir(data)
+    if os.path.isdir(data) and run.data_report() is not None:
+        return run, run
+    return None, prepare_dataset([data])
+
+
+def _matrix(args) -> int:
+    from ownllm.planning.plan import matrix, parse_duration
+
+    rows = matrix(args.examples or 100_000, args.tokens_per_example or 256, parse_duration(args.time_budget) or 3)
+    print(json.dumps(rows, indent=2) if args.json else format_matrix(rows))
+    return 0
 
 
 def format_matrix(rows: list[dict]) -> str:
@@ -117,30 +83,16 @@ def format_matrix(rows: list[dict]) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="memory, time and cost of a run on any hardware, fitted to a time budget")
-    p.add_argument("--model", default="smollm2-135m", help="registry alias or model folder (default smollm2-135m)")
-    p.add_argument("--gpu", help="hardware profile, e.g. 'RTX 4090', A100, H100, cpu (default: this machine)")
-    p.add_argument("--data", help="a data file or folder (read, not written), or a prepared run directory: "
-                                   "examples and tokens per example from it")
-    p.add_argument("--examples", type=int, help="training examples")
-    p.add_argument("--tokens-per-example", type=float, help="mean tokens per example")
-    p.add_argument("--epochs", type=float, default=3, help="epochs (default 3)")
-    p.add_argument("--method", default="lora", choices=["lora", "qlora", "dora", "full", "prefix"])
-    p.add_argument("--time-budget", help="e.g. 3h, 90m, 1h30m")
-    p.add_argument("--micro-batch", type=int, default=8, help="micro-batch per device (default 8)")
-    p.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation (default 4)")
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--protect", default="default", choices=["off", "default", "strong"],
-                   help="forgetting protection, as `ownllm train --protect` (default: default); its replayed rows "
-                        "count in the time")
-    p.add_argument("--gpus", type=int, default=1, help="data-parallel devices (memory is per device, time for all)")
-    p.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3],
-                   help="DeepSpeed ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights")
-    p.add_argument("--mfu", type=float, help="utilisation to assume (default: 0.40 GPU, 0.28 QLoRA, 0.45 CPU)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="measure utilisation and the fixed cost per step with a few real steps here")
-    p.add_argument("--price-per-hour", type=float, help="USD per device-hour (default: example cloud prices)")
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.plan import PlanConfig
+
+    p = sub.add_parser("plan", help="memory, time and cost of a run on any hardware, fitted to a time budget",
+                       description="ownllm plan --data FILE|RUN_DIR [--model M] [--time-budget 30m] | ownllm plan "
+                                   "--model M --gpu 'RTX 4090' --examples N --tokens-per-example T | ownllm plan "
+                                   "--matrix. Settings left out are chosen as `ownllm train` chooses them for the "
+                                   "data; with a prepared RUN_DIR the plan is written to RUN_DIR/plan.json.")
+    add_flags(p, PlanConfig)
+    add_flags(p, TrainConfig, only=PLANNED)
     p.add_argument("--matrix", action="store_true", help="the guide's model-selection table, corrected")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plan)

@@ -16,6 +16,7 @@ from ownllm.data.clean import NORMALIZATIONS, clean_row
 from ownllm.data.dedup import Deduplicator, distinct_parts, excerpt, find_leaks
 from ownllm.data.split import parse_split, split_rows
 from ownllm.data.validate import check_row
+from ownllm.config import setting
 from ownllm.errors import ConfigError, DataError
 
 SAMPLE_FOR_DETECTION = 50
@@ -23,20 +24,27 @@ SAMPLE_FOR_DETECTION = 50
 
 @dataclass
 class PrepareConfig:
-    format: str = "auto"
-    columns: dict | None = None
-    split: tuple = (0.8, 0.1, 0.1)
-    seed: int = 42
-    strict: bool = False
-    max_rejected: float = 0.1
-    max_seq_len: int = 1024
-    system: str | None = None
-    pii: str = "keep"
-    dedup: str = "near"
-    normalize: str = "nfc"
-    strip_html: bool = False
-    model: str | None = None
-    template: str | None = None
+    """The prepare stage's settings: ``ownllm data prepare``'s flags, the studio's data step, config.yaml's
+    ``prepare:`` section."""
+    format: str = setting("auto", "auto | messages | sharegpt | alpaca | prompt-completion | text")
+    columns: str | dict | None = setting(None, "column mapping, e.g. prompt=问题,response=答案")
+    split: str | tuple = setting("0.8,0.1,0.1", "train,val,test fractions (default 0.8,0.1,0.1)")
+    seed: int = setting(42, "shuffle seed (default 42)")
+    strict: bool = setting(False, "fail on the first bad row")
+    max_rejected: float = setting(0.1, "fail if more than this share of rows is bad")
+    max_seq_len: int = setting(1024, "token limit used for the truncation count")
+    system: str | None = setting(None, "system prompt added to every conversation")
+    pii: str = setting("keep", "mask e-mails, phones, ID and card numbers", choices=("mask", "keep"))
+    dedup: str = setting("near", "duplicate removal on the user and assistant turns (never the system prompt); near "
+                                 "(default) also removes rows that differ only slightly, never ones whose numbers or "
+                                 "names differ; exact removes identical rows only", choices=("exact", "near", "off"))
+    normalize: str = setting("nfc", "Unicode normalisation: nfc (default, changes no meaning) or nfkc (full-width "
+                                    "letters and digits to ASCII, but also m² to m2 and ① to 1)",
+                             choices=("nfc", "nfkc"))
+    strip_html: bool = setting(False, "remove HTML tags and decode entities (off by default: it deletes literal tags "
+                                      "in text about HTML)")
+    model: str | None = setting(None, "model whose tokenizer and chat template are used (default smollm2-135m)")
+    template: str | None = setting(None, "chat template: the model's own, or chatml, llama3, qwen, deepseek, alpaca")
 
     def validate(self) -> None:
         problems = []

@@ -5,6 +5,7 @@ import base64
 import html
 import os
 
+from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write
 
 ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "test_loss", "perplexity",
@@ -123,9 +124,9 @@ def _bars(result: dict) -> str:
     return "\n".join(rows)
 
 
-def to_html(run_dir: str, result: dict, samples: list[dict]) -> str:
+def to_html(run, result: dict, samples: list[dict]) -> str:
     e = html.escape
-    plot = os.path.join(run_dir, "loss.png")
+    plot = RunDir(run).loss_png
     img = ""
     if os.path.exists(plot):
         with open(plot, "rb") as f:
@@ -162,7 +163,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ddd;padding
 </body></html>"""
 
 
-def write_report(run_dir: str, result: dict, samples: list[dict]) -> None:
-    out = os.path.join(run_dir, "eval")
-    atomic_write(os.path.join(out, "report.md"), to_markdown(result, samples))
-    atomic_write(os.path.join(out, "report.html"), to_html(run_dir, result, samples))
+def write_report(run, result: dict, samples: list[dict]) -> None:
+    """eval/report.md and eval/report.html of the ``RunDir`` ``run``."""
+    atomic_write(run.eval_file("report.md"), to_markdown(result, samples))
+    atomic_write(run.eval_file("report.html"), to_html(run, result, samples))

@@ -68,7 +68,7 @@ def trainable_params(shape, job: Job) -> float:
 
 def memory_gb(shape, job: Job) -> dict:
     """Peak memory per device, in GiB, with its parts."""
-    # Adapter methods hold the frozen weights in the run's precision, CPUs included (training.loop).
+    # Adapter methods hold the frozen weights in the run's precision, CPUs included (training.train).
     half = 2 if job.precision in ("bf16", "fp16") and not (job.cpu and job.method == "full") else 4
     if job.method == "qlora":
         weights = linear_params(shape) * NF4_BYTES + (shape.params - linear_params(shape)) * 2

@@ -22,7 +22,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ownllm.config import request_model
+from ownllm.data.prepare import PrepareConfig
 from ownllm.errors import OwnLLMError
+from ownllm.training.config import TrainConfig
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
 from ownllm.web.engine import Engine, limit_malloc_arenas
 from ownllm.studio import jobs
@@ -47,34 +50,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataOptions(_Body):
-    inputs: list[str] = Field(min_length=1)
-    format: str = "auto"
-    columns: str | None = None
-    dedup: str = "near"
-    pii: str = "keep"
-    system: str | None = None
-    model: str | None = None
-    max_seq_len: int = Field(1024, ge=16)
-
-
-class NewRun(DataOptions):
-    name: str
-
-
-class PlanRequest(_Body):
-    model: str = "smollm2-135m"
-    method: str = "lora"
-    time_budget: str | None = "3h"
-    epochs: float | None = Field(None, gt=0)  # None: chosen from the dataset's size, as `ownllm train` does
-    protect: str = "default"                  # forgetting protection, as `ownllm train --protect`
-
-
-class TrainRequest(PlanRequest):
-    max_steps: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0, lt=1)
-    logging_steps: int | None = Field(None, ge=1)
-    save_steps: int | None = Field(None, ge=1)
+# The stages' own dataclasses make the requests of the data, plan and train steps: the same fields,
+# defaults and checks (``validate()``) as `ownllm data prepare`, `ownllm plan` and `ownllm train`.
+DATA_FIELDS = ("format", "columns", "dedup", "pii", "system", "model", "max_seq_len")
+PLAN_FIELDS = ("model", "method", "time_budget", "epochs", "protect")
+TRAIN_FIELDS = PLAN_FIELDS + ("max_steps", "lr", "logging_steps", "save_steps")
+STUDIO_DEFAULTS = {"time_budget": "3h"}  # the studio plans for the three hours the guide promises
+DataOptions = request_model(PrepareConfig, "DataOptions", only=DATA_FIELDS,
+                            extra={"inputs": (list[str], Field(min_length=1))})
+NewRun = request_model(PrepareConfig, "NewRun", only=DATA_FIELDS,
+                       extra={"inputs": (list[str], Field(min_length=1)), "name": (str, ...)})
+PlanRequest = request_model(TrainConfig, "PlanRequest", only=PLAN_FIELDS, defaults=STUDIO_DEFAULTS)
+TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS)
 
 
 class EvalRequest(_Body):
@@ -97,9 +84,9 @@ class ExportRequest(_Body):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def _prepare_options(o: DataOptions) -> dict:
-    return dict(format=o.format, columns=o.columns or None, dedup=o.dedup, pii=o.pii, system=o.system or None,
-                model=o.model or None, max_seq_len=o.max_seq_len)
+def _prepare_options(o) -> dict:
+    """The request's PrepareConfig fields that were given (an empty text is not given)."""
+    return {k: v for k, v in o.model_dump(exclude={"inputs", "name"}).items() if v not in (None, "")}
 
 
 def _report_view(report: dict) -> dict:
@@ -201,43 +188,25 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
     return out
 
 
-def make_plan(studio: Studio, name: str, req: PlanRequest) -> dict:
-    from ownllm.training.config import TrainConfig
-    from ownllm.data.report import lengths_from_histogram
-    from ownllm.planning.profiles import this_machine
-    from ownllm.planning.plan import format_plan, parse_duration, plan, spec_for
-    from ownllm.rundir import data_stats
-    from ownllm.training.defaults import resolve_defaults
-    from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
-    from ownllm.utils import atomic_write
+def make_plan(studio: Studio, name: str, req) -> dict:
+    """The plan stage on the run's prepared data, with the page's choices: writes the run's plan.json."""
+    from ownllm.rundir import RunDir
+    from ownllm.training.plan import plan_run
 
-    run = studio.run_dir(name)
-    examples, tpe, histogram = data_stats(run)
-    # the settings `ownllm train` will use for this data, so the plan describes the run that starts
-    cfg = resolve_defaults(TrainConfig(model=req.model, method=req.method, epochs=req.epochs,
-                                       protect=req.protect).validate(), examples)
-    result = plan(spec_for(req.model), this_machine(), examples=examples, tokens_per_example=tpe,
-                  epochs=float(cfg.epochs), method=req.method, budget_hours=parse_duration(req.time_budget or None),
-                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16,
-                  replay_rows=replay_for_plan(cfg.protect, req.method, examples),
-                  replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, lengths=lengths_from_histogram(histogram))
-    result["text"] = format_plan(result)
-    atomic_write(os.path.join(run, "plan.json"), json.dumps(result, ensure_ascii=False, indent=2))
-    return result
+    run = RunDir(studio.run_dir(name))
+    cfg = TrainConfig(**{k: v for k, v in req.model_dump().items() if v is not None}).validate()
+    return plan_run(cfg, run, run).to_json()
 
 
-def train_argv(run: str, req: TrainRequest) -> list[str]:
-    """The `ownllm train` command line for the page's choices."""
-    from ownllm.training.config import TrainConfig
-
-    argv = ["train", "--data", run, "--out", run, "--model", req.model, "--method", req.method, "--protect", req.protect]
-    for flag, value in (("--epochs", req.epochs), ("--time-budget", req.time_budget), ("--max-steps", req.max_steps),
-                        ("--lr", req.lr), ("--logging-steps", req.logging_steps), ("--save-steps", req.save_steps),
-                        ("--eval-steps", req.save_steps)):
-        if value:
-            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    TrainConfig(data=run, model=req.model, method=req.method, epochs=req.epochs, time_budget=req.time_budget or None,
-                max_steps=req.max_steps, lr=req.lr, protect=req.protect).validate()  # every mistake now, not in the job's log
+def train_argv(run: str, req) -> list[str]:
+    """The `ownllm train` command line for the page's choices (every mistake now, not in the job's log)."""
+    values = {k: v for k, v in req.model_dump().items() if v not in (None, "")}
+    TrainConfig(data=run, out=run, **values).validate()
+    if "save_steps" in values:
+        values["eval_steps"] = values["save_steps"]  # validate when it saves, so the best checkpoint is kept
+    argv = ["train", "--data", run, "--out", run]
+    for key, value in values.items():
+        argv += ["--" + key.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     return argv
 
 

@@ -20,11 +20,12 @@ class TrainConfig:
     data: str | None = _f(None, "dataset file/folder, or a run directory prepared by `ownllm data prepare`")
     model: str = _f("smollm2-135m", "base model: alias, HF folder, .gguf file or hub id")
     out: str | None = _f(None, "run directory (default runs/<data name>)")
-    method: str = _f("lora", "lora | qlora | full | dora | prefix")
+    method: str = _f("lora", "lora | qlora | full | dora | prefix", choices=METHODS)
     epochs: float | None = _f(None, "epochs (default: chosen from the dataset size; early stopping decides)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides --epochs)")
     lr: float | None = _f(None, "learning rate (default by method and dataset size: LoRA 2e-4..1e-3, full 3e-5)")
-    batch_size: int = _f(8, "micro-batch per device (lowered automatically on out-of-memory)")
+    batch_size: int = _f(8, "micro-batch per device (lowered automatically on out-of-memory)",
+                         aliases=("--micro-batch",))
     grad_accum: int | None = _f(None, "gradient accumulation steps (default 4, fewer on small datasets)")
     max_seq_len: int = _f(1024, "longest sequence in tokens; longer rows are truncated")
     lora_r: int | None = _f(None, "LoRA rank (default 16, 64 on small datasets)")
@@ -54,7 +55,7 @@ class TrainConfig:
     split: str = _f("0.8,0.1,0.1", "train,val,test fractions when --data is a raw file")
     time_budget: str | None = _f(None, "fit the run to a wall-clock budget (e.g. 3h, 45m): max steps from the plan, "
                                        "then a graceful stop with a checkpoint when the budget is spent")
-    protect: str = _f("default", "keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
+    protect: str = _f("default", choices=PROTECTION_LEVELS, help="keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
                                  "replays general prompts with a KL term to the base model (see README)")
     hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
 

@@ -25,24 +25,23 @@ from ownllm.errors import ConfigError, OwnLLMError
 # the plain remedy for forgetting in continual fine-tuning, at the cost of training up to twice the rows.
 # benchmarks/forgetting.py --continual-only measures what it keeps (RESULTS.md).
 EARLIER_REPLAY_RATIO = 1.0
-STAGE_ENTRIES = ("adapter", "checkpoints", "data", "eval", "export", "train_summary.json", "metrics.jsonl",
-                 "loss.png", "tensorboard", "status.json")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "prefix")
 
 
-def start_stage(run_dir: str, new_data: str, cfg, additional_epochs: float | None = None):
-    """Archive the finished stage of ``run_dir`` and prepare the next one on ``new_data``; returns the
-    config the new stage trains with and what the summary records about it. ``cfg``: the run's config."""
+def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None):
+    """Archive the finished stage of the run directory ``run`` (a ``RunDir``) and prepare the next one on
+    ``new_data``; returns the config the new stage trains with and what the summary records about it.
+    ``cfg``: the run's config."""
     from ownllm.data.dedup import find_leaks
     from ownllm.data.prepare import load_prepared, prepare_dataset
-    from ownllm.rundir import earlier_stages
+    from ownllm.rundir import STAGE_ENTRIES, adapter_in
 
+    run_dir = run.path
     if cfg.method not in ADAPTER_METHODS:
         raise ConfigError(f"--resume --data continues an adapter; {run_dir} is a {cfg.method} fine-tune",
-                          hint=f"train a new run on top of it: ownllm train --model {os.path.join(run_dir, 'model')} "
+                          hint=f"train a new run on top of it: ownllm train --model {run.model_dir} "
                                f"--data {new_data}")
-    adapter = os.path.join(run_dir, "adapter")
-    if not os.path.exists(os.path.join(adapter, "adapter_config.json")):
+    if adapter_in(run.adapter_dir) is None:
         raise OwnLLMError(f"{run_dir} has not finished training (no adapter/ in it)",
                           hint=f"finish it first: ownllm train --resume {run_dir}")
     if additional_epochs is not None and additional_epochs <= 0:
@@ -58,26 +57,26 @@ def start_stage(run_dir: str, new_data: str, cfg, additional_epochs: float | Non
                           "validation split")
     rng = random.Random(cfg.seed)
     replayed = rng.sample(earlier.train, min(len(earlier.train), math.ceil(EARLIER_REPLAY_RATIO * len(fresh))))
-    stage = len(earlier_stages(run_dir)) + 1
-    archive = os.path.join(run_dir, "stages", str(stage))
-    staging = os.path.join(run_dir, "stages", f".preparing-{stage}")
-    shutil.rmtree(staging, ignore_errors=True)
+    stage = len(run.earlier_stages()) + 1
+    archive = run.stage(stage)
+    staging = run.preparing_stage(stage)
+    shutil.rmtree(staging.path, ignore_errors=True)
     # rows that are already prepared: no second system prompt, no second dedup against each other's splits
-    prepare_dataset(fresh + replayed, out=staging, split="1,0,0", val=new.val, test=new.test,
+    prepare_dataset(fresh + replayed, out=staging.path, split="1,0,0", val=new.val, test=new.test,
                     dedup="off", **common)
-    os.makedirs(archive)
+    os.makedirs(archive.path)
     for entry in STAGE_ENTRIES:
-        if os.path.exists(os.path.join(run_dir, entry)):
-            os.replace(os.path.join(run_dir, entry), os.path.join(archive, entry))
-    shutil.copy2(os.path.join(run_dir, "config.yaml"), os.path.join(archive, "config.yaml"))
-    os.replace(os.path.join(staging, "data"), os.path.join(run_dir, "data"))
-    shutil.rmtree(staging, ignore_errors=True)
+        if os.path.exists(run.entry(entry)):
+            os.replace(run.entry(entry), archive.entry(entry))
+    shutil.copy2(run.config_yaml, archive.config_yaml)
+    os.replace(staging.data_dir, run.data_dir)
+    shutil.rmtree(staging.path, ignore_errors=True)
     info = {"stage": stage + 1, "new_data": os.fspath(new_data), "earlier_stages": [
-        os.path.relpath(s, run_dir) for s in earlier_stages(run_dir)], "new_train_rows": len(fresh),
+        os.path.relpath(s.path, run_dir) for s in run.earlier_stages()], "new_train_rows": len(fresh),
         "replayed_earlier_rows": len(replayed), "left_out_as_earlier_test_or_val": len(leaked),
         "val_rows": len(new.val), "test_rows": len(new.test),
-        "started_from": os.path.join(archive, "adapter")}
-    next_cfg = dataclasses.replace(cfg, data=run_dir, out=run_dir, init_adapter=os.path.join(archive, "adapter"),
+        "started_from": archive.adapter_dir}
+    next_cfg = dataclasses.replace(cfg, data=run_dir, out=run_dir, init_adapter=archive.adapter_dir,
                                    max_steps=None, epochs=_epochs(additional_epochs) or cfg.epochs)
     return next_cfg, info
 

@@ -2,46 +2,57 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ownllm.errors import DataError
-
-
-@dataclass
-class TrainData:
-    train: list
-    val: list
-    test: list
-    report: dict
 
 
 def _is_dataset_dict(obj) -> bool:
     return hasattr(obj, "keys") and hasattr(obj, "column_names") and isinstance(getattr(obj, "column_names"), dict)
 
 
-def resolve_data(train, eval_data, cfg, run_dir: str) -> TrainData:
-    """Accepts a path (file, folder or prepared run dir), PreparedData, a 🤗 Dataset/DatasetDict or a list."""
-    from ownllm.data.prepare import PreparedData, load_prepared, prepare_dataset
+def prepare_options(cfg) -> dict:
+    """The prepare stage's options a ``TrainConfig`` decides (``PrepareConfig`` fields)."""
+    return dict(model=cfg.model, system=cfg.system, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
 
-    common = dict(model=cfg.model, system=cfg.system, template=cfg.template, max_seq_len=cfg.max_seq_len,
-                  seed=cfg.seed)
-    if isinstance(train, (str, os.PathLike)) and os.path.exists(os.path.join(train, "data", "train.jsonl")):
-        p = load_prepared(os.fspath(train))
-    elif isinstance(train, PreparedData):
-        p = train
-    elif _is_dataset_dict(train):
+
+def prepare_for_training(train, cfg, run, eval_data=None):
+    """The prepare stage as training calls it: whatever the person gave as data — a file or folder, a run
+    directory prepared by ``ownllm data prepare``, ``prepare_dataset``'s result, a 🤗 Dataset/DatasetDict or a
+    list of rows — checked, cleaned and split into ``run``'s data/ (a prepared run is read back as it is).
+    Returns the ``PreparedData``. Several processes: the main one prepares, the others read what it wrote."""
+    from ownllm.data.prepare import PreparedData, load_prepared
+    from ownllm.rundir import RunDir
+    from ownllm.training import distributed
+
+    prepared = isinstance(train, PreparedData) or (isinstance(train, (str, os.PathLike)) and RunDir(train).is_prepared())
+    if distributed.is_main():
+        data = _prepare(train, eval_data, cfg, run)
+        distributed.barrier()
+    else:
+        distributed.barrier()
+        data = train if isinstance(train, PreparedData) else load_prepared(train if prepared else run.path)
+    if not data.train:
+        raise DataError("there are no training rows")
+    return data
+
+
+def _prepare(train, eval_data, cfg, run):
+    from ownllm.data.prepare import PreparedData, load_prepared, prepare_dataset
+    from ownllm.rundir import RunDir
+
+    common = prepare_options(cfg)
+    if isinstance(train, (str, os.PathLike)) and RunDir(train).is_prepared():
+        return load_prepared(os.fspath(train))
+    if isinstance(train, PreparedData):
+        return train
+    if _is_dataset_dict(train):
         split = {k: list(train[k]) for k in train.keys()}
         eval_rows = split.get("validation") or split.get("val") or _rows_or_path(eval_data)
-        p = _prepare_rows(split.get("train") or [], eval_rows, split.get("test"), cfg, run_dir, common)
-    elif isinstance(train, (str, os.PathLike)):
+        return _prepare_rows(split.get("train") or [], eval_rows, split.get("test"), cfg, run.path, common)
+    if isinstance(train, (str, os.PathLike)):
         split = cfg.split if eval_data is None else "1,0,0"
-        p = prepare_dataset([os.fspath(train)], out=run_dir, split=split, val=_rows_or_path(eval_data), **common)
-    else:
-        rows = list(train)
-        p = _prepare_rows(rows, _rows_or_path(eval_data), None, cfg, run_dir, common)
-    if not p.train:
-        raise DataError("there are no training rows")
-    return TrainData(p.train, p.val, p.test, p.report)
+        return prepare_dataset([os.fspath(train)], out=run.path, split=split, val=_rows_or_path(eval_data), **common)
+    return _prepare_rows(list(train), _rows_or_path(eval_data), None, cfg, run.path, common)
 
 
 def _rows_or_path(data):

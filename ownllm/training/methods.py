@@ -109,18 +109,22 @@ def trainable_report(model) -> dict:
 
 def adapter_folder(path: str) -> str:
     """An adapter folder, given it or a run directory holding adapter/."""
-    for cand in (path, os.path.join(path, "adapter")):
-        if os.path.exists(os.path.join(cand, "adapter_config.json")):
-            return cand
+    from ownllm.rundir import adapter_in
+
+    found = adapter_in(path)
+    if found:
+        return found
     raise ConfigError(f"no adapter found at {path} (adapter_config.json)",
                       hint="point to a run directory of a LoRA/DoRA/QLoRA/prefix run, or to its adapter/ folder")
 
 
-def save_trained(model, tokenizer, run_dir: str, cfg) -> str:
-    """Save the result: ``adapter/`` for adapter methods, ``model/`` for full fine-tuning."""
+def save_trained(model, tokenizer, run, cfg) -> str:
+    """Save the result into the ``RunDir`` ``run`` (or a folder): ``adapter/`` for adapter methods,
+    ``model/`` for full fine-tuning."""
+    from ownllm.rundir import RunDir
     from ownllm.utils import atomic_dir
 
-    target = os.path.join(run_dir, "model" if cfg.method == "full" else "adapter")
+    target = RunDir(run).model_dir if cfg.method == "full" else RunDir(run).adapter_dir
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

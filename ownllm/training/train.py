@@ -1,4 +1,4 @@
-"""setup → train → cleanup, around transformers.Trainer."""
+"""The train stage: setup → train → cleanup, around transformers.Trainer (``train_run``)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,10 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 
-from ownllm.errors import HardwareError, OwnLLMError
+from ownllm.errors import ConfigError, HardwareError, OwnLLMError
+from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write
 
 
@@ -17,8 +19,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def setup_model(trainer, cfg, rows: list):
-    """Load (or reuse) the base model and tokenizer and apply the training method."""
+def setup_model(loaded, cfg, rows: list):
+    """Load the base model and tokenizer (or use ``loaded``, an ``OwnModel``) and apply the training method.
+    Returns the model, tokenizer, device, precision and --add-terms' report (None without it)."""
     import torch
 
     from ownllm.models.load import load_pretrained
@@ -28,8 +31,8 @@ def setup_model(trainer, cfg, rows: list):
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     methods.check_precision_for_method(cfg.method, device)
-    if trainer._loaded is not None:
-        model, tokenizer = trainer._loaded.model, trainer._loaded.tokenizer
+    if loaded is not None:
+        model, tokenizer = loaded.model, loaded.tokenizer
     else:
         # Frozen base weights of adapter methods sit in the run's half precision (peft keeps the
         # adapters in fp32, autocast does the mixed matmuls): half the weight memory, and no fp32 -> bf16
@@ -39,11 +42,11 @@ def setup_model(trainer, cfg, rows: list):
         qcfg = methods.quantization_config(cfg.method, torch_dtype(precision) if precision != "fp32" else torch.float32)
         model, tokenizer, _ = load_pretrained(cfg.model, device=device, dtype=precision if half_base else "fp32",
                                               quantization_config=qcfg)
-    new_ids = None
+    new_ids, term_stats = None, None
     if cfg.add_terms:
-        new_ids, trainer.term_stats = add_terms(model, tokenizer, cfg, rows)
+        new_ids, term_stats = add_terms(model, tokenizer, cfg, rows)
     model = methods.apply(model, cfg, trainable_tokens=new_ids)
-    return model, tokenizer, device, precision
+    return model, tokenizer, device, precision, term_stats
 
 
 def add_terms(model, tokenizer, cfg, rows: list) -> tuple[list[int], dict]:
@@ -105,7 +108,7 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
     if has_val and save_steps % eval_steps:
         save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best-model tracking needs this
     kwargs = dict(
-        output_dir=os.path.join(run_dir, "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=RunDir(run_dir).checkpoints_dir, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps or -1, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
@@ -140,9 +143,10 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     drift = drift_rows(cfg, train_ds, replay_targets, tokenizer.pad_token_id, kl_weight) if has_val else None
     args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths,
                               "eval_protected_loss" if drift else "eval_loss")
-    signals, metrics = SignalCallback(), MetricsCallback(os.path.join(run_dir, "metrics.jsonl"))
-    callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(os.path.join(run_dir, "status.json"), device),
-                 TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(run_dir, "tensorboard")))]
+    run = RunDir(run_dir)
+    signals, metrics = SignalCallback(), MetricsCallback(run.metrics_jsonl)
+    callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(run.status_json, device),
+                 TensorBoardCallback(tb_writer=SummaryWriter(run.tensorboard_dir))]
     if has_val and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     callbacks += list(extra_callbacks)
@@ -171,36 +175,48 @@ def drift_rows(cfg, train_ds, replay_targets: list | None, pad_id: int, kl_weigh
     return list(rows), replay_targets[:len(rows)], pad_id, kl_weight
 
 
-def run_training(trainer, data) -> dict:
-    """Train with OOM back-off; save the result, the plot and the summary."""
+@dataclass
+class TrainResult:
+    """What the train stage returns: the summary (also ``train_summary.json``) and the trained model, in memory."""
+    summary: dict
+    model: object
+    tokenizer: object
+
+
+def train_run(cfg, data, run, *, model=None, resume: str | None = None, additional_epochs: float | None = None,
+              continual: dict | None = None) -> TrainResult:
+    """The train stage: fine-tune on ``data`` (prepared: ``.train``/``.val`` rows) with the settings ``cfg``
+    (a ``TrainConfig`` whose defaults the plan stage resolved), into the run directory ``run``: config.yaml,
+    checkpoints, the adapter or model, metrics, loss.png and train_summary.json. ``model``: an ``OwnModel``
+    to train instead of loading ``cfg.model``; ``resume``: a checkpoint to go on from; ``additional_epochs``:
+    that many epochs of steps past it; ``continual``: what ``continual.start_stage`` recorded. Out of memory,
+    it halves the micro-batch and carries on. ``cfg`` is not changed: what changes on the way is in the
+    summary's ``adjusted``."""
     import torch
 
+    from ownllm.training import distributed
     from ownllm.training.data import tokenize
     from ownllm.training.hf import NonFiniteLoss, last_checkpoint
-
-    from ownllm.training import distributed
 
     # config.yaml keeps what was asked (it reproduces the run); what changes on the way (out-of-memory
     # back-off, --additional-epochs, --time-budget, a resumed checkpoint's batch) changes this working
     # copy only and is recorded in train_summary.json's "adjusted".
-    cfg, run_dir = dataclasses.replace(trainer.config), trainer.run_dir
-    trainer.adjusted = {}
-    os.makedirs(run_dir, exist_ok=True)
-    trainer.term_stats = None
-    trainer.save_config()
+    asked, cfg = cfg, dataclasses.replace(cfg)
+    facts = {"adjusted": {}, "continual": continual}
+    os.makedirs(run.path, exist_ok=True)
+    save_config(asked, run)
     with distributed.main_first():  # the main process converts/caches the model first
-        model, tokenizer, device, precision = setup_model(trainer, cfg, data.train)
-    trainer.model, trainer.tokenizer = model, tokenizer
+        model, tokenizer, device, precision, facts["added_terms"] = setup_model(model, cfg, data.train)
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
-        train_ds, trainer.protection, replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train)
-    if trainer._resume:
-        _follow_checkpoint_batch(cfg, trainer._resume, trainer.adjusted)
-    if trainer._extra:  # additional_epochs: exactly that many epochs of optimizer steps past the checkpoint
-        _add_epochs(cfg, trainer._extra, len(train_ds), trainer.adjusted)
+        train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train)
+    if resume:
+        _follow_checkpoint_batch(cfg, resume, facts["adjusted"])
+    if additional_epochs is not None:  # exactly that many epochs of optimizer steps past the checkpoint
+        _add_epochs(cfg, (_checkpoint_step(resume), float(additional_epochs)), len(train_ds), facts["adjusted"])
     lengths = [len(x) for x in train_ds["input_ids"]]  # read once: sampling, attention and the budget use them
-    attention = trainer.attention = choose_attention(model, device, lengths)
+    facts["attention"] = choose_attention(model, device, lengths)
     from ownllm.training.methods import trainable_report
 
     params = trainable_report(model)
@@ -208,14 +224,13 @@ def run_training(trainer, data) -> dict:
          f"{params['total_params']:,} parameters ({params['trainable_percent']}%); {len(train_ds)} train / "
          f"{len(val_ds) if val_ds else 0} val rows; lr {cfg.lr:g}, batch {cfg.batch_size} x {cfg.grad_accum}, "
          f"{cfg.epochs:g} epochs{f' (max {cfg.max_steps} steps)' if cfg.max_steps else ''}; {device} {precision}, "
-         f"{attention} attention")
-    start, resume = time.time(), trainer._resume
-    budget = fit_to_budget(cfg, lengths, trainer.protection.get("replay_rows", 0), start,
-                           trainer.adjusted) if cfg.time_budget else None
-    trainer.budget = budget
+         f"{facts['attention']} attention")
+    start = time.time()
+    budget = facts["budget"] = fit_to_budget(cfg, lengths, facts["protection"].get("replay_rows", 0), start,
+                                             facts["adjusted"]) if cfg.time_budget else None
     while True:
-        hf = build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, precision, lengths,
-                              [budget["callback"]] if budget else [], trainer.protection.get("kl_weight", 0.0),
+        hf = build_hf_trainer(cfg, run.path, model, tokenizer, train_ds, val_ds, device, precision, lengths,
+                              [budget["callback"]] if budget else [], facts["protection"].get("kl_weight", 0.0),
                               replay_targets)
         hf.own_signals.install()
         try:
@@ -227,19 +242,36 @@ def run_training(trainer, data) -> dict:
                                     hint="use --method qlora, --gradient-checkpointing, a shorter --max-seq-len "
                                          "or a smaller model (see `ownllm plan`)") from None
             cfg.batch_size, cfg.grad_accum = cfg.batch_size // 2, cfg.grad_accum * 2
-            _adjust(trainer.adjusted, "out of memory: micro-batch halved, accumulation doubled",
+            _adjust(facts["adjusted"], "out of memory: micro-batch halved, accumulation doubled",
                     batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
             _log(f"out of memory: micro-batch halved to {cfg.batch_size}, accumulation raised to "
                  f"{cfg.grad_accum} (same effective batch); carrying on")
-            resume = last_checkpoint(os.path.join(run_dir, "checkpoints"))
+            resume = last_checkpoint(run.checkpoints_dir)
             _free_accelerator_memory()
         except NonFiniteLoss as e:
-            good = last_checkpoint(os.path.join(run_dir, "checkpoints"))
+            good = last_checkpoint(run.checkpoints_dir)
             raise OwnLLMError(f"{e}; training stopped" + (f". The last good checkpoint is {good}" if good else ""),
                               hint="lower --lr, check the data for broken rows, or use --nan-policy skip") from None
         finally:
             hf.own_signals.uninstall()
-    return _finish(trainer, cfg, hf, data, params, dropped, start, precision, device)
+    summary = _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts)
+    return TrainResult(summary, hf.model, tokenizer)
+
+
+def save_config(cfg, run) -> None:
+    """config.yaml: what was asked, so ``ownllm train runs/NAME/config.yaml`` runs it again (main process only)."""
+    from ownllm.config import save_yaml
+    from ownllm.training import distributed
+
+    if distributed.is_main():
+        save_yaml(cfg, run.config_yaml, f"# Reproduce this run: ownllm train {run.config_yaml}\n")
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    if checkpoint is None:
+        raise ConfigError("additional epochs go on from a checkpoint: none was given")
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        return int(json.load(f).get("global_step") or 0)
 
 
 def _adjust(adjusted: dict, why: str, **settings) -> None:
@@ -351,14 +383,15 @@ def _peak_memory_mb(device: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -> dict:
-    """``cfg``: the settings this run trained with (config.yaml's, plus what ``trainer.adjusted`` records)."""
+def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts: dict) -> dict:
+    """Save the result, the summary and the plot. ``cfg``: the settings this run trained with (config.yaml's,
+    plus what ``facts["adjusted"]`` records); ``facts``: what the run decided on the way."""
     from ownllm.training.callbacks import plot_losses
     from ownllm.training.methods import save_trained
 
-    run_dir, state = trainer.run_dir, hf.state
+    state = hf.state
     interrupted = hf.own_signals.requested
-    budget = getattr(trainer, "budget", None)
+    budget = facts["budget"]
     stopped = ("interrupted" if interrupted else
                "time_budget" if budget and budget["callback"].hit else
                "early_stopping" if state.global_step < state.max_steps else
@@ -367,15 +400,14 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
 
     tokens_seen, trained_tokens = (distributed.sum_over_processes(hf.tokens_seen),
                                    distributed.sum_over_processes(hf.trained_tokens))
-    trainer.model = hf.model
     if not distributed.is_main():  # only the main process writes the result, the summary and the plot
         return {"rank": distributed.state().process_index, "global_step": state.global_step}
-    out_dir = save_trained(hf.model, trainer.tokenizer, run_dir, cfg)
+    out_dir = save_trained(hf.model, tokenizer, run, cfg)
     history = hf.own_metrics.history
     losses = [h["loss"] for h in history if "loss" in h]
     wall = time.time() - start
     summary = {
-        "run_dir": run_dir, "method": cfg.method, "model": cfg.model, "output": out_dir,
+        "run_dir": run.path, "method": cfg.method, "model": cfg.model, "output": out_dir,
         "train_rows": len(data.train), "val_rows": len(data.val), "rows_without_trained_tokens": dropped,
         **params, "global_step": state.global_step, "epochs": round(state.epoch or 0, 3),
         "train_tokens": tokens_seen, "trained_tokens": trained_tokens,
@@ -386,23 +418,23 @@ def _finish(trainer, cfg, hf, data, params, dropped, start, precision, device) -
         "best_checkpoint": state.best_model_checkpoint, "best_checkpoint_by": hf.args.metric_for_best_model,
         "general_drift": _at_step(history, state.best_global_step, "eval_general_drift"),
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
-        "precision": precision, "device": device, "attention": trainer.attention, "added_terms": trainer.term_stats,
-        "protection": trainer.protection, "continual": getattr(trainer, "continual", None),
+        "precision": precision, "device": device, "attention": facts["attention"],
+        "added_terms": facts["added_terms"], "protection": facts["protection"], "continual": facts["continual"],
         "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
                                                 "predicted_hours": budget["predicted_hours"],
                                                 "actual_hours": round(wall / 3600, 6)},
         "effective_batch": cfg.batch_size * cfg.grad_accum * max(1, hf.args.world_size),
         "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k in
                      ("lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_steps")},
-        "adjusted": trainer.adjusted or None,
+        "adjusted": facts["adjusted"] or None,
     }
-    atomic_write(os.path.join(run_dir, "train_summary.json"), json.dumps(summary, indent=2, ensure_ascii=False))
-    plot_losses(history, os.path.join(run_dir, "loss.png"))
+    atomic_write(run.summary_json, json.dumps(summary, indent=2, ensure_ascii=False))
+    plot_losses(history, run.loss_png)
     best = summary["best_val_loss"]
     _log(f"ownllm: {stopped.replace('_', ' ')} after {state.global_step} steps in {wall:.0f}s "
          f"({summary['tokens_per_second']:.0f} tokens/s); best val loss {best if best is not None else 'n/a'}"
          + (f" (step {state.best_global_step}, general drift {summary['general_drift']})"
             if summary["general_drift"] is not None else "") + f"; saved {out_dir}")
     if interrupted:
-        _log(f"resume with: ownllm train --resume {run_dir}")
+        _log(f"resume with: ownllm train --resume {run.path}")
     return summary

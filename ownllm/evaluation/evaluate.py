@@ -15,21 +15,21 @@ from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, loss_on_rows, perplexity
 from ownllm.models.generation import generate_greedy
 from ownllm.models.load import base_of, load_model, merge_adapter
-from ownllm.rundir import earlier_tests, is_run_dir, run_config, trained_output
+from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
 
 
-def _test_rows(run_dir: str, data: str | None, max_samples: int | None, path: str | None = None) -> list[dict]:
+def _test_rows(run: RunDir, data: str | None, max_samples: int | None, path: str | None = None) -> list[dict]:
     """The rows to score: ``data`` (a file), else ``path``, else the run's data/test.jsonl."""
     if data:
         from ownllm.data.prepare import prepare_dataset
 
         rows = prepare_dataset([data], split="1,0,0", dedup="off").train
     else:
-        path = path or os.path.join(run_dir, "data", "test.jsonl")
+        path = path or run.split("test")
         if not os.path.exists(path):
-            raise DataError(f"{run_dir} has no test split (data/test.jsonl)", hint="pass --data FILE")
+            raise DataError(f"{run.path} has no test split (data/test.jsonl)", hint="pass --data FILE")
         rows = read_jsonl(path)
     chats = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
     rows = chats or [r for r in rows if "text" in r]  # plain-text runs: loss and perplexity only
@@ -75,21 +75,24 @@ def _scored_set(loss: float, generator, tok, prompts, refs, max_new_tokens) -> d
     return {"test_loss": round(loss, 4), **_answers(generator, tok, prompts, refs, max_new_tokens)[0]}
 
 
-def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
+def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_samples: int | None = None,
              max_new_tokens: int | None = None) -> dict:
-    """Score the base and the tuned model of ``run_dir`` on its test split; write ``run_dir/eval/``."""
+    """The evaluate stage: score the base and the tuned model of the run directory ``run_dir`` (a path or a
+    ``RunDir``) on its test split; write its ``eval/`` (metrics.json, report.md/html, samples.jsonl) and
+    return the metrics (``headline`` says them in a line)."""
     from ownllm.models.templates import chat_template_for
 
-    if not os.path.isdir(run_dir):
-        raise OwnLLMError(f"run directory not found: {run_dir}")
-    if is_run_dir(run_dir) and trained_output(run_dir) is None:
-        raise OwnLLMError(f"{run_dir} has no trained model yet (no adapter/ or model/ in it)",
-                          hint=f"train it first: ownllm train {run_dir}")
-    cfg = run_config(run_dir)
-    rows = _test_rows(run_dir, data, max_samples)
+    run = RunDir(run_dir)
+    if not os.path.isdir(run.path):
+        raise OwnLLMError(f"run directory not found: {run.path}")
+    if run.is_run() and run.trained_output() is None:
+        raise OwnLLMError(f"{run.path} has no trained model yet (no adapter/ or model/ in it)",
+                          hint=f"train it first: ownllm train {run.path}")
+    cfg = run.config()
+    rows = _test_rows(run, data, max_samples)
     # a continual run's earlier stages keep their own test splits: scored beside this one (not with --data)
-    earlier = [] if data else [(name, _test_rows(run_dir, None, max_samples, path)) for name, path in earlier_tests(run_dir)]
-    tuned = load_model(run_dir)
+    earlier = [] if data else [(name, _test_rows(run, None, max_samples, path)) for name, path in run.earlier_tests()]
+    tuned = load_model(run.path)
     tok = tuned.tokenizer
     template = chat_template_for(tok, cfg.get("template"))
     asked = [(name, r, *_questions(tok, template, r, max_new_tokens)) for name, r in earlier]
@@ -123,13 +126,12 @@ def evaluate(run_dir: str, data: str | None = None, no_base: bool = False, max_s
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)
-    result.update(_answer_overlap(run_dir if not data else None, samples))
-    out = os.path.join(run_dir, "eval")
-    os.makedirs(out, exist_ok=True)
-    write_jsonl(os.path.join(out, "samples.jsonl"), samples)
+    result.update(_answer_overlap(run if not data else None, samples))
+    os.makedirs(run.eval_dir, exist_ok=True)
+    write_jsonl(run.eval_file("samples.jsonl"), samples)
     result["headline"] = headline(result)
-    atomic_write(os.path.join(out, "metrics.json"), json.dumps(result, ensure_ascii=False, indent=2))
-    write_report(run_dir, result, samples)
+    atomic_write(run.eval_file("metrics.json"), json.dumps(result, ensure_ascii=False, indent=2))
+    write_report(run, result, samples)
     return result
 
 
@@ -153,12 +155,12 @@ def _general_check(model, tok, template, cfg: dict, result: dict, base_probe) ->
     return out
 
 
-def _answer_overlap(run_dir: str | None, samples: list[dict]) -> dict:
+def _answer_overlap(run: RunDir | None, samples: list[dict]) -> dict:
     """How many test references are, word for word, the answer of a training row: then the test measures
     recall of trained answers for new phrasings, not answers the model never saw. Marks each sample and,
     when both kinds exist, scores them apart."""
-    path = os.path.join(run_dir or "", "data", "train.jsonl")
-    if not samples or not run_dir or not os.path.exists(path):
+    path = run.split("train") if run else None
+    if not samples or not path or not os.path.exists(path):
         return {}
     trained = {M.normalize(m["content"]) for r in read_jsonl(path) for m in r.get("messages", [])
                if m.get("role") == "assistant"}
@@ -249,18 +251,15 @@ def compare_runs(run_a: str, run_b: str) -> str:
     """Two evaluated runs side by side (e.g. LoRA vs QLoRA): tuned metrics and training figures."""
     from ownllm.evaluation.report import ROWS, _fmt
 
-    from ownllm.rundir import eval_metrics
-
-    def load(run):
-        result = eval_metrics(run)
+    def load(path):
+        run = RunDir(path)
+        result = run.eval_metrics()
         if not result or "tuned" not in result:
-            raise OwnLLMError(f"{run} has not been evaluated yet (no eval/metrics.json)",
-                              hint=f"run: ownllm eval {run}")
+            raise OwnLLMError(f"{path} has not been evaluated yet (no eval/metrics.json)",
+                              hint=f"run: ownllm eval {path}")
         metrics = result["tuned"]
-        summary = os.path.join(run, "train_summary.json")
-        if os.path.exists(summary):
-            with open(summary, encoding="utf-8") as f:
-                s = json.load(f)
+        s = run.summary()
+        if s is not None:
             metrics.update({f"train_{k}": s.get(k) for k in ("method", "tokens_per_second", "peak_memory_mb",
                                                              "wall_seconds", "best_val_loss", "trainable_params")})
         return metrics
