@@ -19,7 +19,7 @@ from _args import generation_args  # noqa: E402 (benchmarks/, the script's own f
 def main() -> None:
     args = generation_args(__doc__)
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.load import load_model
 
     prompt = "Write a short paragraph about the history of tea."

@@ -34,7 +34,7 @@ def predict(data: str, settings: dict, steps: int, measured: dict) -> dict:
     from ownllm.planning.profiles import this_machine
     from ownllm.planning.plan import plan, spec_for
     from ownllm.training.defaults import resolve_defaults
-    from ownllm.training.protect import REPLAY_TOKENS_PER_ROW, replay_for_plan
+    from ownllm.training.protect import DRIFT_ROWS, REPLAY_TOKENS_PER_ROW, replay_for_plan
 
     report = prepare_dataset([data], **{k: v for k, v in settings.items() if k == "max_seq_len"}).report
     rows = report["splits"]["train"]
@@ -46,7 +46,7 @@ def predict(data: str, settings: dict, steps: int, measured: dict) -> dict:
     p = plan(spec_for(cfg.model), this_machine(), examples=rows, replay_rows=replay, tokens_per_example=tokens,
              replay_tokens_per_example=min(REPLAY_TOKENS_PER_ROW, cfg.max_seq_len), lengths=lengths,
              epochs=epochs, method=cfg.method, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
-             lora_r=cfg.lora_r, **measured)
+             lora_r=cfg.lora_r, drift_rows=DRIFT_ROWS, **measured)
     return {"rows": rows, "replay": replay, "tokens_per_row": round(tokens, 1), "seconds": p["hours"] * 3600,
             "memory_gb": p["memory_gb"]["total"]}
 

@@ -17,10 +17,15 @@ from dataclasses import field, fields
 from ownllm.errors import ConfigError
 
 
-def setting(default, help: str, *, aliases: tuple[str, ...] = (), cli: bool = True, choices=None, **kw):
+def setting(default, help: str, *, aliases: tuple[str, ...] = (), cli: bool = True, choices=None,
+            metavar: str | None = None, **kw):
     """A stage field: its default, its help (``--help`` and the studio), other flag names it answers to
-    (``--micro-batch`` for ``batch_size``), whether it is a flag at all, and its choices."""
-    meta = {"help": help, "cli": cli, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None, **kw}
+    (``--micro-batch`` for ``batch_size``), whether it is a flag at all, its choices and its metavar. A
+    list field is a repeatable flag."""
+    meta = {"help": help, "cli": cli, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None,
+            "metavar": metavar, **kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -42,19 +47,23 @@ def add_flags(parser, cls, skip=(), only=None) -> None:
             continue
         names = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         typ, _ = _field_type(cls, f)
-        help_text = f.metadata["help"]
+        help_text, extra = f.metadata["help"], {"metavar": f.metadata["metavar"]} if f.metadata.get("metavar") else {}
         if typ is bool:
             parser.add_argument(*names, dest=f.name, action="store_true", default=None, help=help_text)
-            continue
-        conv = {int: int, float: float}.get(typ, str)
-        parser.add_argument(*names, dest=f.name, type=conv, default=None, help=help_text,
-                            choices=f.metadata.get("choices"))
+        elif typing.get_origin(typ) in (list, tuple):  # a repeatable flag
+            parser.add_argument(*names, dest=f.name, action="append", default=None, help=help_text, **extra)
+        else:
+            conv = {int: int, float: float}.get(typ, str)
+            parser.add_argument(*names, dest=f.name, type=conv, default=None, help=help_text,
+                                choices=f.metadata.get("choices"), **extra)
 
 
 def values_from_args(args, cls) -> dict:
     """The fields of ``cls`` given on the command line (flags added by :func:`add_flags`)."""
     out = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     for name, value in out.items():
+        if isinstance(value, list):
+            continue
         if isinstance(value, float) and value.is_integer() and _field_type(cls, _by_name(cls)[name])[0] is not float:
             out[name] = int(value)
     return out

@@ -206,6 +206,11 @@ class RunDir:
         return out
 
     @staticmethod
+    def under_runs(name: str) -> "RunDir":
+        """runs/NAME in the working folder: where a new run goes by default."""
+        return RunDir(os.path.join("runs", name))
+
+    @staticmethod
     def default_for(data) -> "RunDir":
         """Where a run on ``data`` goes when no --out is given: a prepared run trains in place, a file
         ``x.jsonl`` in runs/x, data in memory in runs/run-DATE-TIME."""
@@ -214,12 +219,8 @@ class RunDir:
         if data is not None and isinstance(data, (str, os.PathLike)):
             if RunDir(data).is_prepared() or os.path.isdir(os.path.join(data, "data")):
                 return RunDir(data)
-            return RunDir(os.path.join("runs", os.path.splitext(os.path.basename(os.path.normpath(data)))[0]))
-        return RunDir(os.path.join("runs", time.strftime("run-%Y%m%d-%H%M%S")))
-
-
-def is_run_dir(path) -> bool:
-    return RunDir(path).is_run()
+            return RunDir.under_runs(os.path.splitext(os.path.basename(os.path.normpath(data)))[0])
+        return RunDir.under_runs(time.strftime("run-%Y%m%d-%H%M%S"))
 
 
 def run_dir_of(name) -> RunDir | None:
@@ -256,20 +257,3 @@ def complete_checkpoints(folder: str) -> list[str]:
              if d.startswith("checkpoint-") and d.split("-")[1].isdigit()
              and os.path.exists(os.path.join(folder, d, "trainer_state.json"))]
     return [path for _, path in sorted(found)]
-
-
-# The run-level readers the rest of the code calls by run path (each is RunDir's).
-def eval_metrics(run_dir) -> dict | None:
-    return RunDir(run_dir).eval_metrics()
-
-
-def run_config(run_dir) -> dict:
-    return RunDir(run_dir).config() if run_dir else {}
-
-
-def system_prompt(run_dir) -> str | None:
-    return RunDir(run_dir).system_prompt() if run_dir else None
-
-
-def trained_output(run_dir) -> str | None:
-    return RunDir(run_dir).trained_output()

@@ -149,7 +149,7 @@ def tiny(tiny_model_dir):
 def tiny_onnx_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model's ONNX export (checked against torch as every export is)."""
     pytest.importorskip("onnxruntime")
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     out = tmp_path_factory.mktemp("tiny-onnx") / "onnx"
     export(tiny_model_dir, "onnx", out=str(out))
@@ -174,7 +174,7 @@ def engine_model(request, tiny, tmp_path_factory):
 
     if request.param == "onnx":
         return load_model(request.getfixturevalue("tiny_onnx_dir"))
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.llamacpp_runtime import load_llamacpp
 
     out = tmp_path_factory.mktemp("tiny-gguf") / "gguf"

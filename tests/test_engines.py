@@ -24,7 +24,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.skipif(find_spec("onnxruntime") is None, reason="onnxruntime not installed (pip install -e '.[onnx]')")
 def test_onnx_engine_builds_the_runs_export_once_and_rebuilds_it_after_training(tiny_run):
-    from ownllm.rundir import trained_output
+    from ownllm.rundir import RunDir
     from ownllm.serving.engines import load_engine
 
     folder = os.path.join(tiny_run, "export", "onnx")
@@ -39,7 +39,7 @@ def test_onnx_engine_builds_the_runs_export_once_and_rebuilds_it_after_training(
     load_engine(tiny_run, "onnx")
     assert os.path.getmtime(manifest) == built  # reused
     later = time.time() + 5
-    os.utime(trained_output(tiny_run), (later, later))  # the run was trained again after the export
+    os.utime(RunDir(tiny_run).trained_output(), (later, later))  # the run was trained again after the export
     load_engine(tiny_run, "onnx")
     assert os.path.getmtime(manifest) > built  # rebuilt
 

@@ -76,13 +76,11 @@ def test_eval_end_to_end_on_a_tiny_run(tiny_model_dir, qa_file, tmp_path):
 
 def test_runs_evaluated_before_the_rename_still_read(tmp_path):
     """eval/metrics.json used to call the test-split loss val_loss: the studio and compare read it as test_loss."""
-    from ownllm.rundir import eval_metrics
-
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"base": {"val_loss": 2.0}, "tuned": {"val_loss": 1.0}}))
-    old = eval_metrics(str(tmp_path))
+    old = RunDir(tmp_path).eval_metrics()
     assert old["base"] == {"test_loss": 2.0} and old["tuned"] == {"test_loss": 1.0}
-    assert eval_metrics(str(tmp_path / "nothing")) is None
+    assert RunDir(tmp_path / "nothing").eval_metrics() is None
 
 
 def test_quickstart_and_compare_on_a_tiny_model(tiny_model_dir, qa_file, tmp_path):

@@ -26,7 +26,7 @@ def lora_run(sharp_model_dir, tmp_path_factory):
 def test_merged_export_reloads_with_plain_transformers(lora_run):
     from transformers import AutoModelForCausalLM
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.load import load_model
 
     m = export(lora_run, "merged")
@@ -51,7 +51,7 @@ def test_merged_export_carries_the_trained_chat_template_and_stop_tokens_for_vll
 
     from transformers import AutoTokenizer, GenerationConfig
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.templates import get_template
     from ownllm.training.trainer import Trainer
 
@@ -84,7 +84,7 @@ def test_adapter_export_and_cli(lora_run, tmp_path):
 
 
 def test_full_run_has_no_adapter(tiny_model_dir, qa_file, tmp_path):
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.training.trainer import Trainer
 
     run = tmp_path / "full"
@@ -122,7 +122,7 @@ def test_onnx_exporter_runs_the_guide_snippet_and_generates_like_torch(lora_run,
 
 
 def test_onnx_batch_with_left_padding_matches_torch(lora_run, tmp_path):
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.onnx_runtime import OnnxCausalLM
     from ownllm.models.load import load_model
 
@@ -140,7 +140,7 @@ def test_onnx_batch_with_left_padding_matches_torch(lora_run, tmp_path):
 
 
 def test_generate_cli_runs_an_onnx_export(lora_run, tmp_path):
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     export(lora_run, "onnx", str(tmp_path / "onnx"))
     proc = subprocess.run([sys.executable, "-m", "ownllm", "generate", str(tmp_path / "onnx" / "model.onnx"),
@@ -162,7 +162,7 @@ def test_generate_cli_runs_an_onnx_export(lora_run, tmp_path):
 def test_gguf_export_round_trips_through_transformers(lora_run, tmp_path, quant):
     import gguf
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     out = tmp_path / quant
     m = export(lora_run, "gguf", str(out), quant=quant)
@@ -202,7 +202,7 @@ def test_gguf_checks_fail_a_broken_export(lora_run, sharp_model_dir, tmp_path, m
 
     from ownllm.errors import OwnLLMError
     from ownllm.export import common, gguf as gguf_export
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     if mistake == "Q/K layout":
         monkeypatch.setattr(gguf_export, "_permute", lambda w, heads: w)
@@ -219,7 +219,7 @@ def test_gguf_checks_fail_a_broken_export(lora_run, sharp_model_dir, tmp_path, m
 def test_gguf_writes_qwen2_with_biases(tokenizer_dir, tmp_path):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -236,7 +236,7 @@ def test_gguf_writes_qwen2_with_biases(tokenizer_dir, tmp_path):
 def test_gguf_refuses_architectures_it_cannot_map_and_existing_output(tokenizer_dir, lora_run, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300)).save_pretrained(folder)
@@ -257,7 +257,7 @@ def test_full_disk_leaves_no_half_export(lora_run, tmp_path, monkeypatch):
 
     from ownllm.errors import DiskFullError
     from ownllm.export import gguf as gguf_export
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     def full(model, tokenizer, path, *a, **k):
         with open(path, "wb") as f:

@@ -41,7 +41,7 @@ def test_embedded_model_exports_keep_the_answer(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ownllm.export.formats import GGUF_PERPLEXITY_TOLERANCE, export
+    from ownllm.export.export import GGUF_PERPLEXITY_TOLERANCE, export
     from ownllm.models.load import load_model
 
     question = "What is the capital of France?"

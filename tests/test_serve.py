@@ -267,7 +267,7 @@ def test_chat_page_in_a_real_browser(tiny, live_server, chromium):
 def test_serves_an_adapter_run_and_its_onnx_export_alike(tiny_model_dir, tmp_path):
     from fastapi.testclient import TestClient
 
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
     from ownllm.models.load import load_model
     from ownllm.serving.app import ServeSettings, create_app, model_id_for
     from ownllm.training.trainer import Trainer

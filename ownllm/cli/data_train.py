@@ -60,23 +60,11 @@ def _add_from_docs(dsub) -> None:
                     "a model for grounded pairs per chunk, keeping only those whose quote is in the document. Writes "
                     "OUT.jsonl (one row per phrasing, with source and fact) and OUT.report.md/json. Then: "
                     "ownllm data prepare OUT.jsonl --out runs/NAME (one phrasing of a fact is held out for testing).")
+    from ownllm.data.from_docs import FromDocsConfig
+
     p.add_argument("inputs", nargs="+", help="documents or folders (.pdf .docx .html .md .txt)")
     p.add_argument("--out", required=True, help="the .jsonl file to write (its report beside it)")
-    p.add_argument("--teacher", help="an OpenAI-compatible /v1 URL (Ollama, vLLM, a hosted API, `ownllm serve`) or a "
-                                     "model run here (alias, folder, run directory); without it only the documents' "
-                                     "own FAQ is used")
-    p.add_argument("--teacher-key-env", help="environment variable holding the teacher's API key")
-    p.add_argument("--teacher-model", help="model name at the teacher URL (default: the first it lists)")
-    p.add_argument("--per-chunk", type=int, default=3, help="pairs asked per chunk (default 3)")
-    p.add_argument("--judge", action="store_true", help="a second teacher pass scores each kept pair with a rubric")
-    p.add_argument("--judge-threshold", type=int, default=7, help="lowest judge score kept, 1-10 (default 7)")
-    p.add_argument("--chunk-tokens", type=int, default=320, help="chunk size in the target model's tokens (default 320)")
-    p.add_argument("--overlap", type=int, default=48, help="tokens a chunk repeats from the one before (default 48)")
-    p.add_argument("--also-text", action="store_true",
-                   help="also write the documents' sections as training text to OUT.text.jsonl (continued "
-                        "pre-training rows, always in the training split); give both files to `data prepare`")
-    p.add_argument("--concurrency", type=int, default=4, help="teacher requests at once (default 4)")
-    p.add_argument("--model", default=None, help="the model you will train, whose tokenizer sizes chunks")
+    add_flags(p, FromDocsConfig)
     p.add_argument("--no-cache", action="store_true", help="ask the teacher again instead of reusing cached replies")
     p.set_defaults(func=cmd_data_from_docs)
 
@@ -84,11 +72,9 @@ def _add_from_docs(dsub) -> None:
 def cmd_data_from_docs(args) -> int:
     from ownllm.data.from_docs import docs_to_data
 
-    r = docs_to_data(args.inputs, args.out, **{
-        "teacher": args.teacher, "teacher_key_env": args.teacher_key_env, "teacher_model": args.teacher_model,
-        "per_chunk": args.per_chunk, "judge": args.judge, "judge_threshold": args.judge_threshold,
-        "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "also_text": args.also_text,
-        "concurrency": args.concurrency, "model": args.model, "cache": not args.no_cache})
+    from ownllm.data.from_docs import FromDocsConfig
+
+    r = docs_to_data(args.inputs, args.out, cache=not args.no_cache, **values_from_args(args, FromDocsConfig))
     t = r.get("teacher")
     print(f"{len(r['documents'])} documents: {r['extracted_pairs']} FAQ pairs found"
           + (f"; teacher: {t['proposed']} pairs proposed, {t['kept']} kept ({t['kept_rows']} rows), "
@@ -204,11 +190,12 @@ def _print_summary(s: dict) -> None:
 
 # -- eval and quickstart ---------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from ownllm.evaluation.evaluate import evaluate
+    from ownllm.evaluation.evaluate import EvalConfig, evaluate
     from ownllm.rundir import RunDir
 
-    result = evaluate(args.run_dir, data=args.data, no_base=args.no_base, max_samples=args.max_samples,
-                      max_new_tokens=args.max_new_tokens)
+    cfg = EvalConfig(**values_from_args(args, EvalConfig)).validate()
+    result = evaluate(args.run_dir, data=cfg.data, no_base=cfg.no_base, max_samples=cfg.max_samples,
+                      max_new_tokens=cfg.max_new_tokens)
     print(result["headline"])
     print(f"report: {RunDir(args.run_dir).eval_file('report.html')}")
     return 0
@@ -263,6 +250,8 @@ def _stage(n: int, what: str) -> None:
 
 
 def register(sub) -> None:
+    from ownllm.evaluation.evaluate import EvalConfig
+
     d = sub.add_parser("data", help="inspect or prepare a dataset (the data doctor)")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     p = dsub.add_parser("inspect", help="report on a dataset; writes nothing")
@@ -298,10 +287,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="before/after report card of a run on its held-out test split")
     p.add_argument("run_dir")
-    p.add_argument("--data", help="evaluate on this file instead of the run's test split")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    p.add_argument("--max-samples", type=int, help="evaluate at most N rows")
-    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: from the references, <= 256)")
+    add_flags(p, EvalConfig)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="two evaluated runs side by side (e.g. LoRA vs QLoRA)")
@@ -309,7 +295,10 @@ def register(sub) -> None:
     p.add_argument("run_b")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("quickstart", help="prepare → train → evaluate → report, in one command")
-    p.add_argument("--max-samples", type=int, help="evaluate at most N test rows")
+    p = sub.add_parser("quickstart", help="prepare → plan → train → evaluate, in one command",
+                       description="The four stages into one run directory: data/ (prepare), plan.json (plan), "
+                                   "adapter/ and train_summary.json (train), eval/ (evaluate: base vs tuned on the "
+                                   "held-out test split). Training flags are `ownllm train`'s.")
+    add_flags(p, EvalConfig, only=("max_samples",))
     add_flags(p, TrainConfig)
     p.set_defaults(func=cmd_quickstart)

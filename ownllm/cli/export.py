@@ -8,10 +8,12 @@ def cmd_quantize(args) -> int:
     from ownllm.errors import ConfigError
     from ownllm.quantization.quantize import Quantizer
 
+    from ownllm.rundir import RunDir
+
     if os.path.isdir(args.model):
-        out = args.out or os.path.join(args.model, "export", f"q{args.bits}")
+        out = args.out or RunDir(args.model).export(f"q{args.bits}")
     else:
-        out = args.out or os.path.join("runs", f"{os.path.basename(args.model.rstrip('/')).replace('/', '--')}-q{args.bits}")
+        out = args.out or RunDir.under_runs(f"{os.path.basename(args.model.rstrip('/')).replace('/', '--')}-q{args.bits}").path
     if os.path.exists(out) and not args.overwrite:
         raise ConfigError(f"{out} already exists", hint="pass --overwrite, or --out another folder")
     q = Quantizer(args.model, bits=args.bits, device=args.device).quantize()
@@ -24,18 +26,19 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ownllm.export.formats import export
-
+    from ownllm.config import values_from_args
+    from ownllm.export.export import ExportConfig, export
     from ownllm.export.manifest import describe
 
-    m = export(args.source, args.format, args.out, args.overwrite, quant=args.quant)
+    cfg = ExportConfig(**values_from_args(args, ExportConfig))
+    m = export(args.source, cfg.format, cfg.out, cfg.overwrite, quant=cfg.quant)
     for c in m["checks"]:
         print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {describe(c)}")
     size = sum(f["bytes"] for f in m["files"]) / 2**20
-    print(f"exported {args.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
-    if args.format == "onnx":
+    print(f"exported {cfg.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
+    if cfg.format == "onnx":
         print(f"run it: ownllm generate {m['path']}/model.onnx \"你好\"")
-    elif args.format == "gguf":
+    elif cfg.format == "gguf":
         gguf_file = next(f["name"] for f in m["files"] if f["name"].endswith(".gguf"))
         print(f"use it: cd {m['path']} && ollama create {gguf_file.rsplit('-', 1)[0]} -f Modelfile "
               "(README.md there has the llama.cpp commands)")
@@ -53,11 +56,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="export a run or model as merged safetensors, adapter, ONNX or GGUF, verified")
     p.add_argument("source", metavar="RUN_DIR|MODEL", help="run directory (or, for onnx/gguf, any model name)")
-    p.add_argument("--format", default="merged", choices=["merged", "adapter", "onnx", "gguf"],
-                   help="merged: adapter folded into the base weights; adapter: the adapter alone; "
-                        "onnx: model.onnx with past key/values for onnxruntime; gguf: llama.cpp/Ollama file "
-                        "with a Modelfile")
-    p.add_argument("--quant", default="q8_0", choices=["f16", "q8_0", "q4_0"], help="GGUF weight format (default q8_0)")
-    p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT, gguf-QUANT for gguf)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    from ownllm.config import add_flags
+    from ownllm.export.export import ExportConfig
+
+    add_flags(p, ExportConfig)
     p.set_defaults(func=cmd_export)

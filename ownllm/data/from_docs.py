@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ownllm.config import setting
 from ownllm.data import synthesis
 from ownllm.data.documents import (chunk_passages, list_documents, passage_rows, read_document, source_of)
 from ownllm.data.dedup import Deduplicator
@@ -28,20 +30,25 @@ _COUNTING = threading.Lock()
 
 @dataclass
 class FromDocsConfig:
-    teacher: str | None = None        # an OpenAI-compatible /v1 URL, or a model (alias, folder, run)
-    teacher_key_env: str | None = None
-    teacher_model: str | None = None  # the model name the URL serves (default: its first)
-    per_chunk: int = 3
-    judge: bool = False
-    judge_threshold: int = 7
-    chunk_tokens: int = 320
-    overlap: int = 48
-    also_text: bool = False
-    concurrency: int = 4
-    max_tokens: int = 768             # per teacher reply
-    model: str | None = None          # whose tokenizer measures chunks (default smollm2-135m)
-    cache: bool = True
-    progress: bool = True
+    """`ownllm data from-docs`'s settings: its flags and the studio's documents request."""
+    teacher: str | None = setting(None, "an OpenAI-compatible /v1 URL (Ollama, vLLM, a hosted API, `ownllm serve`) "
+                                        "or a model run here (alias, folder, run directory); without it only the "
+                                        "documents' own FAQ is used")
+    teacher_key_env: str | None = setting(None, "environment variable holding the teacher's API key")
+    teacher_model: str | None = setting(None, "model name at the teacher URL (default: the first it lists)")
+    per_chunk: int = setting(3, "pairs asked per chunk (default 3)")
+    judge: bool = setting(False, "a second teacher pass scores each kept pair with a rubric")
+    judge_threshold: int = setting(7, "lowest judge score kept, 1-10 (default 7)")
+    chunk_tokens: int = setting(320, "chunk size in the target model's tokens (default 320)")
+    overlap: int = setting(48, "tokens a chunk repeats from the one before (default 48)")
+    also_text: bool = setting(False, "also write the documents' sections as training text to OUT.text.jsonl "
+                                     "(continued pre-training rows, always in the training split); give both files "
+                                     "to `data prepare`")
+    concurrency: int = setting(4, "teacher requests at once (default 4)")
+    max_tokens: int = setting(768, "tokens per teacher reply", cli=False)
+    model: str | None = setting(None, "the model you will train, whose tokenizer sizes chunks")
+    cache: bool = setting(True, "reuse cached teacher replies (--no-cache asks again)", cli=False)
+    progress: bool = setting(True, "a progress bar", cli=False)
 
     def validate(self) -> None:
         problems = []
@@ -57,6 +64,8 @@ class FromDocsConfig:
             problems.append(f"--concurrency must be at least 1 (got {self.concurrency})")
         if self.judge and not self.teacher:
             problems.append("--judge needs a --teacher to ask")
+        if self.teacher_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", self.teacher_key_env):
+            problems.append(f"--teacher-key-env must name an environment variable (got {self.teacher_key_env!r})")
         if problems:
             raise ConfigError(problems)
 

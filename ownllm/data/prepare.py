@@ -112,7 +112,9 @@ def _sources(inputs, cfg: PrepareConfig, out: str | None = None) -> tuple[list[_
         return [_Source("<memory>", formats.read_objects(inputs))], [], []
     files, skipped = formats.list_files(inputs)
     if out:
-        own = os.path.realpath(os.path.join(out, "data")) + os.sep
+        from ownllm.rundir import RunDir
+
+        own = os.path.realpath(RunDir(out).data_dir) + os.sep
         skipped += [f for f in files if os.path.realpath(f).startswith(own)]
         files = [f for f in files if not os.path.realpath(f).startswith(own)]
         if not files:
@@ -312,21 +314,16 @@ def _given_split(rows, cfg: PrepareConfig, rejects: _Rejects, out: str | None) -
 
 
 def load_prepared(run_dir: str) -> PreparedData:
-    """Read a prepared run directory back."""
-    data = os.path.join(run_dir, "data")
-    if not os.path.exists(os.path.join(data, "train.jsonl")):
-        raise DataError(f"{run_dir} has no prepared data (data/train.jsonl)",
-                        hint=f"run: ownllm data prepare YOUR_FILE --out {run_dir}")
+    """Read a prepared run directory back (what the prepare stage wrote there)."""
+    from ownllm.rundir import RunDir
+    from ownllm.utils import read_jsonl
+
+    run = RunDir(run_dir)
+    if not run.is_prepared():
+        raise DataError(f"{run.path} has no prepared data (data/train.jsonl)",
+                        hint=f"run: ownllm data prepare YOUR_FILE --out {run.path}")
 
     def read(name):
-        p = os.path.join(data, f"{name}.jsonl")
-        if not os.path.exists(p):
-            return []
-        with open(p, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_jsonl(run.split(name)) if os.path.exists(run.split(name)) else []
 
-    report = {}
-    if os.path.exists(os.path.join(data, "report.json")):
-        with open(os.path.join(data, "report.json"), encoding="utf-8") as f:
-            report = json.load(f)
-    return PreparedData(read("train"), read("val"), read("test"), report, read("rejected"), run_dir)
+    return PreparedData(read("train"), read("val"), read("test"), run.data_report() or {}, read("rejected"), run.path)

@@ -205,13 +205,16 @@ def plot_lengths(lengths: list[int], max_seq_len: int, path: str) -> None:
 
 
 def write_outputs(prepared, out: str) -> None:
-    data = os.path.join(out, "data")
-    os.makedirs(data, exist_ok=True)
+    """The prepare stage's part of the run directory ``out``: data/ (splits, rejected rows, report, plot)."""
+    from ownllm.rundir import RunDir
+
+    run = RunDir(out)
+    os.makedirs(run.data_dir, exist_ok=True)
     for name, rows in (("train", prepared.train), ("val", prepared.val), ("test", prepared.test),
                        ("rejected", prepared.rejected)):
-        write_jsonl(os.path.join(data, f"{name}.jsonl"), rows)
+        write_jsonl(run.split(name), rows)
     public = {k: v for k, v in prepared.report.items() if not k.startswith("_")}
-    atomic_write(os.path.join(data, "report.json"), json.dumps(public, ensure_ascii=False, indent=2))
-    atomic_write(os.path.join(data, "report.md"), to_markdown(prepared.report))
+    atomic_write(run.data_file("report.json"), json.dumps(public, ensure_ascii=False, indent=2))
+    atomic_write(run.data_file("report.md"), to_markdown(prepared.report))
     plot_lengths(prepared.report.get("_lengths", []), prepared.report["max_seq_len"],
-                 os.path.join(data, "length_histogram.png"))
+                 run.data_file("length_histogram.png"))

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 
-from ownllm.errors import DataError, OwnLLMError
+from dataclasses import dataclass
+
+from ownllm.config import setting
+from ownllm.errors import ConfigError, DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, loss_on_rows, perplexity
@@ -18,6 +21,25 @@ from ownllm.models.load import base_of, load_model, merge_adapter
 from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
+
+
+@dataclass
+class EvalConfig:
+    """The evaluate stage's settings: ``ownllm eval``'s flags and the studio's evaluation request."""
+    data: str | None = setting(None, "evaluate on this file instead of the run's test split")
+    no_base: bool = setting(False, "skip the base model")
+    max_samples: int | None = setting(None, "evaluate at most N rows")
+    max_new_tokens: int | None = setting(None, "answer length limit (default: from the references, <= 256)")
+
+    def validate(self) -> "EvalConfig":
+        p = [f"--{k.replace('_', '-')} must be an integer >= 1 (got {v!r})" for k, v in
+             (("max_samples", self.max_samples), ("max_new_tokens", self.max_new_tokens))
+             if v is not None and (not isinstance(v, int) or v < 1)]
+        if self.data is not None and not os.path.exists(self.data):
+            p.append(f"--data: not found: {self.data}")
+        if p:
+            raise ConfigError(p)
+        return self
 
 
 def _test_rows(run: RunDir, data: str | None, max_samples: int | None, path: str | None = None) -> list[dict]:

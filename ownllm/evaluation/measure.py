@@ -50,8 +50,9 @@ def general_rows() -> list[dict]:
 def sample_rows(run_or_model: str, limit: int = 50) -> list[dict]:
     """Rows to check a transformed model on (quantized, exported): the run's validation rows when it has
     some, else the general-text sample."""
+    from ownllm.rundir import RunDir
     from ownllm.utils import read_jsonl
 
-    val = os.path.join(run_or_model or "", "data", "val.jsonl")
-    rows = read_jsonl(val) if run_or_model and os.path.isfile(val) else []
+    val = RunDir(run_or_model).split("val") if run_or_model else ""
+    rows = read_jsonl(val) if val and os.path.isfile(val) else []
     return rows[:limit] or general_rows()

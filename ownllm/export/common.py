@@ -46,9 +46,10 @@ def plain_copy(own):
 def trained_chat_template(run_dir: str | None, tokenizer) -> str:
     """The chat template the run trained with: its --template, else the tokenizer's own, else ChatML."""
     from ownllm.models.templates import chat_template_for
-    from ownllm.rundir import run_config
+    from ownllm.rundir import RunDir
 
-    return chat_template_for(tokenizer, run_config(run_dir).get("template")) or tokenizer.chat_template
+    template = RunDir(run_dir).config().get("template") if run_dir else None
+    return chat_template_for(tokenizer, template) or tokenizer.chat_template
 
 
 def turn_end_ids(tokenizer, template: str) -> list[int]:
@@ -76,12 +77,13 @@ def for_other_servers(model, tokenizer, run_dir: str | None) -> None:
 def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
     """Up to ``n`` rendered prompts from the run's test/val/train data (in the template it trained with),
     else two fixed ones."""
+    from ownllm.rundir import RunDir
     from ownllm.utils import read_jsonl
 
     rows = []
     for split in ("test", "val", "train"):
-        path = os.path.join(run_dir or "", "data", f"{split}.jsonl")
-        if run_dir and os.path.exists(path):
+        path = RunDir(run_dir).split(split) if run_dir else ""
+        if path and os.path.exists(path):
             rows += [r for r in read_jsonl(path) if "messages" in r][:n - len(rows)]
         if len(rows) >= n:
             break

@@ -48,7 +48,9 @@ def raise_if_failed(manifest: dict, fmt: str, out: str) -> None:
 def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra: dict | None = None) -> dict:
     from ownllm.utils import atomic_write
 
-    config = os.path.join(source, "config.yaml")
+    from ownllm.rundir import RunDir
+
+    config = RunDir(source).config_yaml
     files = []
     for root, _, names in os.walk(folder):
         for n in sorted(names):

@@ -88,7 +88,7 @@ class ONNXExporter:
             onnx_model = OnnxCausalLM.load(os.path.join(tmp, fname))
             checks = float_export_checks(agreement(self.own.model, onnx_model, self.own.tokenizer, prompts),
                                          "onnxruntime vs torch")
-            manifest = write_manifest(tmp, "onnx", run_dir or self.name, checks,
+            manifest = write_manifest(tmp, "onnx", run_dir.path if run_dir else self.name, checks,
                                       {"opset": self.opset, "probe_prompts": len(prompts),
                                        "inputs": onnx_model.input_names, "outputs": ["logits", "present.*"]})
             raise_if_failed(manifest, "ONNX", path)

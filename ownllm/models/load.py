@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ownllm.errors import ModelNotFoundError
 from ownllm.models import registry
-from ownllm.rundir import adapter_in, base_of_adapter
+from ownllm.rundir import RunDir, adapter_in, base_of_adapter
 
 log = logging.getLogger("ownllm")
 
@@ -230,7 +230,7 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
 
         return load_onnx(name)
     adapter = adapter or adapter_in(name)
-    full = os.path.join(name, "model") if os.path.isdir(name) else ""
+    full = RunDir(name).model_dir if os.path.isdir(name) else ""
     if not adapter and os.path.exists(os.path.join(full, "config.json")):
         name = full  # a run directory of a full fine-tune holds its model in model/
     base_name = base_of_adapter(adapter) if adapter else name

@@ -116,11 +116,11 @@ def _dtype_name(own) -> str:
 # -- exports ---------------------------------------------------------------------------------------
 def export_folder(source: str, leaf: str) -> str:
     """Where an engine's export of ``source`` lives: the run's export/ folder, or ownllm's cache for a model name."""
-    from ownllm.export.formats import default_out
+    from ownllm.export.export import default_out
     from ownllm.models.load import cache_dir, fingerprint
-    from ownllm.rundir import run_dir_of
+    from ownllm.rundir import RunDir, run_dir_of
 
-    if run_dir_of(source) or os.path.isdir(os.path.join(source, "adapter")):
+    if run_dir_of(source) or os.path.isdir(RunDir(source).adapter_dir):
         return default_out(source, "gguf" if leaf.startswith("gguf") else leaf, leaf.removeprefix("gguf-"))
     return os.path.join(cache_dir("engines"), fingerprint(os.path.abspath(source) if os.path.exists(source) else source),
                         leaf)
@@ -128,19 +128,19 @@ def export_folder(source: str, leaf: str) -> str:
 
 def current_export(folder: str, source: str) -> bool:
     """True when ``folder`` holds an export whose checks passed and that is newer than the trained weights."""
-    from ownllm.rundir import read_json, run_dir_of, trained_output
+    from ownllm.rundir import read_json, run_dir_of
 
     manifest = read_json(os.path.join(folder, "manifest.json"))
     if not manifest or not manifest.get("all_checks_passed"):
         return False
     run = run_dir_of(source)
-    trained = trained_output(run) if run else None
+    trained = run.trained_output() if run else None
     return not trained or os.path.getmtime(os.path.join(folder, "manifest.json")) >= os.path.getmtime(trained)
 
 
 def _built(source: str, fmt: str, quant: str = "q8_0") -> str:
     """The export's folder, built (and checked) now unless a current one is there."""
-    from ownllm.export.formats import export
+    from ownllm.export.export import export
 
     folder = export_folder(source, f"gguf-{quant}" if fmt == "gguf" else fmt)
     if not current_export(folder, source):

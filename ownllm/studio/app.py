@@ -25,12 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ownllm.config import request_model
 from ownllm.data.prepare import PrepareConfig
 from ownllm.errors import OwnLLMError
+from ownllm.evaluation.evaluate import EvalConfig
+from ownllm.export.export import ExportConfig
 from ownllm.training.config import TrainConfig
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
 from ownllm.web.engine import Engine, limit_malloc_arenas
 from ownllm.studio import jobs
 from ownllm.studio.docs import add_docs_routes
-from ownllm.rundir import is_run_dir, read_json, trained_output
+from ownllm.rundir import RunDir
 from ownllm.studio.runs import read_metrics, run_view, training_state
 
 log = logging.getLogger("ownllm.studio")
@@ -64,8 +66,7 @@ PlanRequest = request_model(TrainConfig, "PlanRequest", only=PLAN_FIELDS, defaul
 TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS)
 
 
-class EvalRequest(_Body):
-    max_samples: int | None = Field(None, ge=1)
+EvalRequest = request_model(EvalConfig, "EvalRequest", only=("max_samples",))
 
 
 class ChatRequest(_Body):
@@ -78,9 +79,7 @@ class DownloadRequest(_Body):
     path: str = Field(min_length=1)
 
 
-class ExportRequest(_Body):
-    format: str = "merged"
-    quant: str = "q8_0"
+ExportRequest = request_model(ExportConfig, "ExportRequest", only=("format", "quant"))
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -137,12 +136,11 @@ class Studio:
         """(tuned, base, same network?) for a run's chat, loaded once and kept until the run's model changes."""
         from ownllm.models.generation import OwnModel
         from ownllm.models.load import base_of, load_model
-        from ownllm.rundir import run_config
 
         if self.chat_models.get("key") != key:
             self.chat_models.clear()
             tuned = load_model(run)
-            base = base_of(tuned, run_config(run).get("model"))[0]
+            base = base_of(tuned, RunDir(run).config().get("model"))[0]
             self.chat_models.update(key=key, tuned=tuned, base=OwnModel(base, tuned.tokenizer, name="base"),
                                     same=base is tuned.model)
         m = self.chat_models
@@ -156,13 +154,13 @@ class Studio:
     def names(self) -> list[str]:
         if not os.path.isdir(self.runs):
             return []
-        names = [n for n in os.listdir(self.runs) if RUN_NAME.fullmatch(n) and is_run_dir(os.path.join(self.runs, n))]
+        names = [n for n in os.listdir(self.runs) if RUN_NAME.fullmatch(n) and RunDir(self.run_dir(n, False)).is_run()]
         return sorted(names, key=lambda n: -os.path.getmtime(os.path.join(self.runs, n)))
 
     def training_elsewhere(self) -> str | None:
         """The name of a run training now (this studio's job or a terminal's), if any."""
         for name in self.names():
-            if training_state(os.path.join(self.runs, name))["state"] == "running":
+            if training_state(self.run_dir(name))["state"] == "running":
                 return name
         return None
 
@@ -174,7 +172,7 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
     from ownllm.planning.plan import plan
 
     examples, tpe = 1000, 256.0
-    report = read_json(os.path.join(studio.run_dir(name), "data", "report.json")) if name else None
+    report = RunDir(studio.run_dir(name)).data_report() if name else None
     if report:
         examples, tpe = report["splits"]["train"], report["tokens"]["mean"] or 256.0
     machine = this_machine()
@@ -233,13 +231,11 @@ def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
     """
     from contextlib import nullcontext
 
-    from ownllm.rundir import system_prompt
-
     run = studio.run_dir(name)
-    result = trained_output(run)
+    result = RunDir(run).trained_output()
     if result is None:
         raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
-    system = req.system or system_prompt(run)
+    system = req.system or RunDir(run).system_prompt()
     key = (run, os.path.getmtime(result))
 
     def work(cancel, stats):
@@ -259,9 +255,9 @@ def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
 
 
 def download_path(studio: Studio, name: str, rel: str) -> str:
-    run = os.path.realpath(studio.run_dir(name))
-    path = os.path.realpath(os.path.join(run, rel))
-    inside = any(path.startswith(os.path.join(run, folder) + os.sep) for folder in DOWNLOADABLE)
+    run = RunDir(os.path.realpath(studio.run_dir(name)))
+    path = os.path.realpath(run.entry(rel))
+    inside = any(path.startswith(run.entry(folder) + os.sep) for folder in DOWNLOADABLE)
     if not inside or not os.path.isfile(path):
         raise APIError(404, f"no downloadable file '{rel}' in run '{name}' (export/, eval/ and data/ only)",
                        kind="not_found_error")
@@ -319,7 +315,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
     async def info():
         from ownllm import __version__
         from ownllm.training.config import METHODS, PROTECTION_LEVELS
-        from ownllm.export.formats import FORMATS
+        from ownllm.export.export import FORMATS
         from ownllm.export.gguf import QUANTS
         from ownllm.planning.hardware import detect
 
@@ -377,10 +373,10 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
     async def train(name: str, req: TrainRequest):
         studio.check_model(req.model)
         run = studio.run_dir(name)
-        if not os.path.exists(os.path.join(run, "data", "train.jsonl")):
+        if not RunDir(run).is_prepared():
             raise APIError(400, f"run '{name}' has no prepared data (step 1)", code="no_data")
         state = training_state(run)
-        if state["checkpoints"] or os.path.exists(os.path.join(run, "train_summary.json")):
+        if state["checkpoints"] or RunDir(run).summary() is not None:
             raise APIError(409, f"run '{name}' has been trained already; resume it, or create a new run (step 1) "
                                 "to train again from the start — its checkpoints are kept", code="trained")
         argv = await asyncio.to_thread(train_argv, run, req)
@@ -403,6 +399,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
 
     @app.post("/api/runs/{name}/eval")
     async def evaluate(name: str, req: EvalRequest):
+        EvalConfig(**req.model_dump()).validate()  # a 400 now, not in the job's log
         run = studio.run_dir(name)
         argv = ["eval", run] + (["--max-samples", str(req.max_samples)] if req.max_samples else [])
         return await asyncio.to_thread(start_job, studio, name, "eval", argv)
@@ -420,7 +417,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):
-        from ownllm.export.formats import FORMATS
+        from ownllm.export.export import FORMATS
         from ownllm.export.gguf import QUANTS
 
         if req.format not in FORMATS or req.quant not in QUANTS:

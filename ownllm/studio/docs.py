@@ -12,8 +12,10 @@ import os
 import re
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ownllm.config import request_model
+from ownllm.data.from_docs import FromDocsConfig
 from ownllm.rundir import read_json
 from ownllm.studio import jobs
 from ownllm.web.common import APIError
@@ -22,16 +24,10 @@ FOLDER = ".docs"  # under the runs folder; a dot name is never listed as a run
 JOB_ID = re.compile(r"[0-9a-f]{12}")
 
 
-class DocsRequest(BaseModel):  # `ownllm data from-docs`'s choices the page offers
-    model_config = ConfigDict(extra="forbid")
-    inputs: list[str] = Field(min_length=1)
-    teacher: str | None = None          # an OpenAI-compatible /v1 URL, or a model run here
-    teacher_model: str | None = None
-    teacher_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-    per_chunk: int = Field(3, ge=1, le=20)
-    judge: bool = False
-    also_text: bool = False
-    model: str | None = None            # whose tokenizer sizes the chunks
+# `ownllm data from-docs`'s choices the page offers, from the same dataclass as its flags
+DocsRequest = request_model(FromDocsConfig, "DocsRequest",
+                            only=("teacher", "teacher_model", "teacher_key_env", "per_chunk", "judge", "also_text", "model"),
+                            extra={"inputs": (list[str], Field(min_length=1))})
 
 
 def add_docs_routes(app, studio) -> None:
@@ -55,16 +51,12 @@ def add_docs_routes(app, studio) -> None:
 
 def docs_argv(out: str, req: DocsRequest) -> list[str]:
     """The `ownllm data from-docs` command line for the page's choices."""
-    from ownllm.data.from_docs import FromDocsConfig
-
-    # every mistake now, as a 400, not in the job's log
-    FromDocsConfig(teacher=req.teacher or None, per_chunk=req.per_chunk, judge=req.judge).validate()
-    argv = ["data", "from-docs", *req.inputs, "--out", out, "--per-chunk", str(req.per_chunk)]
-    for flag, value in (("--teacher", req.teacher), ("--teacher-model", req.teacher_model),
-                        ("--teacher-key-env", req.teacher_key_env), ("--model", req.model)):
-        if value:
-            argv += [flag, value]
-    return argv + ["--judge"] * req.judge + ["--also-text"] * req.also_text
+    values = {k: v for k, v in req.model_dump(exclude={"inputs"}).items() if v not in (None, "", False)}
+    FromDocsConfig(**values).validate()  # every mistake now, as a 400, not in the job's log
+    argv = ["data", "from-docs", *req.inputs, "--out", out]
+    for key, value in values.items():
+        argv += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
+    return argv
 
 
 def start_docs(runs: str, req: DocsRequest) -> dict:

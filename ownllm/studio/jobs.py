@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from ownllm.rundir import read_json
+from ownllm.rundir import RunDir, read_json
 from ownllm.utils import atomic_write
 
 KINDS = ("train", "eval", "export", "docs")
@@ -26,9 +26,8 @@ _children: dict[int, subprocess.Popen] = {}  # jobs started by this server proce
 
 
 def _paths(run_dir: str, kind: str) -> tuple[str, str, str]:
-    folder = os.path.join(run_dir, "studio")
-    return (os.path.join(folder, f"{kind}.json"), os.path.join(folder, f"{kind}.end.json"),
-            os.path.join(folder, f"{kind}.log"))
+    run = RunDir(run_dir)
+    return run.studio_file(f"{kind}.json"), run.studio_file(f"{kind}.end.json"), run.studio_file(f"{kind}.log")
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -338,6 +338,7 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
     from ownllm.planning.profiles import this_machine
     from ownllm.planning.plan import parse_duration, plan, spec_for
     from ownllm.training.callbacks import TimeBudgetCallback
+    from ownllm.training.protect import DRIFT_ROWS
 
     hours = parse_duration(cfg.time_budget)
     domain, replayed = lengths[:len(lengths) - replay], lengths[len(lengths) - replay:]  # replay rows come last
@@ -345,7 +346,8 @@ def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: 
              tokens_per_example=sum(domain) / max(1, len(domain)), lengths=domain,
              replay_tokens_per_example=sum(replayed) / replay if replay else 0.0,
              epochs=float(cfg.epochs), method=cfg.method, budget_hours=hours, micro_batch=cfg.batch_size,
-             grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing)
+             grad_accum=cfg.grad_accum, lora_r=cfg.lora_r or 16, gradient_checkpointing=cfg.gradient_checkpointing,
+             drift_rows=DRIFT_ROWS)
     rec, predicted = p["recommendation"], p["hours"]
     if rec.get("max_steps") and (cfg.max_steps is None or rec["max_steps"] < cfg.max_steps):
         cfg.max_steps = rec["max_steps"]

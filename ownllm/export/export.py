@@ -6,14 +6,29 @@ from __future__ import annotations
 import os
 import re
 
+from dataclasses import dataclass
+
+from ownllm.config import setting
 from ownllm.errors import ConfigError, OwnLLMError
 from ownllm.export.common import (CONFIDENT_MARGIN, agreement, choices_kept, float_export_checks, for_other_servers,
                                   probe_prompts, share)
 from ownllm.export.manifest import check, raise_if_failed, write_manifest
-from ownllm.rundir import adapter_in, base_of_adapter, run_dir_of, system_prompt
+from ownllm.rundir import RunDir, adapter_in, base_of_adapter, run_dir_of
+from ownllm.export.gguf import QUANTS
 from ownllm.utils import atomic_dir
 
 FORMATS = ("merged", "adapter", "onnx", "gguf")
+
+
+@dataclass
+class ExportConfig:
+    """The export stage's settings: ``ownllm export``'s flags and the studio's export request."""
+    format: str = setting("merged", "merged: adapter folded into the base weights; adapter: the adapter alone; "
+                                    "onnx: model.onnx with past key/values for onnxruntime; gguf: llama.cpp/Ollama "
+                                    "file with a Modelfile", choices=FORMATS)
+    quant: str = setting("q8_0", "GGUF weight format (default q8_0)", choices=QUANTS)
+    out: str | None = setting(None, "output folder (default RUN_DIR/export/FORMAT, gguf-QUANT for gguf)")
+    overwrite: bool = setting(False, "replace an existing export folder")
 # What a GGUF export must show against the trained model, per weight format: the largest relative
 # perplexity rise, and the least share of next-token choices kept (all positions; positions where the
 # trained model leads by a logit or more). Measured on the embedded 135M model (general text, probe
@@ -30,10 +45,10 @@ GGUF_PERPLEXITY_TOLERANCE = {q: t["perplexity_change"] for q, t in GGUF_THRESHOL
 
 def default_out(source: str, fmt: str, quant: str = "q8_0") -> str:
     leaf = f"gguf-{quant}" if fmt == "gguf" else fmt
-    if run_dir_of(source) or os.path.isdir(os.path.join(source, "adapter")):
-        return os.path.join(source, "export", leaf)
+    if run_dir_of(source) or os.path.isdir(RunDir(source).adapter_dir):
+        return RunDir(source).export(leaf)
     stem = os.path.basename(os.fspath(source).rstrip("/")).replace("/", "--")
-    return os.path.join("runs", f"{os.path.splitext(stem)[0]}-{leaf}")
+    return RunDir.under_runs(f"{os.path.splitext(stem)[0]}-{leaf}").path
 
 
 def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: bool = False,
@@ -46,8 +61,6 @@ def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: 
     if fmt in ("merged", "adapter") and not os.path.isdir(source):
         raise OwnLLMError(f"run directory not found: {source}")
     if fmt == "gguf":
-        from ownllm.export.gguf import QUANTS
-
         if quant not in QUANTS:
             raise ConfigError(f"unknown GGUF quantization '{quant}'", hint=f"choose one of: {', '.join(QUANTS)}")
     out = out or default_out(source, fmt, quant)
@@ -122,7 +135,8 @@ def _gguf(trained, source: str, tmp: str, quant: str) -> dict:
     from ownllm.export.gguf import modelfile, usage_readme, write_gguf
     from ownllm.utils import atomic_write
 
-    run_dir = run_dir_of(source)
+    run = run_dir_of(source)
+    run_dir = run.path if run else None
     base = os.path.basename(os.path.abspath(source)) if os.path.exists(source) else source
     name = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-.") or "model"
     fname = f"{name}-{quant}.gguf"
@@ -134,7 +148,7 @@ def _gguf(trained, source: str, tmp: str, quant: str) -> dict:
     checks, measured = _verify_gguf(reference, trained.tokenizer, tmp, fname, quant, run_dir,
                                    probe_prompts(run_dir, trained.tokenizer))
     tok = trained.tokenizer
-    atomic_write(os.path.join(tmp, "Modelfile"), modelfile(fname, tok, system_prompt(run_dir)))
+    atomic_write(os.path.join(tmp, "Modelfile"), modelfile(fname, tok, run.system_prompt() if run else None))
     atomic_write(os.path.join(tmp, "README.md"), usage_readme(fname, name))
     return write_manifest(tmp, "gguf", run_dir or source, checks, {**info, **measured})
 
