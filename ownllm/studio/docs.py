@@ -51,7 +51,7 @@ def add_docs_routes(app, studio) -> None:
 
 def docs_argv(out: str, req: DocsRequest) -> list[str]:
     """The `ownllm data from-docs` command line for the page's choices."""
-    values = {k: v for k, v in req.model_dump(exclude={"inputs"}).items() if v not in (None, "", False)}
+    values = {k: v for k, v in req.model_dump(exclude={"inputs"}).items() if v is not None and v != "" and v is not False}
     FromDocsConfig(**values).validate()  # every mistake now, as a 400, not in the job's log
     argv = ["data", "from-docs", *req.inputs, "--out", out]
     for key, value in values.items():
