@@ -144,6 +144,38 @@ def test_the_floor_checker_sees_an_upward_import(tmp_path, monkeypatch):
     test_packages_import_only_their_floor_or_below()
 
 
+RUN_LAYOUT = {"config.yaml", "data", "plan.json", "checkpoints", "adapter", "model", "tensorboard", "metrics.jsonl",
+              "loss.png", "train_summary.json", "status.json", "eval", "export", "stages", "studio", "train.jsonl",
+              "val.jsonl", "test.jsonl", "report.json", "rejected.jsonl"}
+
+
+def _run_paths_joined(mods: dict[str, str]) -> list[str]:
+    """os.path.join calls outside rundir.py naming an entry of a run directory's layout."""
+    found = []
+    for mod, path in mods.items():
+        if mod == "ownllm.rundir":
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "os.path.join":
+                names = {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+                if names & RUN_LAYOUT:
+                    found.append(f"{mod}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_run_directory_path_is_joined_outside_rundir():
+    assert not _run_paths_joined(_modules())
+
+
+def test_the_run_path_checker_sees_a_joined_path(tmp_path, monkeypatch):
+    pkg = tmp_path / "ownllm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "x.py").write_text("import os\ndef f(run):\n    return os.path.join(run, 'train_summary.json')\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(pkg))
+    assert _run_paths_joined(_modules()) == ["ownllm.x:3 os.path.join(run, 'train_summary.json')"]
+
+
 def test_the_checker_sees_a_circle_and_a_private_import(tmp_path, monkeypatch):
     """The rules above would fail on a tree that breaks them (so the test can fail)."""
     pkg = tmp_path / "ownllm"
