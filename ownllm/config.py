@@ -117,9 +117,9 @@ def coerce(cls, key: str, value):
     return key, parsed
 
 
-def load_yaml(path: str, cls, overrides: list[str] | None = None, sections: tuple[str, ...] = ()):
-    """``cls`` from a YAML mapping of its fields, with ``key=value`` ``overrides``. Keys named in ``sections``
-    (other stages' settings kept in the same file) are left for their own stage."""
+def load_yaml(path: str, cls, overrides: list[str] | None = None):
+    """``cls`` from a YAML mapping of its fields (a dict field is a section of its own, e.g. ``prepare:``),
+    with ``key=value`` ``overrides``."""
     import yaml
 
     if not os.path.isfile(path):
@@ -132,8 +132,7 @@ def load_yaml(path: str, cls, overrides: list[str] | None = None, sections: tupl
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of settings", where=path)
     values, problems = {}, []
-    for k, v in [(k, v) for k, v in raw.items() if k not in sections] + \
-            [tuple(o.split("=", 1)) if "=" in o else (o, None) for o in overrides or []]:
+    for k, v in list(raw.items()) + [tuple(o.split("=", 1)) if "=" in o else (o, None) for o in overrides or []]:
         try:
             key, val = coerce(cls, str(k), v)
             values[key] = val
@@ -144,15 +143,11 @@ def load_yaml(path: str, cls, overrides: list[str] | None = None, sections: tupl
     return cls(**values)
 
 
-def save_yaml(cfg, path: str, header: str = "", sections: dict | None = None) -> None:
-    """``cfg``'s set fields as YAML, with other stages' settings under their ``sections`` names."""
+def save_yaml(cfg, path: str, header: str = "") -> None:
+    """``cfg``'s set fields as YAML (a dict field becomes a section)."""
     import yaml
 
     from ownllm.utils import atomic_write
 
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
-    for name, section in (sections or {}).items():
-        if section is not None:
-            data[name] = {k: v for k, v in (dataclasses.asdict(section) if dataclasses.is_dataclass(section)
-                                            else section).items() if v is not None}
     atomic_write(path, header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))

@@ -168,3 +168,24 @@ def test_run_dir_knows_the_layout_and_what_the_stages_left(tmp_path):
     assert run.trained_output() == run.model_dir
     assert RunDir.default_for(str(run)) == run  # a prepared run trains in place
     assert RunDir.default_for("some/where/faq.jsonl") == RunDir(os.path.join("runs", "faq"))
+
+
+def test_config_yaml_keeps_how_the_data_was_prepared_and_train_reads_it_back(tiny_model_dir, qa_file, tmp_path):
+    """config.yaml's prepare: section is PrepareConfig's: the run records --pii/--dedup of its data, and a
+    config naming a raw file prepares it the same way again."""
+    from ownllm.config import load_yaml
+    from ownllm.data.prepare import prepare_dataset
+    from ownllm.errors import ConfigError
+    from ownllm.training.data import prepare_options
+    from ownllm.training.trainer import Trainer
+
+    run = tmp_path / "r"
+    prepare_dataset([qa_file], str(run), model=tiny_model_dir, pii="mask", dedup="exact")
+    Trainer(model=tiny_model_dir, train_dataset=str(run),
+            args={"max_steps": 1, "batch_size": 4, "precision": "fp32", "protect": "off"}).train()
+    cfg = load_yaml(RunDir(run).config_yaml, TrainConfig)
+    assert cfg.prepare["pii"] == "mask" and cfg.prepare["dedup"] == "exact" and "model" not in cfg.prepare
+    options = prepare_options(dataclasses.replace(cfg, data=qa_file))
+    assert options["pii"] == "mask" and options["model"] == cfg.model
+    with pytest.raises(ConfigError, match="prepare: unknown setting 'dedupe'"):
+        TrainConfig(prepare={"dedupe": "off"}).validate()

@@ -99,7 +99,9 @@ def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, va
         "train_tokens_per_epoch": sum(min(n, cfg.max_seq_len) for n in lengths["train"]),
         "settings": {"split": list(cfg.split), "seed": cfg.seed, "dedup": cfg.dedup, "pii": cfg.pii,
                      "normalize": cfg.normalize, "strip_html": cfg.strip_html,
-                     "system": cfg.system, "template": cfg.template},
+                     "system": cfg.system, "template": cfg.template, "format": cfg.format,
+                     "columns": dict(cfg.columns) or None, "strict": cfg.strict, "max_rejected": cfg.max_rejected,
+                     "max_seq_len": cfg.max_seq_len, "model": cfg.model},
     }
     report["length_histogram"] = length_histogram(every, cfg.max_seq_len)
     report["marked_examples"] = _marked_examples(train[:2], tokenizer, cfg)

@@ -58,6 +58,8 @@ class TrainConfig:
     protect: str = _f("default", choices=PROTECTION_LEVELS, help="keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
                                  "replays general prompts with a KL term to the base model (see README)")
     hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
+    prepare: dict = _f(None, "how --data is prepared when it is a file: PrepareConfig's fields (config.yaml's prepare: "
+                             "section; a trained run records the settings its data was prepared with)", cli=False)
 
     def validate(self) -> "TrainConfig":
         p = []
@@ -109,6 +111,15 @@ class TrainConfig:
             p.append(f"--data: not found: {self.data}")
         if self.out is not None and os.path.isfile(self.out):
             p.append(f"--out {self.out} is a file: give a folder for the run (it will be created)")
+        if self.prepare is not None:
+            from ownllm.data.prepare import PrepareConfig
+
+            known = {f.name for f in fields(PrepareConfig)}
+            if not isinstance(self.prepare, dict):
+                p.append("prepare: must be a mapping of `ownllm data prepare` settings")
+            else:
+                p += [f"prepare: unknown setting '{k}' (one of {', '.join(sorted(known))})"
+                      for k in self.prepare if k not in known]
         if self.template:
             from ownllm.models.templates import TEMPLATES
 

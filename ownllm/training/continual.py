@@ -47,9 +47,11 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     if additional_epochs is not None and additional_epochs <= 0:
         raise ConfigError(f"--additional-epochs must be > 0 (got {additional_epochs})")
     earlier = load_prepared(run_dir)
+    from ownllm.training.data import prepare_options
+
     common = dict(model=cfg.model, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
     # the new file, prepared in memory as `ownllm train --data` would (nothing moves before this passes)
-    new = prepare_dataset([new_data], system=cfg.system, split=cfg.split, **common)
+    new = prepare_dataset([new_data], split=cfg.split, **prepare_options(cfg))
     leaked = {i for i, _ in find_leaks(new.train, earlier.test + earlier.val)}
     fresh = [r for i, r in enumerate(new.train) if i not in leaked]
     if not fresh:

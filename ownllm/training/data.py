@@ -11,8 +11,11 @@ def _is_dataset_dict(obj) -> bool:
 
 
 def prepare_options(cfg) -> dict:
-    """The prepare stage's options a ``TrainConfig`` decides (``PrepareConfig`` fields)."""
-    return dict(model=cfg.model, system=cfg.system, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
+    """The prepare stage's options (``PrepareConfig`` fields) for a ``TrainConfig``: its ``prepare`` section
+    (config.yaml's ``prepare:``), with the settings training shares with it (model, system prompt, template,
+    sequence length, seed) taken from the training settings themselves."""
+    shared = dict(model=cfg.model, system=cfg.system, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
+    return {**{k: v for k, v in (cfg.prepare or {}).items() if k not in ("split",)}, **shared}
 
 
 def prepare_for_training(train, cfg, run, eval_data=None):

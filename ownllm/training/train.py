@@ -204,7 +204,7 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     asked, cfg = cfg, dataclasses.replace(cfg)
     facts = {"adjusted": {}, "continual": continual}
     os.makedirs(run.path, exist_ok=True)
-    save_config(asked, run)
+    save_config(asked, run, getattr(data, "report", {}).get("settings"))
     with distributed.main_first():  # the main process converts/caches the model first
         model, tokenizer, device, precision, facts["added_terms"] = setup_model(model, cfg, data.train)
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
@@ -258,13 +258,20 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     return TrainResult(summary, hf.model, tokenizer)
 
 
-def save_config(cfg, run) -> None:
-    """config.yaml: what was asked, so ``ownllm train runs/NAME/config.yaml`` runs it again (main process only)."""
+def save_config(cfg, run, prepared_with: dict | None = None) -> None:
+    """config.yaml: what was asked, so ``ownllm train runs/NAME/config.yaml`` runs it again (main process only).
+    Its ``prepare:`` section is how the run's data was prepared (``prepared_with``: the data report's
+    settings), less what training sets itself (model, system prompt, template, length, seed, split)."""
     from ownllm.config import save_yaml
     from ownllm.training import distributed
 
-    if distributed.is_main():
-        save_yaml(cfg, run.config_yaml, f"# Reproduce this run: ownllm train {run.config_yaml}\n")
+    if not distributed.is_main():
+        return
+    if prepared_with:
+        own = ("model", "system", "template", "max_seq_len", "seed", "split")
+        section = {k: v for k, v in prepared_with.items() if k not in own and v is not None}
+        cfg = dataclasses.replace(cfg, prepare=section or None)
+    save_yaml(cfg, run.config_yaml, f"# Reproduce this run: ownllm train {run.config_yaml}\n")
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:
