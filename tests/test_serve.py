@@ -166,11 +166,11 @@ def test_burst_past_the_queue_gets_429_with_retry_after(engine_model, live_serve
 
         first = threading.Thread(target=call)
         first.start()
-        while app.state.engine.active < 1:
+        while app.state.queue.active < 1:
             time.sleep(0.01)
         second = threading.Thread(target=call)
         second.start()
-        while app.state.engine.waiting < 1:
+        while app.state.queue.waiting < 1:
             time.sleep(0.01)
         t = time.monotonic()
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
@@ -190,10 +190,10 @@ def test_disconnect_mid_stream_frees_the_slot(engine_model, live_server, slowed)
         t = time.monotonic()
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
             next(r.iter_lines())
-        while app.state.engine.active and time.monotonic() - t < 10:
+        while app.state.queue.active and time.monotonic() - t < 10:
             time.sleep(0.05)
         # 400 tokens at 0.05 s each would hold the slot for 20 s; the disconnect freed it at once
-        assert app.state.engine.active == 0 and time.monotonic() - t < 10
+        assert app.state.queue.active == 0 and time.monotonic() - t < 10
         r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=60)
         assert r.status_code == 200
 
@@ -209,7 +209,7 @@ def test_request_timeout_ends_the_request(engine_model, live_server, slowed):
         with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
             events = [e for e in r.iter_lines() if e]
         assert '"code": "timeout"' in events[-2] and events[-1] == "data: [DONE]"
-        while app.state.engine.active:
+        while app.state.queue.active:
             time.sleep(0.05)
 
 

@@ -116,10 +116,10 @@ def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny, live_server, sl
         with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes its connection
             httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
         left = time.monotonic()
-        while app.state.engine.active and time.monotonic() - left < 10:
+        while app.state.queue.active and time.monotonic() - left < 10:
             time.sleep(0.05)
         # 400 tokens at 0.05 s each would hold the slot for 20 s
-        assert app.state.engine.active == 0 and time.monotonic() - left < 2
+        assert app.state.queue.active == 0 and time.monotonic() - left < 2
 
 
 def test_seeded_requests_are_reproducible_beside_each_other(tiny, live_server):
@@ -166,7 +166,7 @@ def test_every_error_answer_has_openais_shape(tiny, live_server, slowed):
     with slowed(tiny, 0.05), live_server(tiny, max_concurrency=1, max_queue=0) as (url, app):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, url + "/v1/chat/completions", json={**CHAT, "max_tokens": 30}, timeout=60)
-            while not app.state.engine.active:
+            while not app.state.queue.active:
                 time.sleep(0.01)
             _openai_shaped(httpx.post(url + "/v1/chat/completions", json=CHAT, timeout=60), 429)
             assert pending.result().status_code == 200
@@ -205,7 +205,7 @@ def test_studio_chat_goes_through_the_serving_engine(tmp_path, tiny_model_dir, s
 
     _adapter_run(tmp_path / "runs", tiny_model_dir)
     studio = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path)])
-    engine, ask = studio.chat_engine, {"message": "hi", "max_tokens": 4}
+    engine, ask = studio.chat_queue, {"message": "hi", "max_tokens": 4}
     with serving(create_app(studio)) as url:
         chat = url + "/api/runs/r/chat"
         r = httpx.post(chat, json=ask, timeout=120)
@@ -244,7 +244,7 @@ def test_servers_cap_malloc_arenas(capped):
     import sys
 
     code = ("import ctypes, threading\n"
-            + ("from ownllm.web.engine import limit_malloc_arenas\nlimit_malloc_arenas()\n" if capped else "")
+            + ("from ownllm.web.generation_queue import limit_malloc_arenas\nlimit_malloc_arenas()\n" if capped else "")
             + "go = threading.Barrier(16)\n"
               "def work():\n    go.wait()\n    for _ in range(200):\n        x = [bytearray(300000) for _ in range(4)]\n"
               "ts = [threading.Thread(target=work) for _ in range(16)]\n"

@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
-from ownllm.web.engine import Engine, as_api_error, limit_malloc_arenas
+from ownllm.web.generation_queue import GenerationQueue, as_api_error, limit_malloc_arenas
 
 log = logging.getLogger("ownllm.serve")
 StrictNumber = Annotated[float, Field(strict=True)]  # an int or a float; not a bool, not a string
@@ -126,10 +126,10 @@ def create_app(model, settings: ServeSettings):
     """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
     from ownllm.models.batching import Batcher, can_batch
 
-    engine = Engine(settings.max_concurrency, settings.max_queue, settings.request_timeout)
+    queue = GenerationQueue(settings.max_concurrency, settings.max_queue, settings.request_timeout)
     app = FastAPI(title="ownllm", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine = engine
-    # the engine's slots are the batch: up to max_concurrency requests decode in one forward pass per token
+    app.state.queue = queue
+    # the queue's slots are the batch: up to max_concurrency requests decode in one forward pass per token
     batcher = Batcher(model, settings.max_concurrency) if settings.batching and can_batch(model) else None
     app.state.batcher = batcher
     stream = batcher.stream if batcher else model.stream
@@ -143,7 +143,7 @@ def create_app(model, settings: ServeSettings):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, "generating": engine.active, "waiting": engine.waiting,
+        return {"status": "ok", "model": settings.model_id, "generating": queue.active, "waiting": queue.waiting,
                 "engine": (settings.engine or {}).get("engine"), "dtype": (settings.engine or {}).get("dtype"),
                 "batching": batcher is not None}
 
@@ -188,12 +188,12 @@ def create_app(model, settings: ServeSettings):
         info = {"id": rid, "created": int(time.time()), "model": settings.model_id,
                 "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
-            events, cancel, stats, timed_out = await engine.begin(work, arrived + settings.request_timeout)
+            events, cancel, stats, timed_out = await queue.begin(work, arrived + settings.request_timeout)
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, stats, first = await engine.collect(work, request, arrived + settings.request_timeout)
+        text, stats, first = await queue.collect(work, request, arrived + settings.request_timeout)
         answer = "".join(text)
         _log_latency(info, stats, arrived, first)
         choice = ({"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
@@ -226,7 +226,7 @@ def create_app(model, settings: ServeSettings):
                     break
                 else:
                     if timed_out.is_set():
-                        yield "data: " + json.dumps(engine.timeout_error().body()) + "\n\n"
+                        yield "data: " + json.dumps(queue.timeout_error().body()) + "\n\n"
                         break
                     yield chunk({}, _finish(stats))
                     if include_usage:

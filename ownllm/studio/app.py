@@ -29,7 +29,7 @@ from ownllm.evaluation.evaluate import EvalConfig
 from ownllm.export.export import ExportConfig
 from ownllm.training.config import TrainConfig
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
-from ownllm.web.engine import Engine, limit_malloc_arenas
+from ownllm.web.generation_queue import GenerationQueue, limit_malloc_arenas
 from ownllm.studio import jobs
 from ownllm.studio.docs import add_docs_routes
 from ownllm.rundir import RunDir
@@ -103,9 +103,9 @@ class Studio:
         # the folders whose files the page may name by path: the runs (uploads included) and --data-root
         self.roots = [os.path.realpath(r) for r in [self.runs, *(data_roots or [os.getcwd()])]]
         self.chat_models: dict = {}
-        # the chat pair runs through the engine `serve` uses (queue, timeout, cancellation); one slot,
+        # the chat pair runs through the generation queue `serve` uses (queue, timeout, cancellation); one slot,
         # since base and tuned share the network when the run is an adapter
-        self.chat_engine = Engine(max_concurrency=1, max_queue=CHAT_QUEUE, request_timeout=request_timeout)
+        self.chat_queue = GenerationQueue(max_concurrency=1, max_queue=CHAT_QUEUE, request_timeout=request_timeout)
         self.download_tokens: dict[str, tuple[str, str, float]] = {}  # token -> (run, file, expiry)
         self.start_lock = threading.Lock()
 
@@ -224,7 +224,7 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
 
 def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
     """The generation for one studio chat: the same question to the base model, then the tuned one
-    (greedy, so answers are comparable), run in ``studio.chat_engine`` as ``serve`` runs its requests.
+    (greedy, so answers are comparable), run in ``studio.chat_queue`` as ``serve`` runs its requests.
     It yields ``(which, text)`` pieces; ``stats[which]`` gets each answer's token counts.
 
     Without a system prompt from the page, the one the run was trained with (``--system``) is used.
@@ -245,7 +245,7 @@ def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
             if cancel.is_set():
                 return
             stats[which] = {}
-            # base and tuned may be one network with the adapter switched off: the engine's single slot
+            # base and tuned may be one network with the adapter switched off: the queue's single slot
             # means no other chat runs on it meanwhile
             with tuned.model.disable_adapter() if which == "base" and same_network else nullcontext():
                 for piece in model.stream(req.message, chat=True, cancel=cancel, stats=stats[which], **settings):
@@ -408,7 +408,7 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
     async def chat(name: str, req: ChatRequest, request: Request):
         work = await asyncio.to_thread(chat_pair_work, studio, name, req)
         started = time.monotonic()
-        pieces, stats, _ = await studio.chat_engine.collect(work, request)
+        pieces, stats, _ = await studio.chat_queue.collect(work, request)
         answers = {"base": "", "tuned": ""}
         for which, piece in pieces:
             answers[which] += piece

@@ -1,4 +1,7 @@
-"""The generation engine both web servers use: slots, a bounded queue, a deadline and cancellation.
+"""The generation queue both web servers use: slots, a bounded queue, a deadline and cancellation.
+
+(Not to be confused with ``serving/engines.py``: an engine there is *what* generates — torch, onnxruntime,
+llama.cpp; this queue decides *when* a request's generation runs.)
 
 ``serve`` runs one model's stream in it; the studio runs its base-and-tuned chat pair in it. A
 generation runs in a thread of its own; the request's coroutine reads what it yields from a queue,
@@ -23,7 +26,7 @@ DISCONNECT_POLL_SECONDS = 0.25
 Work = Callable[[threading.Event, dict], Iterator]  # (cancel, stats) -> what the generation yields
 
 
-class Engine:
+class GenerationQueue:
     """Runs generations in threads: at most ``max_concurrency`` at once, ``max_queue`` waiting; a
     request past the queue gets a fast 429, one past ``request_timeout`` a 504 (``timeout_flag`` is
     the option that sets it, named in that message)."""
