@@ -75,24 +75,34 @@ def _tokens(tokenizer_json: dict, vocab_size: int):
 
 def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "model",
                source_gguf: str | None = None) -> dict:
-    """Write ``model`` (a plain float32 transformers model) and ``tokenizer`` to ``path``."""
+    """Write ``model`` (a plain float32 transformers model) and ``tokenizer`` to ``path``: the architecture's
+    hyper-parameters, the tokenizer, then every tensor under llama.cpp's name, in ``quant``."""
     import gguf
-    import numpy as np
 
     if quant not in QUANTS:
         raise ConfigError(f"unknown GGUF quantization '{quant}'", hint=f"choose one of: {', '.join(QUANTS)}")
     config = model.config
     arch = check_architecture(config)
-    heads = config.num_attention_heads
-    layers, kv_heads, head_dim = kv_layout(config)
     vocab = model.get_input_embeddings().weight.shape[0]
-    qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-             "q4_0": gguf.GGMLQuantizationType.Q4_0}[quant]
-    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
-
     w = gguf.GGUFWriter(path, arch)
     w.add_name(name)
+    _add_hyperparameters(w, config, vocab, quant)
+    _add_tokenizer(w, tokenizer, config, vocab, source_gguf)
+    counts = _add_tensors(w, model, arch, quant)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"architecture": arch, "quantization": quant, "tensor_types": counts, "vocab_size": vocab}
+
+
+def _add_hyperparameters(w, config, vocab: int, quant: str) -> None:
+    import gguf
+
+    heads = config.num_attention_heads
+    layers, kv_heads, head_dim = kv_layout(config)
+    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
     w.add_block_count(layers)
@@ -113,6 +123,10 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
     w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
+
+def _add_tokenizer(w, tokenizer, config, vocab: int, source_gguf: str | None) -> None:
+    import gguf
+
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
@@ -128,6 +142,18 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
             special.chat_template = chat_template_for(tokenizer)
         special.add_to_gguf(w, quiet=True)
 
+
+def _add_tensors(w, model, arch: str, quant: str) -> dict:
+    """Every tensor under its llama.cpp name, in ``quant`` where it fills 32-value blocks; returns the
+    count of tensors per stored type."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    layers, kv_heads, _ = kv_layout(config)
+    heads = config.num_attention_heads
+    qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+             "q4_0": gguf.GGMLQuantizationType.Q4_0}[quant]
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.LLAMA, layers)
     counts = {}
     tied = getattr(config, "tie_word_embeddings", False)
@@ -154,11 +180,7 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
             w.add_tensor(target, data.astype(np.float16))
         else:
             w.add_tensor(target, gguf.quants.quantize(data, t), raw_dtype=t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return {"architecture": arch, "quantization": quant, "tensor_types": counts, "vocab_size": vocab}
+    return counts
 
 
 # -- Ollama --------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def create_app(model, settings: ServeSettings):
     # the queue's slots are the batch: up to max_concurrency requests decode in one forward pass per token
     batcher = Batcher(model, settings.max_concurrency) if settings.batching and can_batch(model) else None
     app.state.batcher = batcher
-    stream = batcher.stream if batcher else model.stream
+    server = _Responder(model, settings, queue, batcher.stream if batcher else model.stream)
 
     limit = settings.max_request_bytes or default_body_limit(model.context_length)
     install_errors_and_guard(app, Guard(bound_host=settings.host, allowed_hosts=settings.allowed_hosts,
@@ -160,7 +160,7 @@ def create_app(model, settings: ServeSettings):
             messages.insert(0, {"role": "system", "content": settings.system})
         if not any(m["role"] == "user" for m in messages):
             raise APIError(400, "messages must hold at least one user message", param="messages")
-        return await _respond(req, request, messages, chat=True)
+        return await server.respond(req, request, messages, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -171,29 +171,38 @@ def create_app(model, settings: ServeSettings):
             prompt = prompt[0]
         if not prompt:
             raise APIError(400, "prompt is empty", param="prompt")
-        return await _respond(req, request, prompt, chat=False)
+        return await server.respond(req, request, prompt, chat=False)
 
-    async def _respond(req: _Sampling, request, prompt, chat: bool):
+    return app
+
+
+class _Responder:
+    """One request's way through the server: checks, generation in the queue, the answer or its SSE stream."""
+
+    def __init__(self, model, settings: ServeSettings, queue: GenerationQueue, stream):
+        self.model, self.settings, self.queue, self.stream = model, settings, queue, stream
+
+    async def respond(self, req: _Sampling, request, prompt, chat: bool):
         _refuse_unsupported(req)
-        if req.model != settings.model_id:
-            raise APIError(400, f"unknown model '{req.model}'; this server serves '{settings.model_id}'",
+        if req.model != self.settings.model_id:
+            raise APIError(400, f"unknown model '{req.model}'; this server serves '{self.settings.model_id}'",
                            param="model", code="model_not_found")
-        kwargs = await asyncio.to_thread(_generation_kwargs, model, req, prompt, chat)  # tokenizing is CPU work
+        kwargs = await asyncio.to_thread(_generation_kwargs, self.model, req, prompt, chat)  # tokenizing is CPU work
         arrived = time.monotonic()
 
         def work(cancel, stats):
-            return stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs)
+            return self.stream(prompt, chat=chat, cancel=cancel, stats=stats, **kwargs)
 
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        info = {"id": rid, "created": int(time.time()), "model": settings.model_id,
+        info = {"id": rid, "created": int(time.time()), "model": self.settings.model_id,
                 "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
-            events, cancel, stats, timed_out = await queue.begin(work, arrived + settings.request_timeout)
+            events, cancel, stats, timed_out = await self.queue.begin(work, arrived + self.settings.request_timeout)
             include_usage = bool((req.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
+            return StreamingResponse(self.sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, stats, first = await queue.collect(work, request, arrived + settings.request_timeout)
+        text, stats, first = await self.queue.collect(work, request, arrived + self.settings.request_timeout)
         answer = "".join(text)
         _log_latency(info, stats, arrived, first)
         choice = ({"index": 0, "message": {"role": "assistant", "content": answer}, "logprobs": None,
@@ -201,7 +210,7 @@ def create_app(model, settings: ServeSettings):
                   {"index": 0, "text": answer, "logprobs": None, "finish_reason": _finish(stats)})
         return {**info, "choices": [choice], "usage": _usage(stats)}
 
-    async def _sse(events, cancel, stats, timed_out, info, chat: bool, include_usage: bool, arrived: float):
+    async def sse(self, events, cancel, stats, timed_out, info, chat: bool, include_usage: bool, arrived: float):
         obj = "chat.completion.chunk" if chat else "text_completion"
         base = {"id": info["id"], "object": obj, "created": info["created"], "model": info["model"]}
 
@@ -226,7 +235,7 @@ def create_app(model, settings: ServeSettings):
                     break
                 else:
                     if timed_out.is_set():
-                        yield "data: " + json.dumps(queue.timeout_error().body()) + "\n\n"
+                        yield "data: " + json.dumps(self.queue.timeout_error().body()) + "\n\n"
                         break
                     yield chunk({}, _finish(stats))
                     if include_usage:
@@ -236,8 +245,6 @@ def create_app(model, settings: ServeSettings):
             yield "data: [DONE]\n\n"
         finally:  # also reached when the client disconnects: stop generating, free the slot
             cancel.set()
-
-    return app
 
 
 def default_body_limit(context: int | None) -> int:

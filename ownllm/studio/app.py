@@ -311,6 +311,16 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
 
     add_page(app, STATIC, STATIC_FILES)
 
+    _add_setup_routes(app, studio)
+    _add_run_routes(app, studio)
+    _add_job_routes(app, studio)
+    _add_download_routes(app, studio, api_key)
+    return app
+
+
+def _add_setup_routes(app: FastAPI, studio: Studio) -> None:
+    """What the page asks before a run exists: the machine, the models, uploads, the data doctor, documents."""
+
     @app.get("/api/info")
     async def info():
         from ownllm import __version__
@@ -340,6 +350,10 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
 
     add_docs_routes(app, studio)
 
+
+def _add_run_routes(app: FastAPI, studio: Studio) -> None:
+    """The runs: list, create (the prepare stage), show, metrics, and the plan stage."""
+
     @app.get("/api/runs")
     async def runs():
         return {"runs": [{"name": n, "training": training_state(studio.run_dir(n))["state"]} for n in studio.names()]}
@@ -368,6 +382,10 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
     async def plan_run(name: str, req: PlanRequest):
         studio.check_model(req.model)
         return await asyncio.to_thread(make_plan, studio, name, req)
+
+
+def _add_job_routes(app: FastAPI, studio: Studio) -> None:
+    """What runs in the background or generates: train, stop, resume, evaluate, export; the chat pair."""
 
     @app.post("/api/runs/{name}/train")
     async def train(name: str, req: TrainRequest):
@@ -428,6 +446,10 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
             ["--quant", req.quant] if req.format == "gguf" else [])
         return await asyncio.to_thread(start_job, studio, name, "export", argv)
 
+
+def _add_download_routes(app: FastAPI, studio: Studio, api_key: str | None) -> None:
+    """A run's files, by a one-use token (a link cannot send the key) or the key."""
+
     @app.post("/api/runs/{name}/download-token")
     async def download_token(name: str, req: DownloadRequest):
         download_path(studio, name, req.path)  # 404 now for a file that cannot be downloaded
@@ -452,8 +474,6 @@ def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.
         full = download_path(studio, name, path)
         return FileResponse(full, filename=os.path.basename(full), content_disposition_type="attachment",
                             headers={"X-Content-Type-Options": "nosniff"})
-
-    return app
 
 
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,

@@ -192,11 +192,8 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     that many epochs of steps past it; ``continual``: what ``continual.start_stage`` recorded. Out of memory,
     it halves the micro-batch and carries on. ``cfg`` is not changed: what changes on the way is in the
     summary's ``adjusted``."""
-    import torch
-
     from ownllm.training import distributed
     from ownllm.training.data import tokenize
-    from ownllm.training.hf import NonFiniteLoss, last_checkpoint
 
     # config.yaml keeps what was asked (it reproduces the run); what changes on the way (out-of-memory
     # back-off, --additional-epochs, --time-budget, a resumed checkpoint's batch) changes this working
@@ -228,10 +225,25 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     start = time.time()
     budget = facts["budget"] = fit_to_budget(cfg, lengths, facts["protection"].get("replay_rows", 0), start,
                                              facts["adjusted"]) if cfg.time_budget else None
+    hf = _train_with_backoff(cfg, run, model, tokenizer, (train_ds, val_ds, lengths), (device, precision),
+                             [budget["callback"]] if budget else [], facts, replay_targets, resume)
+    summary = _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts)
+    return TrainResult(summary, hf.model, tokenizer)
+
+
+def _train_with_backoff(cfg, run, model, tokenizer, datasets, where, callbacks, facts, replay_targets, resume):
+    """transformers' training loop; out of memory, the micro-batch halves (accumulation doubles, the same
+    effective batch) and training goes on from the last checkpoint. Changes ``cfg`` (the stage's working
+    copy) and records why in ``facts["adjusted"]``. Returns the transformers Trainer it finished with."""
+    import torch
+
+    from ownllm.training.hf import NonFiniteLoss, last_checkpoint
+
+    train_ds, val_ds, lengths = datasets
+    device, precision = where
     while True:
         hf = build_hf_trainer(cfg, run.path, model, tokenizer, train_ds, val_ds, device, precision, lengths,
-                              [budget["callback"]] if budget else [], facts["protection"].get("kl_weight", 0.0),
-                              replay_targets)
+                              callbacks, facts["protection"].get("kl_weight", 0.0), replay_targets)
         hf.own_signals.install()
         try:
             hf.train(resume_from_checkpoint=resume)
@@ -254,8 +266,7 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
                               hint="lower --lr, check the data for broken rows, or use --nan-policy skip") from None
         finally:
             hf.own_signals.uninstall()
-    summary = _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts)
-    return TrainResult(summary, hf.model, tokenizer)
+    return hf
 
 
 def save_config(cfg, run, prepared_with: dict | None = None) -> None:
