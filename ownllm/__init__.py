@@ -5,6 +5,9 @@ The guide's Python API works with ``import ownllm as deepseek``::
     model = deepseek.load_model("smollm2-135m")
     print(model.generate("人工智能的未来是", max_length=20))
 
+The four stages are public too: ``prepare_dataset`` → ``plan_run`` → ``train_run`` → ``evaluate``
+(docs/architecture.md), with ``RunDir`` for what they leave in a run directory.
+
 Nothing heavy is imported here: names are loaded on first use.
 """
 from __future__ import annotations
@@ -21,6 +24,9 @@ _LAZY = {
     "prepare_dataset": "ownllm.data.prepare",
     "Trainer": "ownllm.training.trainer",
     "evaluate": "ownllm.evaluation.evaluate",
+    "plan_run": "ownllm.training.plan",
+    "train_run": "ownllm.training.train",
+    "RunDir": "ownllm.rundir",
     "Quantizer": "ownllm.quantization.quantize",
     "ONNXExporter": "ownllm.export.onnx",
 }
