@@ -60,13 +60,7 @@ def add_flags(parser, cls, skip=(), only=None) -> None:
 
 def values_from_args(args, cls) -> dict:
     """The fields of ``cls`` given on the command line (flags added by :func:`add_flags`)."""
-    out = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    for name, value in out.items():
-        if isinstance(value, list):
-            continue
-        if isinstance(value, float) and value.is_integer() and _field_type(cls, _by_name(cls)[name])[0] is not float:
-            out[name] = int(value)
-    return out
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def _by_name(cls) -> dict:

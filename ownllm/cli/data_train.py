@@ -95,7 +95,10 @@ def config_from_args(args, base: TrainConfig | None = None) -> TrainConfig:
 
     cfg = base or (load_yaml(args.config, TrainConfig, overrides=args.overrides) if getattr(args, "config", None)
                    else TrainConfig())
-    return dataclasses.replace(cfg, **values_from_args(args, TrainConfig))
+    updates = values_from_args(args, TrainConfig)
+    if isinstance(updates.get("epochs"), float) and updates["epochs"].is_integer():
+        updates["epochs"] = int(updates["epochs"])  # config.yaml says `epochs: 3`, as it was given
+    return dataclasses.replace(cfg, **updates)
 
 
 def cmd_train(args) -> int:
