@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from ownllm.config import add_flags, values_from_args
 
@@ -41,7 +42,7 @@ def cmd_plan(args) -> int:
     result = plan_run(cfg, data, run, options, measured)
     print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.text)
     if run is not None:
-        print(f"wrote {run.plan_json}", file=__import__("sys").stderr)
+        print(f"wrote {run.plan_json}", file=sys.stderr)
     return 0
 
 

@@ -27,13 +27,16 @@ def prepare_for_training(train, cfg, run, eval_data=None):
     from ownllm.rundir import RunDir
     from ownllm.training import distributed
 
-    prepared = isinstance(train, PreparedData) or (isinstance(train, (str, os.PathLike)) and RunDir(train).is_prepared())
     if distributed.is_main():
         data = _prepare(train, eval_data, cfg, run)
         distributed.barrier()
+    elif isinstance(train, PreparedData):
+        distributed.barrier()
+        data = train
     else:
         distributed.barrier()
-        data = train if isinstance(train, PreparedData) else load_prepared(train if prepared else run.path)
+        given = isinstance(train, (str, os.PathLike)) and RunDir(train).is_prepared()
+        data = load_prepared(train if given else run.path)
     if not data.train:
         raise DataError("there are no training rows")
     return data

@@ -88,7 +88,8 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
     ``run``: the run directory whose ``plan.json`` it writes (None: write nothing); ``measured``: what
     ``calibrate`` measured here; ``strict``: a model whose shape the planner does not know (a .gguf file,
     a hub id outside the registry) is an error — else the plan holds the settings and says there is no
-    estimate (training needs none; loading the model says what is wrong with its name). Returns a new plan; ``cfg`` is left as it was."""
+    estimate (training needs none; loading the model says what is wrong with its name). Returns a new
+    plan; ``cfg`` is left as it was."""
     from ownllm.errors import ModelNotFoundError
     from ownllm.models.load import resolve
     from ownllm.planning.plan import format_plan, parse_duration, plan, spec_for

@@ -208,10 +208,14 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
         train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train)
+    if additional_epochs is not None and resume is None:
+        raise ConfigError("additional epochs go on from a checkpoint: none was given")
+    state = _trainer_state(resume) if resume else {}
     if resume:
-        _follow_checkpoint_batch(cfg, resume, facts["adjusted"])
+        _follow_checkpoint_batch(cfg, state, facts["adjusted"])
     if additional_epochs is not None:  # exactly that many epochs of optimizer steps past the checkpoint
-        _add_epochs(cfg, (_checkpoint_step(resume), float(additional_epochs)), len(train_ds), facts["adjusted"])
+        _add_epochs(cfg, (int(state.get("global_step") or 0), float(additional_epochs)), len(train_ds),
+                    facts["adjusted"])
     lengths = [len(x) for x in train_ds["input_ids"]]  # read once: sampling, attention and the budget use them
     facts["attention"] = choose_attention(model, device, lengths)
     from ownllm.training.methods import trainable_report
@@ -285,11 +289,10 @@ def save_config(cfg, run, prepared_with: dict | None = None) -> None:
     save_yaml(cfg, run.config_yaml, f"# Reproduce this run: ownllm train {run.config_yaml}\n")
 
 
-def _checkpoint_step(checkpoint: str | None) -> int:
-    if checkpoint is None:
-        raise ConfigError("additional epochs go on from a checkpoint: none was given")
+def _trainer_state(checkpoint: str) -> dict:
+    """A checkpoint's trainer_state.json (transformers' own: its step, its micro-batch)."""
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-        return int(json.load(f).get("global_step") or 0)
+        return json.load(f)
 
 
 def _adjust(adjusted: dict, why: str, **settings) -> None:
@@ -312,11 +315,11 @@ def _add_epochs(cfg, extra: tuple[int, float], n_train: int, adjusted: dict) -> 
     _adjust(adjusted, f"--additional-epochs {epochs:g} from step {step}", max_steps=cfg.max_steps, epochs=cfg.epochs)
 
 
-def _follow_checkpoint_batch(cfg, checkpoint: str, adjusted: dict) -> None:
+def _follow_checkpoint_batch(cfg, state: dict, adjusted: dict) -> None:
     """A checkpoint saved after an out-of-memory back-off has a smaller micro-batch than config.yaml asks:
-    resume with the checkpoint's (same effective batch), so the data position it skips to is right."""
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-        saved = json.load(f).get("train_batch_size")
+    resume with the checkpoint's (same effective batch), so the data position it skips to is right.
+    ``state``: the checkpoint's trainer_state.json."""
+    saved = state.get("train_batch_size")
     if saved and saved != cfg.batch_size and (cfg.batch_size * cfg.grad_accum) % saved == 0:
         cfg.grad_accum = cfg.batch_size * cfg.grad_accum // saved
         cfg.batch_size = saved
