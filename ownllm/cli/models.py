@@ -5,14 +5,18 @@ from ownllm.cli.common import add_engine_arg, add_gen_args, add_model_args, gen_
 
 
 def cmd_models(args) -> int:
-    from ownllm.models.registry import MODELS, format_params, is_available_here
+    from ownllm.models.registry import MODELS, TRIED, format_params, is_available_here
 
-    rows = [("alias", "hub id", "params", "context", "licence", "template", "here")]
+    rows = [("alias", "hub id", "params", "context", "licence", "template", "here", "tried here")]
     for s in MODELS.values():
-        rows.append((s.alias, s.hub_id, format_params(s.params), f"{s.context:,}", s.licence, s.template,
-                     ("yes (embedded)" if s.embedded else "yes (cache)") if is_available_here(s) else "no"))
+        here = ("yes (embedded)" if s.embedded else "yes (cache)") if is_available_here(s) else "no"
+        rows.append((s.alias, s.hub_id, format_params(s.params), f"{s.context:,}", s.licence,
+                     "none (base)" if s.base else s.template, here, TRIED.get(s.architecture, "not tried")))
     print_table(rows)
-    print("\nAlso accepted: a local Hugging Face folder, a .gguf file, or a hub id (org/name).")
+    print("\nAlso accepted: a local Hugging Face folder, a .gguf file, or a hub id (org/name).\n"
+          "Base models ship no chat template: ownllm picks one their vocabulary holds and records it in the run.\n"
+          "Gemma 3 4B and larger read images too: ownllm trains text-only models (gemma3-270m, gemma3-1b).\n"
+          "Gemma models are under Google's Gemma Terms of Use (https://ai.google.dev/gemma/terms).")
     return 0
 
 

@@ -32,16 +32,14 @@ def linear_params(spec) -> float:
 
     ``spec`` is a registry ModelSpec (or anything with its shape fields).
     """
-    kv = spec.hidden * spec.kv_heads // spec.heads
-    per_layer = 2 * spec.hidden * spec.hidden + 2 * spec.hidden * kv + 3 * spec.hidden * spec.intermediate
+    per_layer = 2 * spec.hidden * spec.q_dim + 2 * spec.hidden * spec.kv_dim + 3 * spec.hidden * spec.intermediate
     return per_layer * spec.layers
 
 
 def lora_params(spec, r: int) -> float:
     """LoRA parameters of rank ``r`` on all seven linear layers of each block."""
-    kv = spec.hidden * spec.kv_heads // spec.heads
-    h, i = spec.hidden, spec.intermediate
-    pairs = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q k v o gate up down
+    h, i, q, kv = spec.hidden, spec.intermediate, spec.q_dim, spec.kv_dim
+    pairs = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]  # q k v o gate up down
     return spec.layers * r * sum(a + b for a, b in pairs)
 
 

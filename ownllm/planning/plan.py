@@ -164,10 +164,13 @@ def spec_for(name: str):
         c = json.load(f)
     h, layers, i, v = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
     heads = c.get("num_attention_heads", 1)
-    kv = c.get("num_key_value_heads", heads)
-    shape_params = layers * (2 * h * h + 2 * h * (h * kv // heads) + 3 * h * i) + v * h * (1 if c.get("tie_word_embeddings", True) else 2)
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or h // heads
+    shape_params = layers * (2 * h * heads * head_dim + 2 * h * kv * head_dim + 3 * h * i) \
+        + v * h * (1 if c.get("tie_word_embeddings", True) else 2)
     return ModelSpec(os.path.basename(os.path.normpath(name)), name, shape_params, c.get("max_position_embeddings", 2048),
-                     "unknown", "chatml", layers, h, i, heads, kv, v)
+                     "unknown", "chatml", layers, h, i, heads, kv, v, architecture=c.get("model_type", "llama"),
+                     head_dim=head_dim)
 
 
 def format_plan(p: dict) -> str:
