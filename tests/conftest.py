@@ -55,6 +55,15 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def family_dirs(tokenizer_dir, tmp_path_factory):
+    """A tiny random model of every architecture family (tests/families.py), by transformers model_type."""
+    from families import FAMILIES, build_tiny
+
+    root = tmp_path_factory.mktemp("families")
+    return {f: build_tiny(f, tokenizer_dir, str(root / f)) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def sharp_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny Llama trained on a fixed text until its predictions are sharp (random weights give a
     perplexity in the tens of thousands, where a wrong weight layout changes nothing measurable)."""

@@ -1,34 +1,75 @@
 """GGUF for llama.cpp and Ollama, written with the ``gguf`` package (llama.cpp's own Python library).
 
-Llama-family models (the embedded default included) and Qwen2 are mapped; the tokenizer must be a
-byte-level BPE (GPT-2 style: SmolLM, Qwen2, Llama 3). Weights are stored as f16, q8_0 or q4_0;
-norms stay f32. The file is checked by loading it back with transformers' GGUF reader.
+The ``gguf`` package carries llama.cpp's architecture names and tensor-name tables; what differs per family
+(Q/K row order, Gemma's norm offset, Phi-3's partial rotary, Llama 3's rope frequencies) is written once, in
+:data:`FAMILIES`. Tokenizers: byte-level BPE (SmolLM, Qwen, Llama 3, Phi-4) from ``tokenizer.json``; any
+tokenizer when the base model was itself read from a GGUF file (its tokenizer is copied, as Gemma's is).
+Weights are stored as f16, q8_0 or q4_0; norms stay f32. The file is checked by loading it back with
+transformers' GGUF reader.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 from ownllm.errors import ConfigError
 from ownllm.models.architecture import kv_layout
 
-# model_type → llama.cpp architecture name; Llama-family configs share Llama's tensors and hyper-parameters
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 QUANTS = ("f16", "q8_0", "q4_0")
 
 
+@dataclass(frozen=True)
+class Family:
+    """How one transformers ``model_type`` is written: llama.cpp's architecture (a ``gguf.MODEL_ARCH`` name)
+    and the family's quirks."""
+    arch: str
+    permute_qk: bool = False     # llama.cpp's llama graph wants Meta's interleaved rotary rows
+    norm_offset: float = 0.0     # Gemma stores norm weights as w - 1; llama.cpp wants w
+    sliding_window: bool = False  # Gemma 3: local attention on most layers
+
+
+FAMILIES = {
+    "llama": Family("LLAMA", permute_qk=True),
+    "mistral": Family("LLAMA", permute_qk=True),
+    "qwen2": Family("QWEN2"),
+    "qwen3": Family("QWEN3"),
+    "gemma3_text": Family("GEMMA3", norm_offset=1.0, sliding_window=True),
+    "phi3": Family("PHI3"),
+}
+# Families transformers trains but ownllm does not write to GGUF, with the reason and what to do instead.
+NOT_WRITTEN = {
+    "smollm3": "transformers cannot read a SmolLM3 GGUF back, so ownllm could not check the file it wrote",
+}
+
+
 def supported() -> str:
-    return ", ".join(sorted(ARCHITECTURES))
+    return ", ".join(sorted(FAMILIES))
 
 
-def check_architecture(config) -> str:
-    arch = ARCHITECTURES.get(getattr(config, "model_type", None))
-    if arch is None:
-        raise ConfigError(f"ownllm cannot write a '{config.model_type}' model to GGUF",
-                          hint=f"architectures it can write: {supported()}; for others export --format merged "
+def check_architecture(config) -> Family:
+    """The family of ``config``, or a ConfigError naming the family, the format and what works instead."""
+    kind = getattr(config, "model_type", None)
+    family = FAMILIES.get(kind)
+    if family is None:
+        why = NOT_WRITTEN.get(kind, "ownllm has no mapping for it")
+        raise ConfigError(f"ownllm cannot write a '{kind}' model to GGUF: {why}",
+                          hint=f"families it writes: {supported()}; for this one, export --format merged (or onnx) "
                                "and use llama.cpp's convert_hf_to_gguf.py")
-    return arch
+    rope = _rope(config)
+    if rope.get("rope_type", "default") not in ("default", "llama3", None):
+        raise ConfigError(f"rope scaling '{rope['rope_type']}' of this '{kind}' model is not written to GGUF by ownllm",
+                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+    return family
+
+
+def _rope(config) -> dict:
+    """The rope parameters of the global-attention layers (Gemma 3 keeps one set per layer kind)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if "full_attention" in rope:
+        rope = rope["full_attention"]
+    return dict(rope, rope_theta=rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
 def _pre_tokenizer(config, tokenizer, source_gguf: str | None) -> str:
@@ -39,7 +80,7 @@ def _pre_tokenizer(config, tokenizer, source_gguf: str | None) -> str:
         field = GGUFReader(source_gguf).fields.get("tokenizer.ggml.pre")
         if field is not None:
             return field.contents()
-    if config.model_type == "qwen2":
+    if config.model_type in ("qwen2", "qwen3"):
         return "qwen2"
     if len(tokenizer) >= 128000 and "<|begin_of_text|>" in tokenizer.get_vocab():
         return "llama-bpe"
@@ -58,9 +99,6 @@ def _tokens(tokenizer_json: dict, vocab_size: int):
     import gguf
 
     model = tokenizer_json["model"]
-    if model.get("type") != "BPE" or (tokenizer_json.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ConfigError("GGUF export supports byte-level BPE tokenizers (SmolLM, Qwen2, Llama 3)",
-                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py for this tokenizer")
     by_id = {i: t for t, i in model["vocab"].items()}
     kinds = {}
     for added in tokenizer_json.get("added_tokens") or []:
@@ -82,25 +120,29 @@ def write_gguf(model, tokenizer, path: str, quant: str = "q8_0", name: str = "mo
     if quant not in QUANTS:
         raise ConfigError(f"unknown GGUF quantization '{quant}'", hint=f"choose one of: {', '.join(QUANTS)}")
     config = model.config
-    arch = check_architecture(config)
+    family = check_architecture(config)
+    arch = gguf.MODEL_ARCH[family.arch]
     vocab = model.get_input_embeddings().weight.shape[0]
-    w = gguf.GGUFWriter(path, arch)
-    w.add_name(name)
-    _add_hyperparameters(w, config, vocab, quant)
+    w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    # transformers' reader takes a llama file named exactly "mistral" for its Mistral class, then fails
+    w.add_name(name if name != "mistral" else "mistral-model")
+    _add_hyperparameters(w, config, family, vocab, quant)
     _add_tokenizer(w, tokenizer, config, vocab, source_gguf)
-    counts = _add_tensors(w, model, arch, quant)
+    counts = _add_tensors(w, model, family, quant)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"architecture": arch, "quantization": quant, "tensor_types": counts, "vocab_size": vocab}
+    return {"architecture": gguf.MODEL_ARCH_NAMES[arch], "quantization": quant, "tensor_types": counts,
+            "vocab_size": vocab}
 
 
-def _add_hyperparameters(w, config, vocab: int, quant: str) -> None:
+def _add_hyperparameters(w, config, family: Family, vocab: int, quant: str) -> None:
     import gguf
 
     heads = config.num_attention_heads
     layers, kv_heads, head_dim = kv_layout(config)
+    rope = _rope(config)
     file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                  "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
     w.add_context_length(config.max_position_embeddings)
@@ -109,17 +151,14 @@ def _add_hyperparameters(w, config, vocab: int, quant: str) -> None:
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(head_dim)
-    rope = getattr(config, "rope_parameters", None) or {}
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ConfigError(f"rope scaling '{rope['rope_type']}' is not written to GGUF by ownllm",
-                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+    w.add_rope_dimension_count(int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0)))
+    w.add_rope_freq_base(float(rope["rope_theta"]))
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
     w.add_vocab_size(vocab)
-    if head_dim != config.hidden_size // heads:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+    w.add_key_length(head_dim)  # always: readers that miss it assume their family's default, not width / heads
+    w.add_value_length(head_dim)
+    if family.sliding_window and getattr(config, "sliding_window", None):
+        w.add_sliding_window(config.sliding_window)
     w.add_file_type(file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -130,12 +169,18 @@ def _add_tokenizer(w, tokenizer, config, vocab: int, source_gguf: str | None) ->
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
-            tokens, types = _tokens(json.load(f), vocab)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(_pre_tokenizer(config, tokenizer, source_gguf))
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        special = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab)
+            tokenizer_json = json.load(f)
+        if _byte_level(tokenizer_json):
+            tokens, types = _tokens(tokenizer_json, vocab)
+            w.add_tokenizer_model("gpt2")
+            w.add_tokenizer_pre(_pre_tokenizer(config, tokenizer, source_gguf))
+            w.add_token_list(tokens)
+            w.add_token_types(types)
+            merges = True
+        else:
+            _copy_tokenizer(w, source_gguf, vocab)
+            merges = False
+        special = gguf.SpecialVocab(tmp, load_merges=merges, n_vocab=vocab)
         if tokenizer.chat_template is None:
             from ownllm.models.templates import chat_template_for
 
@@ -143,31 +188,79 @@ def _add_tokenizer(w, tokenizer, config, vocab: int, source_gguf: str | None) ->
         special.add_to_gguf(w, quiet=True)
 
 
-def _add_tensors(w, model, arch: str, quant: str) -> dict:
+def _byte_level(tokenizer_json: dict) -> bool:
+    return tokenizer_json["model"].get("type") == "BPE" and \
+        (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel"
+
+
+def _copy_tokenizer(w, source_gguf: str | None, vocab: int) -> None:
+    """A SentencePiece-style vocabulary (Gemma's) taken from the GGUF file the base model was read from:
+    its pieces, scores and types are exactly what llama.cpp tokenizes with (tokenizer.json holds no scores)."""
+    if not source_gguf:
+        raise ConfigError("GGUF export writes byte-level BPE tokenizers (SmolLM, Qwen, Llama 3), or copies the "
+                          "tokenizer of a base model that was itself a GGUF file; this model is neither",
+                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+    from gguf import GGUFReader
+
+    fields = GGUFReader(source_gguf).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    if len(tokens) != vocab:
+        raise ConfigError(f"the model has {vocab} vocabulary rows but its source GGUF {source_gguf} has {len(tokens)} "
+                          "tokens (terms added in training?)",
+                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+    w.add_tokenizer_model(fields["tokenizer.ggml.model"].contents())
+    w.add_tokenizer_pre(fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else "default")
+    w.add_token_list(tokens)
+    w.add_token_scores(fields["tokenizer.ggml.scores"].contents())
+    w.add_token_types(fields["tokenizer.ggml.token_type"].contents())
+    if "tokenizer.ggml.add_space_prefix" in fields:
+        w.add_add_space_prefix(bool(fields["tokenizer.ggml.add_space_prefix"].contents()))
+
+
+def _llama3_rope_factors(config, head_dim: int):
+    """The per-frequency divisors of Llama 3's rope scaling, which llama.cpp reads from a ``rope_freqs``
+    tensor (transformers computes them on the fly from ``rope_parameters``)."""
+    import numpy as np
+
+    rope = _rope(config)
+    factor, low, high = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (float(rope["rope_theta"]) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    out = np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
+
+
+def _add_tensors(w, model, family: Family, quant: str) -> dict:
     """Every tensor under its llama.cpp name, in ``quant`` where it fills 32-value blocks; returns the
     count of tensors per stored type."""
     import gguf
     import numpy as np
 
     config = model.config
-    layers, kv_heads, _ = kv_layout(config)
+    layers, kv_heads, head_dim = kv_layout(config)
     heads = config.num_attention_heads
     qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
              "q4_0": gguf.GGMLQuantizationType.Q4_0}[quant]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.LLAMA, layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.arch], layers)
     counts = {}
     tied = getattr(config, "tie_word_embeddings", False)
-    for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
-            continue
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    tensors = [(hf_name, t.float().numpy()) for hf_name, t in model.state_dict().items()
+               if not (tied and hf_name == "lm_head.weight")]
+    if _rope(config).get("rope_type") == "llama3":
+        tensors.append(("rope_freqs.weight", _llama3_rope_factors(config, head_dim)))
+    for hf_name, data in tensors:
+        target = "rope_freqs.weight" if hf_name == "rope_freqs.weight" else \
+            names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if target is None:
-            raise ConfigError(f"no GGUF name for the tensor '{hf_name}'", hint=f"architectures ownllm maps: {supported()}")
-        data = tensor.float().numpy()
-        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+            raise ConfigError(f"no GGUF name for the tensor '{hf_name}'", hint=f"families ownllm writes: {supported()}")
+        if family.permute_qk and hf_name.endswith("q_proj.weight"):
             data = _permute(data, heads)
-        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+        elif family.permute_qk and hf_name.endswith("k_proj.weight"):
             data = _permute(data, kv_heads)
+        if family.norm_offset and hf_name.endswith("norm.weight"):
+            data = data + family.norm_offset
         t = qtype
         if data.ndim != 2 or data.shape[-1] % 32:
             t = gguf.GGMLQuantizationType.F32  # norms, biases, rows that do not fill a 32-value block
@@ -213,14 +306,14 @@ def default_system(tokenizer) -> str | None:
     helpful AI assistant named SmolLM…"), found by rendering a conversation without one."""
     import re
 
-    from ownllm.models.templates import chat_template_for
+    from ownllm.models.templates import chat_template_for, render_chat
 
     template = chat_template_for(tokenizer)  # None: the tokenizer's own
     form = _ollama_form(template or tokenizer.chat_template)
     if form is None:
         return None
     question = [{"role": "user", "content": "Q"}]
-    hf = tokenizer.apply_chat_template(question, chat_template=template, tokenize=False, add_generation_prompt=True)
+    hf = render_chat(tokenizer, question, template, add_generation_prompt=True)
     if hf == _render(form, question):
         return None
     head, _, tail = form[1].replace("{{ .Role }}", "system").partition("{{ .Content }}")
