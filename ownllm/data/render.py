@@ -31,8 +31,9 @@ class Rendered:
 
 
 def _template_render(tokenizer, messages, template, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    from ownllm.models.templates import render_chat
+
+    return render_chat(tokenizer, messages, template, add_generation_prompt=add_generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict], template: str | None) -> tuple[str, list[tuple[int, int]]]:

@@ -22,14 +22,14 @@ def percentile(sorted_vals: list[int], q: float) -> int:
 
 def token_lengths(rows: list[dict], tokenizer, template: str | None) -> list[int]:
     """Tokens per rendered row (chat template applied), tokenized in one batch."""
-    from ownllm.models.templates import chat_template_for
+    from ownllm.models.templates import chat_template_for, render_chat
 
     tmpl = chat_template_for(tokenizer, template)
     lengths = []
     for start in range(0, len(rows), 2048):  # chunks keep memory flat on 100k-row datasets
         chunk = rows[start:start + 2048]
         texts = [r["text"] if "text" in r else
-                 tokenizer.apply_chat_template(r["messages"], chat_template=tmpl, tokenize=False) for r in chunk]
+                 render_chat(tokenizer, r["messages"], tmpl) for r in chunk]
         enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
         lengths += [len(x) + (1 if "text" in r else 0) for x, r in zip(enc, chunk)]
     return lengths

@@ -18,6 +18,7 @@ from ownllm.evaluation import probe
 from ownllm.evaluation.measure import general_rows, loss_on_rows, perplexity
 from ownllm.models.generation import generate_greedy
 from ownllm.models.load import base_of, load_model, merge_adapter
+from ownllm.models.templates import render_chat
 from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write, read_jsonl, write_jsonl
 
@@ -81,8 +82,7 @@ def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, lis
 def _questions(tok, template, rows, max_new_tokens) -> tuple[list[str], list[str], int]:
     """The rendered prompts and reference answers of chat rows, and the answer length to allow."""
     chats = [r for r in rows if "messages" in r]
-    prompts = [tok.apply_chat_template(r["messages"][:-1], chat_template=template, tokenize=False,
-                                       add_generation_prompt=True) for r in chats]
+    prompts = [render_chat(tok, r["messages"][:-1], template, add_generation_prompt=True) for r in chats]
     refs = [r["messages"][-1]["content"] for r in chats]
     if not refs:
         max_new_tokens = 0

@@ -51,8 +51,10 @@ def judge(item: dict, answer: str) -> bool:
 
 
 def render_questions(items: list[dict], tokenizer, template) -> list[str]:
-    return [tokenizer.apply_chat_template([{"role": "user", "content": i["question"]}], chat_template=template,
-                                          tokenize=False, add_generation_prompt=True) for i in items]
+    from ownllm.models.templates import render_chat
+
+    return [render_chat(tokenizer, [{"role": "user", "content": i["question"]}], template, add_generation_prompt=True)
+            for i in items]
 
 
 def ask(model, tokenizer, template, items: list[dict] | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ownllm.errors import ConfigError
+from ownllm.models.templates import render_chat, turn_end_ids
 
 
 def source_of(model) -> tuple[object, str]:
@@ -52,17 +53,6 @@ def trained_chat_template(run_dir: str | None, tokenizer) -> str:
     return chat_template_for(tokenizer, template) or tokenizer.chat_template
 
 
-def turn_end_ids(tokenizer, template: str) -> list[int]:
-    """The special token that closes an assistant turn in ``template`` (ChatML's <|im_end|>, Llama 3's
-    <|eot_id|>), with the tokenizer's end-of-sequence token: what a server must stop at."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "ANSWER"}],
-                                         chat_template=template, tokenize=False)
-    after = text[text.rindex("ANSWER") + len("ANSWER"):]
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    ends = [t for t in tokenizer(after, add_special_tokens=False)["input_ids"] if t in special][:1]
-    return list(dict.fromkeys(ends + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
-
-
 def for_other_servers(model, tokenizer, run_dir: str | None) -> None:
     """Make a Hugging Face export read by vLLM and TGI as ownllm reads it: the chat template the run trained
     with goes into the tokenizer (tokenizer_config.json), and every token that ends an answer into the
@@ -91,8 +81,7 @@ def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
         rows = [{"messages": [{"role": "user", "content": "Hello, how are you?"}, {}]},
                 {"messages": [{"role": "user", "content": "人工智能的未来是什么？"}, {}]}]
     tmpl = trained_chat_template(run_dir, tokenizer)
-    return [tokenizer.apply_chat_template(r["messages"][:-1], chat_template=tmpl, tokenize=False,
-                                          add_generation_prompt=True) for r in rows]
+    return [render_chat(tokenizer, r["messages"][:-1], tmpl, add_generation_prompt=True) for r in rows]
 
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)

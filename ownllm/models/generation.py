@@ -173,7 +173,7 @@ class OwnModel:
     # -- prompts -----------------------------------------------------------------------------
     def render_chat(self, messages, system_prompt: str | None = None) -> str:
         """The chat template applied to ``messages`` (a string is one user message)."""
-        from ownllm.models.templates import chat_template_for
+        from ownllm.models.templates import render_chat
 
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -182,8 +182,7 @@ class OwnModel:
             raise ConfigError("messages is empty: give at least one user message")
         if system_prompt and messages[0].get("role") != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
-        return self.tokenizer.apply_chat_template(messages, chat_template=chat_template_for(self.tokenizer),
-                                                  tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, messages, add_generation_prompt=True)
 
     def _encode(self, text: str, chat: bool):
         # A chat-rendered prompt already holds its special tokens; don't add a second BOS.

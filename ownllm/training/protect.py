@@ -84,7 +84,7 @@ def base_answers(model, tokenizer, cfg) -> list[dict]:
     """The base model's greedy answer to every replay prompt, as chat rows; cached per base model.
 
     ``model`` is the model being trained (its adapter is switched off while it answers)."""
-    from ownllm.models.templates import chat_template_for
+    from ownllm.models.templates import chat_template_for, render_chat
     from ownllm.models.generation import generate_greedy
     from ownllm.utils import read_jsonl, write_jsonl
 
@@ -93,8 +93,8 @@ def base_answers(model, tokenizer, cfg) -> list[dict]:
     if os.path.exists(path):
         return read_jsonl(path)
     prompts = replay_prompts()
-    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}], chat_template=template,
-                                              tokenize=False, add_generation_prompt=True) for p in prompts]
+    rendered = [render_chat(tokenizer, [{"role": "user", "content": p}], template, add_generation_prompt=True)
+                for p in prompts]
     with _evaluating(model), model.disable_adapter():
         answers, _, _ = generate_greedy(model, tokenizer, rendered, REPLAY_NEW_TOKENS, batch=16, strip=False)
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a.strip() or a}]}

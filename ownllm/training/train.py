@@ -204,6 +204,7 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     save_config(asked, run, getattr(data, "report", {}).get("settings"))
     with distributed.main_first():  # the main process converts/caches the model first
         model, tokenizer, device, precision, facts["added_terms"] = setup_model(model, cfg, data.train)
+    facts["template"] = fix_template(tokenizer, cfg.template)
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
@@ -233,6 +234,23 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
                              [budget["callback"]] if budget else [], facts, replay_targets, resume)
     summary = _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts)
     return TrainResult(summary, hf.model, tokenizer)
+
+
+def fix_template(tokenizer, asked: str | None) -> dict:
+    """Put the chat template this run trains with into ``tokenizer`` (saved with the adapter or model, so
+    that chat, serve, the report card and every export render prompts as training did) and say which it is
+    and why: asked for (--template), the model's own, or chosen for a base model that has none."""
+    from ownllm.models.templates import chat_template_for, template_name_for
+
+    chosen = None if asked else template_name_for(tokenizer)
+    tokenizer.chat_template = chat_template_for(tokenizer, asked) or tokenizer.chat_template
+    if asked:
+        return {"name": asked, "how": "asked for (--template)"}
+    if chosen:
+        return {"name": chosen, "how": "chosen for a model without one: its vocabulary holds this template's "
+                                       "markers" if chosen != "alpaca" else "chosen for a model without one: "
+                                       "Alpaca's turns end on the end-of-sequence token"}
+    return {"name": "the model's own", "how": "the tokenizer's chat template"}
 
 
 def _train_with_backoff(cfg, run, model, tokenizer, datasets, where, callbacks, facts, replay_targets, resume):
@@ -341,7 +359,8 @@ def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict]):
     if protection is None or not supports_trained_positions_loss(model):
         if cfg.protect != "off":
             _log(f"ownllm: forgetting protection is not applied to {cfg.method} on this model "
-                 "(it needs LoRA, DoRA or QLoRA on a Llama/Qwen/Mistral-type model)")
+                 "(it needs LoRA, DoRA or QLoRA on a model whose logits are its output layer's: Llama, Mistral, "
+                 "Qwen, Gemma 3, Phi-3/4, SmolLM3)")
         return train_ds, {"level": cfg.protect, "applied": False}, None
     replay, _ = tokenize(replay_rows(model, tokenizer, cfg, domain_rows, protection), tokenizer, cfg)
     targets = base_distributions(model, replay, tokenizer.pad_token_id)
@@ -443,6 +462,7 @@ def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, de
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": facts["attention"],
         "added_terms": facts["added_terms"], "protection": facts["protection"], "continual": facts["continual"],
+        "template": facts["template"],
         "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
                                                 "predicted_hours": budget["predicted_hours"],
                                                 "actual_hours": round(wall / 3600, 6)},
