@@ -8,6 +8,8 @@ import textwrap
 import pytest
 import torch
 
+from families import FAMILIES
+
 from ownllm.training.config import TrainConfig
 from ownllm.errors import ConfigError, DiskFullError, OwnLLMError
 from ownllm.training.trainer import Trainer
@@ -319,10 +321,11 @@ def test_cli_resume_with_additional_epochs_and_init_adapter(tiny_model_dir, qa_f
     assert torch.allclose(now[names[0]], start[names[0]], atol=5e-2)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("chunked", [False, True])
-def test_trained_positions_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, monkeypatch, chunked):
+def test_trained_positions_loss_equals_the_models_own_loss_and_gradients(family_dirs, family, monkeypatch, chunked):
     """The loss computed only at labelled positions (and, chunked, recomputed in backward) has the
-    same value and the same LoRA gradients as transformers' loss over full logits."""
+    same value and the same LoRA gradients as transformers' loss over full logits, on every family."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -333,7 +336,7 @@ def test_trained_positions_loss_equals_the_models_own_loss_and_gradients(tiny_mo
         monkeypatch.setattr(hf, "CE_UNCHUNKED_LIMIT", 0)
         monkeypatch.setattr(hf, "CE_CHUNK_ROWS", 3)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(family_dirs[family]),
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     assert hf.supports_trained_positions_loss(model)
     ids = torch.randint(3, 1000, (3, 12))
@@ -357,7 +360,8 @@ def test_trained_positions_loss_equals_the_models_own_loss_and_gradients(tiny_mo
         reference.backward()
         assert abs(float(ours) - float(reference)) < 1e-5
         for a, p in zip(ours_grads, [p for p in model.parameters() if p.requires_grad]):
-            assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-6)
+            # fp32 sums in another order: the error scales with the gradient (the family models' weights are large)
+            assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()) + 1e-7)
 
 
 def test_cpu_lora_dropout_keeps_dropout_statistics(tiny_model_dir):

@@ -22,8 +22,9 @@ class NonFiniteLoss(Exception):
         super().__init__(f"the loss became NaN/inf at step {step}")
 
 
-# Model types whose logits are exactly lm_head(final hidden state): no soft-capping or logit scale.
-TRAINED_POSITIONS_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+# Model types whose logits are exactly lm_head(final hidden state): no logit scale (Gemma 2's soft-capping is
+# a config value, checked below; Gemma 3 sets none).
+TRAINED_POSITIONS_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3"}
 CE_CHUNK_ROWS = 2048            # rows of logits materialised at once when the batch has many trained tokens
 CE_UNCHUNKED_LIMIT = 64 << 20   # logits elements above which the loss is chunked and recomputed in backward
 
@@ -34,7 +35,8 @@ def supports_trained_positions_loss(model) -> bool:
     peft = getattr(model, "peft_config", None) or {}
     if any(c.peft_type.value == "PREFIX_TUNING" for c in peft.values()):
         return False  # prefix tuning feeds past key/values, not a plain forward
-    return getattr(config, "model_type", None) in TRAINED_POSITIONS_TYPES and model.get_output_embeddings() is not None
+    return getattr(config, "model_type", None) in TRAINED_POSITIONS_TYPES and model.get_output_embeddings() is not None \
+        and getattr(config, "final_logit_softcapping", None) is None
 
 
 def trained_positions_loss(model, kl_weight: float = 0.0):
