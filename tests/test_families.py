@@ -150,3 +150,39 @@ def test_a_family_gguf_cannot_hold_is_refused_before_training(family_dirs, qa_fi
     with pytest.raises(ConfigError, match="(?s)smollm3.*GGUF.*export --format merged"):
         export(family_dirs["smollm3"], "gguf", out=str(tmp_path / "g"))
     assert not os.path.exists(tmp_path / "g")
+
+
+def test_plan_says_what_gguf_cannot_hold_before_any_training(family_dirs):
+    import subprocess
+    import sys
+
+    from ownllm.export.export import export_notes
+
+    assert export_notes(family_dirs["qwen3"]) == [] and export_notes("gemma3-270m") == []
+    out = subprocess.run([sys.executable, "-m", "ownllm", "plan", "--model", family_dirs["smollm3"], "--examples", "100",
+                          "--tokens-per-example", "50"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert "export: ownllm cannot write a 'smollm3' model to GGUF" in out.stdout and "--format merged" in out.stdout
+
+
+def test_a_llama_3_2_style_model_with_rope_scaling_exports_to_gguf(tokenizer_dir, tmp_path):
+    """Llama 3.2's rope scaling: the file holds llama.cpp's rope_freqs tensor and passes the usual checks."""
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from families import tiny_config
+    from ownllm.export.export import export
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = tiny_config("llama", tok)
+    cfg.max_position_embeddings = 16384
+    cfg.rope_parameters = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "llama32")
+    tok.save_pretrained(tmp_path / "llama32")
+    manifest = export(str(tmp_path / "llama32"), "gguf", out=str(tmp_path / "g"), quant="f16")
+    assert all(c["passed"] for c in manifest["checks"])
+    names = {t.name for t in GGUFReader(str(next((tmp_path / "g").glob("*.gguf")))).tensors}
+    assert "rope_freqs.weight" in names

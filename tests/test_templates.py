@@ -116,6 +116,28 @@ def test_a_base_models_run_records_its_template_and_its_model_stops_at_the_turn_
                                                                    "protect": "off"}).train()
     assert summary["template"]["name"] == "chatml" and "vocabulary" in summary["template"]["how"]
     assert RunDir(out).summary()["template"] == summary["template"]
+    from ownllm.evaluation.evaluate import evaluate
+
+    assert "never taught" in evaluate(RunDir(out), no_base=True, max_samples=2)["base_model_note"]
     tuned = load_model(str(out), device="cpu")
     assert tuned.tokenizer.chat_template == CHATML
     assert tuned.model.generation_config.eos_token_id == tuned.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_greedy_generation_says_which_answers_ended_on_an_end_token(tiny_model_dir):
+    """The report card's stopped_within_budget: an answer counts as stopped when it ends on one of the
+    generation config's end tokens within the token budget."""
+    import torch
+
+    from ownllm.models.generation import generate_greedy
+    from ownllm.models.load import load_model
+
+    own = load_model(tiny_model_dir, device="cpu")
+    prompt = render_chat(own.tokenizer, [{"role": "user", "content": "Hello"}], add_generation_prompt=True)
+    with torch.inference_mode():
+        first = int(own.model(**own.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)).logits[0, -1].argmax())
+    for ends, expected in (([first], [True]), ([len(own.tokenizer) - 1], [False])):
+        own.model.generation_config.eos_token_id = ends
+        stopped = []
+        generate_greedy(own.model, own.tokenizer, [prompt], 4, stopped=stopped)
+        assert stopped == expected

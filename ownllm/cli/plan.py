@@ -20,6 +20,7 @@ def cmd_plan(args) -> int:
     import dataclasses
 
     from ownllm.errors import ConfigError
+    from ownllm.export.export import export_notes
     from ownllm.planning.profiles import this_machine
     from ownllm.training.config import TrainConfig
     from ownllm.training.plan import PlanConfig, plan_run
@@ -40,7 +41,9 @@ def cmd_plan(args) -> int:
                               hint="drop --gpu to plan for this machine, or drop --calibrate (and give --mfu)")
         measured = calibrate(cfg.model, cfg.data if cfg.data and not os.path.isdir(cfg.data) else None, here)
     result = plan_run(cfg, data, run, options, measured)
-    print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.text)
+    notes = export_notes(cfg.model)
+    print(json.dumps({**result.to_json(), "export_notes": notes}, indent=2, ensure_ascii=False) if args.json
+          else "\n".join([result.text] + [f"export: {n}" for n in notes]))
     if run is not None:
         print(f"wrote {run.plan_json}", file=sys.stderr)
     return 0

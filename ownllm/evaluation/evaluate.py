@@ -74,9 +74,11 @@ def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, lis
     """Greedy answers to the test prompts, their scores, and the generation speed."""
     if not prompts:
         return {}, []
-    answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens)
+    stopped = []
+    answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens, stopped=stopped)
     return {**M.aggregate(answers, refs), "seconds_per_answer": round(seconds / len(prompts), 3),
-            "tokens_per_second": round(new / seconds, 1) if seconds else 0.0}, answers
+            "tokens_per_second": round(new / seconds, 1) if seconds else 0.0,
+            "stopped_within_budget": round(sum(stopped) / len(stopped), 4)}, answers
 
 
 def _questions(tok, template, rows, max_new_tokens) -> tuple[list[str], list[str], int]:
@@ -144,7 +146,7 @@ def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_sample
         result["earlier_tests"] = sets
     result["samples"] = len(rows)
     result["max_new_tokens"] = max_new_tokens
-    result.update(_general_check(generator, tok, template, cfg, result, base_probe))
+    result.update(_general_check(generator, tok, template, cfg, result, base_probe, run.summary()))
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)
@@ -157,10 +159,11 @@ def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_sample
     return result
 
 
-def _general_check(model, tok, template, cfg: dict, result: dict, base_probe) -> dict:
+def _general_check(model, tok, template, cfg: dict, result: dict, base_probe, summary: dict | None) -> dict:
     """What the fine-tune kept of the base model: its right answers to the general probe, and perplexity
     on general text. Without the base model (--no-base) the probe uses the base answers cached by an
-    earlier evaluation, or is skipped and says so."""
+    earlier evaluation, or is skipped and says so. ``summary``: the run's train_summary.json (for a base
+    model's run, a note says what the probe can and cannot show)."""
     out = {}
     base_probe = base_probe or probe.cached_base_answers(cfg.get("model"), template)
     if base_probe is not None:
@@ -171,6 +174,12 @@ def _general_check(model, tok, template, cfg: dict, result: dict, base_probe) ->
     if "base" in result and result["base"]["general_perplexity"]:
         change = result["tuned"]["general_perplexity"] / result["base"]["general_perplexity"] - 1
         out["general_perplexity_change"] = round(change, 4)
+    template_how = ((summary or {}).get("template") or {}).get("how", "")
+    if template_how.startswith("chosen"):  # a base model: it was never taught to chat
+        out["base_model_note"] = (
+            "The base model has no chat template: the general questions are asked in the one ownllm chose for it "
+            "(see train_summary.json), which it was never taught, so it answers few of them and 'kept' counts "
+            "those few. General perplexity on plain text compares like with like: it is the measure to read here.")
     ppl_warn = out.get("general_perplexity_change", 0) > probe.PERPLEXITY_WARN
     kept_warn = bool((out["general_answers"] or {}).get("warning"))
     out["forgetting_warning"] = ppl_warn or kept_warn

@@ -9,7 +9,7 @@ from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write
 
 ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "test_loss", "perplexity",
-        "general_perplexity", "seconds_per_answer", "tokens_per_second"]
+        "general_perplexity", "stopped_within_budget", "seconds_per_answer", "tokens_per_second"]
 LOWER_IS_BETTER = {"test_loss", "perplexity", "general_perplexity", "seconds_per_answer"}
 
 
@@ -103,6 +103,8 @@ def _kept_markdown(result: dict) -> list[str]:
     lines = ["## What the model kept", "",
              f"General probe ({g['questions']} short questions in English and Chinese, shipped with ownllm): the base "
              f"model answered {g['base_right']} right; the tuned model still answers {g['kept']} of them.", ""]
+    if result.get("base_model_note"):
+        lines += [result["base_model_note"], ""]
     if g["lost_examples"]:
         lines += ["Answers lost:", ""] + [f"- **Q:** {_one(x['question'])} — base: {_one(x['base'])} — tuned: "
                                           f"{_one(x['tuned'])}" for x in g["lost_examples"]] + [""]

@@ -86,6 +86,20 @@ def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: 
     return manifest
 
 
+def export_notes(model: str) -> list[str]:
+    """What the exports cannot do for ``model`` (a registry alias or a model folder), said before any
+    training time is spent: `ownllm plan` and the studio's plan step print these."""
+    from ownllm.export.gguf import cannot_write
+    from ownllm.planning.plan import spec_for
+
+    try:
+        spec = spec_for(model)
+    except OwnLLMError:
+        return []
+    note = cannot_write(spec.architecture)
+    return [note] if note else []
+
+
 def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
     """merged: adapter folded into the base; adapter: the adapter alone. Both reloaded with plain
     transformers/peft."""
@@ -163,8 +177,11 @@ def _verify_gguf(reference, tokenizer, folder: str, fname: str, quant: str, run_
     from ownllm.evaluation.measure import perplexity_on_rows, sample_rows
     from ownllm.models.load import clear_gguf_marks
 
+    from ownllm.export.gguf import rope_read_back
+
     tok2 = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    model2 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32).eval()
+    model2 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,
+                                                  **rope_read_back(reference.config)).eval()
     clear_gguf_marks(model2)
     rows = sample_rows(run_dir or "")
     ppl_before, ppl_after = perplexity_on_rows(reference, tokenizer, rows), perplexity_on_rows(model2, tokenizer, rows)

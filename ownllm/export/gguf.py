@@ -48,20 +48,35 @@ def supported() -> str:
     return ", ".join(sorted(FAMILIES))
 
 
+def cannot_write(model_type: str | None) -> str | None:
+    """Why a model of ``model_type`` cannot go to GGUF, with what to do instead; None when it can (or when
+    the type is not known, e.g. a .gguf base: its config is read when the model loads)."""
+    if not model_type or model_type in FAMILIES:
+        return None
+    why = NOT_WRITTEN.get(model_type, "ownllm has no mapping for it")
+    return (f"ownllm cannot write a '{model_type}' model to GGUF: {why}; export --format merged (or onnx) and use "
+            f"llama.cpp's convert_hf_to_gguf.py")
+
+
 def check_architecture(config) -> Family:
     """The family of ``config``, or a ConfigError naming the family, the format and what works instead."""
     kind = getattr(config, "model_type", None)
     family = FAMILIES.get(kind)
     if family is None:
-        why = NOT_WRITTEN.get(kind, "ownllm has no mapping for it")
-        raise ConfigError(f"ownllm cannot write a '{kind}' model to GGUF: {why}",
-                          hint=f"families it writes: {supported()}; for this one, export --format merged (or onnx) "
-                               "and use llama.cpp's convert_hf_to_gguf.py")
+        message, _, instead = (cannot_write(kind) or cannot_write("?")).partition("; ")
+        raise ConfigError(message, hint=f"families it writes: {supported()}; for this one, {instead}")
     rope = _rope(config)
     if rope.get("rope_type", "default") not in ("default", "llama3", None):
         raise ConfigError(f"rope scaling '{rope['rope_type']}' of this '{kind}' model is not written to GGUF by ownllm",
                           hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
     return family
+
+
+def rope_read_back(config) -> dict:
+    """What reading the file back with transformers needs beside it: its reader drops Llama 3's rope
+    scaling (llama.cpp reads it from the ``rope_freqs`` tensor, whose values are tested against
+    transformers' own), so the check compares weights and tokenizer under the trained model's config."""
+    return {"config": config} if _rope(config).get("rope_type") == "llama3" else {}
 
 
 def _rope(config) -> dict:

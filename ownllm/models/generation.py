@@ -372,8 +372,9 @@ def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None, fo
 
 
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch: int = 8,
-                    strip: bool = True) -> tuple[list[str], float, int]:
-    """Greedy answers to rendered ``prompts``, batched with left padding. Returns answers, seconds and new tokens."""
+                    strip: bool = True, stopped: list | None = None) -> tuple[list[str], float, int]:
+    """Greedy answers to rendered ``prompts``, batched with left padding. Returns answers, seconds and new tokens;
+    ``stopped``, when given, gets one bool per answer: it ended on an end token within ``max_new_tokens``."""
     import time
 
     import torch
@@ -387,7 +388,11 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
         gen = out[:, enc["input_ids"].shape[1]:]
+        ends = model.generation_config.eos_token_id
+        ends = set(ends if isinstance(ends, (list, tuple)) else [ends])
         for row in gen:
+            if stopped is not None:
+                stopped.append(any(int(t) in ends for t in row))
             keep = row[row != tokenizer.pad_token_id]
             new_tokens += len(keep)
             text = tokenizer.decode(keep, skip_special_tokens=True)

@@ -154,7 +154,7 @@ TRIED = {
     "qwen2": "tiny model, every stage",
     "qwen3": "tiny model, every stage",
     "gemma3_text": "tiny model, every stage; real weights: gemma3-270m",
-    "phi3": "tiny model, every stage",
+    "phi3": "tiny model, every stage (Phi-4-mini's longrope is not written to GGUF)",
     "smollm3": "tiny model, every stage but GGUF",
 }
 

@@ -188,12 +188,13 @@ def models_view(studio: Studio, name: str | None) -> list[dict]:
 
 def make_plan(studio: Studio, name: str, req) -> dict:
     """The plan stage on the run's prepared data, with the page's choices: writes the run's plan.json."""
+    from ownllm.export.export import export_notes
     from ownllm.rundir import RunDir
     from ownllm.training.plan import plan_run
 
     run = RunDir(studio.run_dir(name))
     cfg = TrainConfig(**{k: v for k, v in req.model_dump().items() if v is not None}).validate()
-    return plan_run(cfg, run, run).to_json()
+    return {**plan_run(cfg, run, run).to_json(), "export_notes": export_notes(cfg.model)}
 
 
 def train_argv(run: str, req) -> list[str]:

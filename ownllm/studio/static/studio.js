@@ -348,7 +348,7 @@ function renderPlan(p) {
     [T("fitsBudget"), p.fits_in_budget === null ? "—" : p.fits_in_budget ? T("yes") : T("no")],
   ]);
   $("plan-note").textContent = rec.note || rec.why || "";
-  $("plan-text").textContent = p.text || "";
+  $("plan-text").textContent = [p.text || ""].concat((p.export_notes || []).map((n) => "export: " + n)).join("\n");
 }
 
 // -- step 3: training -------------------------------------------------------------------------------
