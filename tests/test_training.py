@@ -422,3 +422,12 @@ def test_length_grouping_only_where_random_batches_waste_padding():
     assert sampling_strategy([50, 55, 60, 52, 58, 61, 49, 57] * 10, 8) == "random"
     assert sampling_strategy([20, 400, 35, 250, 60, 900, 15, 120] * 10, 8) == "group_by_length"
     assert sampling_strategy([10, 20], 8) == "random"
+
+
+# LoRA on every family runs in tests/test_families.py; here the other methods' contract on each of them.
+FAMILY_METHODS = [(f, m) for f in FAMILIES if f != "llama" for m in METHODS if m in ("dora", "full", "qlora")]
+
+
+@pytest.mark.parametrize("family,method", FAMILY_METHODS)
+def test_method_contract_on_each_family(family, method, family_dirs, qa_file, tmp_path):
+    test_method_contract(method, family_dirs[family], qa_file, tmp_path)
