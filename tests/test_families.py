@@ -186,3 +186,21 @@ def test_a_llama_3_2_style_model_with_rope_scaling_exports_to_gguf(tokenizer_dir
     assert all(c["passed"] for c in manifest["checks"])
     names = {t.name for t in GGUFReader(str(next((tmp_path / "g").glob("*.gguf")))).tensors}
     assert "rope_freqs.weight" in names
+
+
+def test_a_gguf_transformers_cannot_read_says_its_architecture(tmp_path):
+    import gguf
+    import numpy as np
+
+    from ownllm.errors import ModelNotFoundError
+    from ownllm.models.load import load_model
+
+    w = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "smollm3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelNotFoundError, match="architecture 'smollm3'"):
+        load_model(str(tmp_path / "other.gguf"))

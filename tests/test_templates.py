@@ -115,6 +115,7 @@ def test_a_base_models_run_records_its_template_and_its_model_stops_at_the_turn_
                                                                    "batch_size": 4, "precision": "fp32",
                                                                    "protect": "off"}).train()
     assert summary["template"]["name"] == "chatml" and "vocabulary" in summary["template"]["how"]
+    assert summary["template"]["arguments"] == {"enable_thinking": False}
     assert RunDir(out).summary()["template"] == summary["template"]
     from ownllm.evaluation.evaluate import evaluate
 

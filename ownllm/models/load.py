@@ -134,8 +134,11 @@ def convert_gguf(path: str, spec=None) -> str:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)
     except Exception as e:  # transformers raises many kinds here; the person needs one message
-        raise ModelNotFoundError(f"could not read the GGUF file {path}: {e}",
-                                 hint="transformers reads Llama, Qwen2, Mistral and a few other GGUF architectures") from e
+        arch = gguf_architecture(path)
+        raise ModelNotFoundError(f"could not read the GGUF file {path}"
+                                 + (f" (architecture '{arch}')" if arch else "") + f": {str(e).splitlines()[0]}",
+                                 hint="transformers reads GGUF files of llama, mistral, qwen2, qwen3, gemma2/3, phi3 "
+                                      "and a few others; for this one, use the model's Hugging Face folder") from e
     clear_gguf_marks(model)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
@@ -147,6 +150,17 @@ def convert_gguf(path: str, spec=None) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def gguf_architecture(path: str) -> str | None:
+    """The ``general.architecture`` a GGUF file declares (None when it cannot be read at all)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields.get("general.architecture")
+        return field.contents() if field is not None else None
+    except Exception:  # a truncated or foreign file: the caller's message says the file could not be read
+        return None
 
 
 def clear_gguf_marks(model) -> None:

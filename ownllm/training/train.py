@@ -240,17 +240,18 @@ def fix_template(tokenizer, asked: str | None) -> dict:
     """Put the chat template this run trains with into ``tokenizer`` (saved with the adapter or model, so
     that chat, serve, the report card and every export render prompts as training did) and say which it is
     and why: asked for (--template), the model's own, or chosen for a base model that has none."""
-    from ownllm.models.templates import chat_template_for, template_name_for
+    from ownllm.models.templates import TEMPLATE_ARGS, chat_template_for, template_name_for
 
     chosen = None if asked else template_name_for(tokenizer)
     tokenizer.chat_template = chat_template_for(tokenizer, asked) or tokenizer.chat_template
+    args = {"arguments": dict(TEMPLATE_ARGS)}  # Qwen3's thinking: off, with the empty block its template writes
     if asked:
-        return {"name": asked, "how": "asked for (--template)"}
+        return {"name": asked, "how": "asked for (--template)", **args}
     if chosen:
         return {"name": chosen, "how": "chosen for a model without one: its vocabulary holds this template's "
                                        "markers" if chosen != "alpaca" else "chosen for a model without one: "
-                                       "Alpaca's turns end on the end-of-sequence token"}
-    return {"name": "the model's own", "how": "the tokenizer's chat template"}
+                                       "Alpaca's turns end on the end-of-sequence token", **args}
+    return {"name": "the model's own", "how": "the tokenizer's chat template", **args}
 
 
 def _train_with_backoff(cfg, run, model, tokenizer, datasets, where, callbacks, facts, replay_targets, resume):
