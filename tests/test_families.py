@@ -204,3 +204,16 @@ def test_a_gguf_transformers_cannot_read_says_its_architecture(tmp_path):
     w.close()
     with pytest.raises(ModelNotFoundError, match="architecture 'smollm3'"):
         load_model(str(tmp_path / "other.gguf"))
+
+
+def test_the_registry_says_how_each_architecture_was_tried_and_counts_qwen3s_wide_heads():
+    from ownllm.models.registry import MODELS, TRIED
+    from ownllm.planning.estimate import linear_params
+
+    assert set(TRIED) == set(FAMILIES)  # `ownllm models` claims only what tests/test_families.py runs
+    assert {s.architecture for s in MODELS.values()} <= set(TRIED)
+    bases = [s for s in MODELS.values() if s.base]
+    assert {"qwen3-0.6b-base", "llama-3.2-1b-base", "gemma3-270m", "mistral-7b-base"} <= {s.alias for s in bases}
+    assert MODELS["qwen3-8b-base"].hub_id == "Qwen/Qwen3-8B-Base" and MODELS["gemma3-1b-base"].hub_id.endswith("-pt")
+    # Qwen3-0.6B: 0.44B parameters outside the embeddings (its model card); heads of 128 > 1024 / 16
+    assert abs(linear_params(MODELS["qwen3-0.6b"]) / 0.44e9 - 1) < 0.02

@@ -71,6 +71,15 @@ class ModelSpec:
 
 
 _M = ModelSpec
+
+
+def _pair(alias: str, hub_id: str, *fields, base_id: str | None = None, **kw) -> tuple[ModelSpec, ModelSpec]:
+    """An instruct model and its base (pre-trained) sibling: the same shape, ``ALIAS-base``, no template.
+    ``base_id``: the base's hub id when it is not the instruct id with ``-Base`` appended."""
+    instruct = ModelSpec(alias, hub_id, *fields, **kw)
+    base = ModelSpec(alias + "-base", base_id or hub_id + "-Base", *fields[:3], "base", *fields[4:], **kw)
+    return instruct, base
+
 _QWEN3 = dict(architecture="qwen3", head_dim=128)
 _GEMMA3 = dict(architecture="gemma3_text", head_dim=256)
 # Shapes are the numbers of each model's config.json; ids and shapes were checked against copies of the
@@ -88,40 +97,22 @@ MODELS: dict[str, ModelSpec] = {m.alias: m for m in [
        **_GEMMA3),
     _M("gemma3-270m-it", "google/gemma-3-270m-it", 268e6, 32768, "Gemma Terms of Use", "gemma",
        18, 640, 2048, 4, 1, 262144, **_GEMMA3),
-    _M("gemma3-1b", "google/gemma-3-1b-it", 1.0e9, 32768, "Gemma Terms of Use", "gemma",
-       26, 1152, 6912, 4, 1, 262144, **_GEMMA3),
-    _M("gemma3-1b-base", "google/gemma-3-1b-pt", 1.0e9, 32768, "Gemma Terms of Use", "base",
-       26, 1152, 6912, 4, 1, 262144, **_GEMMA3),
-    _M("qwen3-0.6b", "Qwen/Qwen3-0.6B", 0.6e9, 32768, "Apache-2.0", "qwen3", 28, 1024, 3072, 16, 8, 151936, **_QWEN3),
-    _M("qwen3-0.6b-base", "Qwen/Qwen3-0.6B-Base", 0.6e9, 32768, "Apache-2.0", "base",
-       28, 1024, 3072, 16, 8, 151936, **_QWEN3),
-    _M("qwen3-1.7b", "Qwen/Qwen3-1.7B", 1.7e9, 32768, "Apache-2.0", "qwen3", 28, 2048, 6144, 16, 8, 151936, **_QWEN3),
-    _M("qwen3-1.7b-base", "Qwen/Qwen3-1.7B-Base", 1.7e9, 32768, "Apache-2.0", "base",
-       28, 2048, 6144, 16, 8, 151936, **_QWEN3),
-    _M("qwen3-4b", "Qwen/Qwen3-4B", 4.0e9, 32768, "Apache-2.0", "qwen3", 36, 2560, 9728, 32, 8, 151936, **_QWEN3),
-    _M("qwen3-4b-base", "Qwen/Qwen3-4B-Base", 4.0e9, 32768, "Apache-2.0", "base",
-       36, 2560, 9728, 32, 8, 151936, **_QWEN3),
-    _M("qwen3-8b", "Qwen/Qwen3-8B", 8.2e9, 32768, "Apache-2.0", "qwen3", 36, 4096, 12288, 32, 8, 151936, **_QWEN3),
-    _M("qwen3-8b-base", "Qwen/Qwen3-8B-Base", 8.2e9, 32768, "Apache-2.0", "base",
-       36, 4096, 12288, 32, 8, 151936, **_QWEN3),
-    _M("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1.24e9, 131072, "Llama 3.2 Community", "llama3",
-       16, 2048, 8192, 32, 8, 128256),
-    _M("llama-3.2-1b-base", "meta-llama/Llama-3.2-1B", 1.24e9, 131072, "Llama 3.2 Community", "base",
-       16, 2048, 8192, 32, 8, 128256),
-    _M("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3.21e9, 131072, "Llama 3.2 Community", "llama3",
-       28, 3072, 8192, 24, 8, 128256),
-    _M("llama-3.2-3b-base", "meta-llama/Llama-3.2-3B", 3.21e9, 131072, "Llama 3.2 Community", "base",
-       28, 3072, 8192, 24, 8, 128256),
+    *_pair("gemma3-1b", "google/gemma-3-1b-it", 1.0e9, 32768, "Gemma Terms of Use", "gemma",
+           26, 1152, 6912, 4, 1, 262144, base_id="google/gemma-3-1b-pt", **_GEMMA3),
+    *_pair("qwen3-0.6b", "Qwen/Qwen3-0.6B", 0.6e9, 32768, "Apache-2.0", "qwen3", 28, 1024, 3072, 16, 8, 151936, **_QWEN3),
+    *_pair("qwen3-1.7b", "Qwen/Qwen3-1.7B", 1.7e9, 32768, "Apache-2.0", "qwen3", 28, 2048, 6144, 16, 8, 151936, **_QWEN3),
+    *_pair("qwen3-4b", "Qwen/Qwen3-4B", 4.0e9, 32768, "Apache-2.0", "qwen3", 36, 2560, 9728, 32, 8, 151936, **_QWEN3),
+    *_pair("qwen3-8b", "Qwen/Qwen3-8B", 8.2e9, 32768, "Apache-2.0", "qwen3", 36, 4096, 12288, 32, 8, 151936, **_QWEN3),
+    *_pair("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1.24e9, 131072, "Llama 3.2 Community", "llama3",
+           16, 2048, 8192, 32, 8, 128256, base_id="meta-llama/Llama-3.2-1B"),
+    *_pair("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3.21e9, 131072, "Llama 3.2 Community", "llama3",
+           28, 3072, 8192, 24, 8, 128256, base_id="meta-llama/Llama-3.2-3B"),
     _M("phi-4-mini", "microsoft/Phi-4-mini-instruct", 3.84e9, 131072, "MIT", "phi4",
        32, 3072, 8192, 24, 8, 200064, architecture="phi3"),
-    _M("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.3", 7.25e9, 32768, "Apache-2.0", "mistral",
-       32, 4096, 14336, 32, 8, 32768, architecture="mistral"),
-    _M("mistral-7b-base", "mistralai/Mistral-7B-v0.3", 7.25e9, 32768, "Apache-2.0", "base",
-       32, 4096, 14336, 32, 8, 32768, architecture="mistral"),
-    _M("smollm3-3b", "HuggingFaceTB/SmolLM3-3B", 3.08e9, 65536, "Apache-2.0", "smollm3",
-       36, 2048, 11008, 16, 4, 128256, architecture="smollm3"),
-    _M("smollm3-3b-base", "HuggingFaceTB/SmolLM3-3B-Base", 3.08e9, 65536, "Apache-2.0", "base",
-       36, 2048, 11008, 16, 4, 128256, architecture="smollm3"),
+    *_pair("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.3", 7.25e9, 32768, "Apache-2.0", "mistral",
+           32, 4096, 14336, 32, 8, 32768, architecture="mistral", base_id="mistralai/Mistral-7B-v0.3"),
+    *_pair("smollm3-3b", "HuggingFaceTB/SmolLM3-3B", 3.08e9, 65536, "Apache-2.0", "smollm3",
+           36, 2048, 11008, 16, 4, 128256, architecture="smollm3"),
     _M("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 494e6, 32768, "Apache-2.0", "qwen",
        24, 896, 4864, 14, 2, 151936, architecture="qwen2"),
     _M("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 1.54e9, 32768, "Apache-2.0", "qwen",
