@@ -64,6 +64,9 @@ def test_gemma_folds_the_system_prompt_into_the_first_user_turn_and_ends_turns_w
     assert trained == "周日不开门。<end_of_turn>\nMonday 9 to 5.<end_of_turn>\n"
     end_of_turn = gemma_tok.convert_tokens_to_ids("<end_of_turn>")
     assert turn_end_ids(gemma_tok, GEMMA) == [end_of_turn, gemma_tok.eos_token_id]
+    from ownllm.export.gguf import modelfile
+
+    assert 'PARAMETER stop "<end_of_turn>"\nPARAMETER stop "<eos>"' in modelfile("g.gguf", gemma_tok, None)
     # a loaded model whose tokenizer carries the template stops at <end_of_turn>, not only at <eos>
     import copy
     from types import SimpleNamespace

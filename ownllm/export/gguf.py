@@ -342,7 +342,7 @@ def modelfile(gguf_name: str, tokenizer, system: str | None) -> str:
     """An Ollama Modelfile: the chat template in Ollama's Go syntax (ChatML and Llama 3 are translated;
     for others Ollama reads the template stored in the GGUF), stop tokens, and the system prompt — the
     run's, else the one the chat template adds by itself, so Ollama builds the prompt transformers builds."""
-    from ownllm.models.templates import chat_template_for
+    from ownllm.models.templates import chat_template_for, turn_end_ids
 
     lines = [f"FROM ./{gguf_name}", ""]
     form = _ollama_form(chat_template_for(tokenizer) or tokenizer.chat_template)
@@ -353,8 +353,8 @@ def modelfile(gguf_name: str, tokenizer, system: str | None) -> str:
         system = system or default_system(tokenizer)
     else:
         lines.append("# no TEMPLATE line: Ollama uses the chat template stored in the GGUF file")
-        if tokenizer.eos_token:
-            lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+        # stop where the template ends an answer (Gemma's <end_of_turn>), and at the end of sequence
+        lines += [f'PARAMETER stop "{tokenizer.convert_ids_to_tokens(t)}"' for t in turn_end_ids(tokenizer)]
     lines += ["PARAMETER temperature 0.7", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.1"]
     if system:
         lines.append('SYSTEM """' + system.replace('"""', '\\"\\"\\"') + '"""')
