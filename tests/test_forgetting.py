@@ -33,7 +33,7 @@ def test_replay_follows_the_domains_language(monkeypatch):
 
     pool = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
             for p in protect.replay_prompts()]
-    monkeypatch.setattr(protect, "base_answers", lambda model, tok, cfg: pool)
+    monkeypatch.setattr(protect, "base_answers", lambda model, tok, cfg, plain_text=False: pool)
     cfg, level = SimpleNamespace(seed=7), protect.Protection(replay_ratio=0.5, kl_weight=2.0)
 
     def chat(q, a):

@@ -115,9 +115,9 @@ def test_a_base_models_run_records_its_template_and_its_model_stops_at_the_turn_
     assert AutoTokenizer.from_pretrained(base).chat_template is None
     out = tmp_path / "run"
     summary = Trainer(model=str(base), train_dataset=qa_file, args={"output_dir": str(out), "max_steps": 1,
-                                                                   "batch_size": 4, "precision": "fp32",
-                                                                   "protect": "off"}).train()
+                                                                   "batch_size": 4, "precision": "fp32"}).train()
     assert summary["template"]["name"] == "chatml" and "vocabulary" in summary["template"]["how"]
+    assert summary["template"]["base_model"] and summary["protection"]["replay_kind"] == "plain text"
     assert summary["template"]["arguments"] == {"enable_thinking": False}
     assert RunDir(out).summary()["template"] == summary["template"]
     from ownllm.evaluation.evaluate import evaluate

@@ -80,37 +80,48 @@ def _cache_path(model_name: str, template: str | None) -> str:
     return cache_dir("replay", f"{key}.jsonl")
 
 
-def base_answers(model, tokenizer, cfg) -> list[dict]:
+def base_answers(model, tokenizer, cfg, plain_text: bool = False) -> list[dict]:
     """The base model's greedy answer to every replay prompt, as chat rows; cached per base model.
+    ``plain_text`` (a base model, which never learned to chat): its continuation of each prompt as plain
+    text, as ``{"text": ...}`` rows — what such a model knows is text, and the replay keeps that.
 
     ``model`` is the model being trained (its adapter is switched off while it answers)."""
     from ownllm.models.templates import chat_template_for, render_chat
     from ownllm.models.generation import generate_greedy
     from ownllm.utils import read_jsonl, write_jsonl
 
-    template = chat_template_for(tokenizer, cfg.template)
-    path = _cache_path(cfg.model, template)
+    template = None if plain_text else chat_template_for(tokenizer, cfg.template)
+    path = _cache_path(cfg.model, template or "plain text")
     if os.path.exists(path):
         return read_jsonl(path)
     prompts = replay_prompts()
-    rendered = [render_chat(tokenizer, [{"role": "user", "content": p}], template, add_generation_prompt=True)
+    rendered = [(tokenizer.bos_token or "") + p if plain_text else
+                render_chat(tokenizer, [{"role": "user", "content": p}], template, add_generation_prompt=True)
                 for p in prompts]
     with _evaluating(model), model.disable_adapter():
         answers, _, _ = generate_greedy(model, tokenizer, rendered, REPLAY_NEW_TOKENS, batch=16, strip=False)
-    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a.strip() or a}]}
-            for p, a in zip(prompts, answers) if a]
+    if plain_text:
+        rows = [{"text": p + a} for p, a in zip(prompts, answers) if a.strip()]
+    else:
+        rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a.strip() or a}]}
+                for p, a in zip(prompts, answers) if a]
     write_jsonl(path, rows)
     return rows
 
 
-def replay_rows(model, tokenizer, cfg, domain_rows: list[dict], protection: Protection) -> list[dict]:
+def _prompt(row: dict) -> str:
+    return row["messages"][0]["content"] if "messages" in row else row["text"]
+
+
+def replay_rows(model, tokenizer, cfg, domain_rows: list[dict], protection: Protection,
+                plain_text: bool = False) -> list[dict]:
     """``replay_count`` replay rows for ``domain_rows`` (the person's training rows), drawn with the run's seed,
-    in the domain's languages more than the pool's (``language_mix``)."""
-    rows = base_answers(model, tokenizer, cfg)
+    in the domain's languages more than the pool's (``language_mix``); ``plain_text``: see ``base_answers``."""
+    rows = base_answers(model, tokenizer, cfg, plain_text)
     rng, n = random.Random(cfg.seed), min(len(rows), replay_count(len(domain_rows), protection))
     chinese, other = [], []
     for r in rows:
-        (chinese if is_cjk(r["messages"][0]["content"]) else other).append(r)
+        (chinese if is_cjk(_prompt(r)) else other).append(r)
     want = round(n * language_mix(cjk_share(domain_rows), len(chinese) / max(1, len(rows))))
     take = min(len(chinese), max(want, n - len(other)))
     return rng.sample(chinese, take) + rng.sample(other, n - take)

@@ -208,7 +208,8 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     train_ds, dropped = tokenize(data.train, tokenizer, cfg)
     val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
-        train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train)
+        train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train,
+                                                                   facts["template"]["base_model"])
     if additional_epochs is not None and resume is None:
         raise ConfigError("additional epochs go on from a checkpoint: none was given")
     state = _trainer_state(resume) if resume else {}
@@ -243,8 +244,9 @@ def fix_template(tokenizer, asked: str | None) -> dict:
     from ownllm.models.templates import TEMPLATE_ARGS, chat_template_for, template_name_for
 
     chosen = None if asked else template_name_for(tokenizer)
+    args = {"arguments": dict(TEMPLATE_ARGS),  # Qwen3's thinking: off, with the empty block its template writes
+            "base_model": not getattr(tokenizer, "chat_template", None)}  # a pre-trained model: none of its own
     tokenizer.chat_template = chat_template_for(tokenizer, asked) or tokenizer.chat_template
-    args = {"arguments": dict(TEMPLATE_ARGS)}  # Qwen3's thinking: off, with the empty block its template writes
     if asked:
         return {"name": asked, "how": "asked for (--template)", **args}
     if chosen:
@@ -345,11 +347,12 @@ def _follow_checkpoint_batch(cfg, state: dict, adjusted: dict) -> None:
         _adjust(adjusted, "resumed with the checkpoint's micro-batch", batch_size=saved, grad_accum=cfg.grad_accum)
 
 
-def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict]):
+def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict], base_model: bool = False):
     """Forgetting protection: the replay rows appended to the training rows (a ``replay`` column numbers
     them from 1; 0 is a domain row), what the summary records, and the base model's distributions on the
     replay rows (``protect.base_distributions``, in that numbering; None without protection). Validation
-    stays the domain's own rows."""
+    stays the domain's own rows. ``base_model`` (no chat template of its own): the replay is its own plain
+    text, not chat answers it was never taught to give."""
     from datasets import concatenate_datasets
 
     from ownllm.training.data import tokenize
@@ -363,14 +366,15 @@ def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict]):
                  "(it needs LoRA, DoRA or QLoRA on a model whose logits are its output layer's: Llama, Mistral, "
                  "Qwen, Gemma 3, Phi-3/4, SmolLM3)")
         return train_ds, {"level": cfg.protect, "applied": False}, None
-    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, domain_rows, protection), tokenizer, cfg)
+    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, domain_rows, protection, base_model), tokenizer, cfg)
     targets = base_distributions(model, replay, tokenizer.pad_token_id)
     mixed = concatenate_datasets([train_ds.add_column("replay", [0] * len(train_ds)),
                                   replay.add_column("replay", list(range(1, len(replay) + 1)))])
-    _log(f"ownllm: forgetting protection '{cfg.protect}': {len(replay)} replayed general answers of the base "
-         f"model beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
+    kind = "texts (a base model: its own plain text)" if base_model else "answers"
+    _log(f"ownllm: forgetting protection '{cfg.protect}': {len(replay)} replayed general {kind} of the base model "
+         f"beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
     return mixed, {"level": cfg.protect, "applied": True, "replay_rows": len(replay),
-                   "kl_weight": protection.kl_weight}, targets
+                   "kl_weight": protection.kl_weight, "replay_kind": "plain text" if base_model else "chat"}, targets
 
 
 def fit_to_budget(cfg, lengths: list[int], replay: int, start: float, adjusted: dict) -> dict:
