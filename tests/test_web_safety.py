@@ -254,3 +254,83 @@ def test_servers_cap_malloc_arenas(capped):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env).stderr
     arenas = sum(line.startswith("Arena ") for line in out.splitlines())
     assert (arenas <= 2) if capped else (arenas > 2), out[-500:]
+
+
+# -- the second review (issue 40): each test performs the attack ------------------------------------------
+def test_a_run_named_download_stays_behind_the_key(tmp_path):
+    """`/api/runs/download` is the run "download", not the download route: the key is asked for."""
+    studio = _studio(tmp_path, api_key="s3cret")
+    _openai_shaped(studio.get("/api/runs/download"), 401)
+    assert studio.get("/api/runs/download", headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    # the download route itself still checks its own token or the key in the route
+    assert studio.get("/api/runs/x/download?path=eval/report.md").status_code in (401, 403, 404)
+
+
+def test_malformed_headers_and_values_get_answers_in_the_apis_shape(tiny):
+    serve = _serve(tiny)
+    _openai_shaped(serve.post("/v1/chat/completions", json=CHAT, headers={"Origin": "http://["}), 403)
+    r = serve.post("/v1/chat/completions", json={**CHAT, "seed": 2 ** 64})
+    _openai_shaped(r, 400)
+    assert r.json()["error"]["param"] == "seed"
+    assert serve.post("/v1/chat/completions", json={**CHAT, "seed": 2 ** 64 - 1}).status_code == 200
+
+
+def test_a_chat_template_that_refuses_the_messages_gives_a_400(tiny_model_dir):
+    from ownllm.models.load import load_model
+
+    own = load_model(tiny_model_dir, device="cpu")
+    own.tokenizer.chat_template = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                                   "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+                                   "{% endif %}{{ m['content'] }}{% endfor %}")
+    r = _serve(own).post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "a"},
+                                                                           {"role": "user", "content": "b"}]})
+    _openai_shaped(r, 400)
+    assert "alternate" in r.json()["error"]["message"] and r.json()["error"]["param"] == "messages"
+
+
+def test_the_operators_max_tokens_ceiling_and_a_full_queue_answered_before_tokenizing(tiny, monkeypatch):
+    from ownllm.serving import app as serve_app
+
+    capped = _serve(tiny, max_tokens=4)
+    r = capped.post("/v1/chat/completions", json={**CHAT, "max_tokens": 5})
+    _openai_shaped(r, 400)
+    assert "at most 4" in r.json()["error"]["message"]
+    assert capped.post("/v1/chat/completions", json={**CHAT, "max_tokens": 4}).status_code == 200
+    full = _serve(tiny, max_concurrency=1, max_queue=0)
+    full.app.state.queue.active = 1  # one generation running, no room to wait
+    tokenized = []
+    monkeypatch.setattr(serve_app, "_generation_kwargs", lambda *a, **k: tokenized.append(1))
+    _openai_shaped(full.post("/v1/chat/completions", json=CHAT), 429)
+    assert tokenized == []
+
+
+def test_studio_inputs_named_like_options_stay_files(tmp_path, monkeypatch):
+    """A file called --help (or --teacher=...) inside the roots reaches the from-docs job as a path after
+    "--", resolved, never as an option."""
+    from ownllm.studio import jobs
+
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv: started.append(argv) or {})
+    (tmp_path / "mine").mkdir()
+    for name in ("--help", "--teacher=http:"):
+        (tmp_path / "mine" / name).write_text("# a page\n\nSome text.", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "mine")
+    studio = _studio(tmp_path)
+    studio.post("/api/docs", json={"inputs": ["--help", "--teacher=http:"]})
+    argv = started[0]
+    assert argv[argv.index("--") + 1:] == [str(tmp_path / "mine" / "--help"), str(tmp_path / "mine" / "--teacher=http:")]
+    assert "--help" not in argv[:argv.index("--")]
+
+
+def test_a_studio_on_the_network_makes_a_key_and_a_key_flag_is_warned_about(capsys):
+    import argparse
+
+    from ownllm.cli.web import warn_key_on_command_line
+    from ownllm.studio.app import network_key
+
+    assert network_key("127.0.0.1", None) == (None, None)
+    assert network_key("0.0.0.0", "mine") == ("mine", None)
+    key, made = network_key("0.0.0.0", None)
+    assert key == made and len(key) >= 32
+    warn_key_on_command_line(argparse.Namespace(api_key="s3cret"))
+    assert "OWNLLM_API_KEY" in capsys.readouterr().err

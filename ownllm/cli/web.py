@@ -12,10 +12,20 @@ def require_web_packages(command: str) -> None:
     require("uvicorn", command, extra="serve")
 
 
+def warn_key_on_command_line(args) -> None:
+    """A key given as --api-key shows in `ps` to every user of the machine: say so (the variable does not)."""
+    import sys
+
+    if getattr(args, "api_key", None):
+        print("warning: --api-key on the command line is visible to other users of this machine (ps, /proc); "
+              "set OWNLLM_API_KEY instead", file=sys.stderr, flush=True)
+
+
 def cmd_studio(args) -> int:
     from ownllm.web.settings import StudioConfig
 
     cfg = StudioConfig(**values_from_args(args, StudioConfig)).validate()
+    warn_key_on_command_line(args)
     require_web_packages("ownllm studio")
     from ownllm.studio.app import studio
 
@@ -28,13 +38,14 @@ def cmd_serve(args) -> int:
     from ownllm.web.settings import ServeConfig
 
     cfg = ServeConfig(**values_from_args(args, ServeConfig)).validate()
+    warn_key_on_command_line(args)
     require_web_packages("ownllm serve")
     from ownllm.serving.app import serve
 
     serve(args.model, host=cfg.host, port=cfg.port, api_key=cfg.api_key, max_concurrency=cfg.max_concurrency,
           max_queue=cfg.max_queue, request_timeout=cfg.request_timeout, system=cfg.system, device=args.device,
           dtype=args.dtype, allowed_hosts=tuple(cfg.allowed_host), max_request_bytes=cfg.max_request_bytes,
-          merge=not args.no_merge, engine=args.engine, batching=not cfg.no_batching)
+          merge=not args.no_merge, engine=args.engine, batching=not cfg.no_batching, max_tokens=cfg.max_tokens)
     return 0
 
 

@@ -44,6 +44,7 @@ class ServeSettings:
     max_request_bytes: int | None = None    # request-body limit; None: from the model's context
     batching: bool = True                   # concurrent requests share decode steps (ownllm.models.batching)
     engine: dict | None = None              # how the model was chosen to run (ownllm.serving.engines), for /health
+    max_tokens: int | None = None           # the operator's ceiling on a request's max_tokens (--max-tokens)
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class _Sampling(BaseModel):
     presence_penalty: StrictNumber = Field(0, ge=-2, le=2)
     frequency_penalty: StrictNumber = Field(0, ge=-2, le=2)
     stop: Union[StrictStr, list[StrictStr], None] = None
-    seed: StrictInt | None = Field(None, ge=0)
+    seed: StrictInt | None = Field(None, ge=0, le=2 ** 64 - 1)  # torch's generators take 64 bits
     n: StrictInt = Field(1, ge=1)
     stream: StrictBool = False
     stream_options: dict | None = None
@@ -187,7 +188,9 @@ class _Responder:
         if req.model != self.settings.model_id:
             raise APIError(400, f"unknown model '{req.model}'; this server serves '{self.settings.model_id}'",
                            param="model", code="model_not_found")
-        kwargs = await asyncio.to_thread(_generation_kwargs, self.model, req, prompt, chat)  # tokenizing is CPU work
+        self.queue.refuse_if_full()  # before tokenizing: a flood is answered at once
+        kwargs = await asyncio.to_thread(_generation_kwargs, self.model, req, prompt, chat,
+                                         self.settings.max_tokens)  # tokenizing is CPU work
         arrived = time.monotonic()
 
         def work(cancel, stats):
@@ -253,15 +256,23 @@ def default_body_limit(context: int | None) -> int:
     return max(1 << 20, 64 * (context or 0))
 
 
-def _generation_kwargs(model, req: _Sampling, prompt, chat: bool) -> dict:
-    """OwnModel generation settings from the request, with the context checked up front."""
+def _generation_kwargs(model, req: _Sampling, prompt, chat: bool, ceiling: int | None = None) -> dict:
+    """OwnModel generation settings from the request, with the context and the operator's ``ceiling`` on
+    new tokens checked up front."""
+    from jinja2.exceptions import TemplateError
+
     from ownllm.errors import ConfigError
 
-    text = model.render_chat(prompt) if chat else prompt
-    prompt_tokens = len(model.tokenizer(text, add_special_tokens=not chat)["input_ids"])
-    context = model.context_length
     max_tokens = req.max_completion_tokens or req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    if ceiling and max_tokens and max_tokens > ceiling:
+        raise APIError(400, f"{param} is at most {ceiling} on this server (--max-tokens)", param=param)
+    try:
+        text = model.render_chat(prompt) if chat else prompt
+    except TemplateError as e:  # the template's own raise_exception: e.g. roles that do not alternate
+        raise APIError(400, f"the model's chat template refused these messages: {e}", param="messages") from None
+    prompt_tokens = len(model.tokenizer(text, add_special_tokens=not chat)["input_ids"])
+    context = model.context_length
     if context and prompt_tokens >= context:
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
                        param="messages" if chat else "prompt", code="context_length_exceeded")
@@ -269,7 +280,8 @@ def _generation_kwargs(model, req: _Sampling, prompt, chat: bool) -> dict:
         raise APIError(400, f"the prompt ({prompt_tokens} tokens) plus {param} ({max_tokens}) is "
                             f"{prompt_tokens + max_tokens}, beyond the model's context of {context}",
                        param=param, code="context_length_exceeded")
-    kwargs = {"max_new_tokens": max_tokens or (min(256, context - prompt_tokens) if context else 256),
+    default = min(256, ceiling or 256)
+    kwargs = {"max_new_tokens": max_tokens or (min(default, context - prompt_tokens) if context else default),
               "temperature": 0.7 if req.temperature is None else req.temperature,
               "top_p": 0.9 if req.top_p is None else req.top_p, "top_k": 50 if req.top_k is None else req.top_k,
               "repetition_penalty": 1.1 if req.repetition_penalty is None else req.repetition_penalty,
@@ -319,7 +331,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
           system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
           max_request_bytes: int | None = None, merge: bool = True, engine: str = "auto",
-          batching: bool = True) -> None:
+          batching: bool = True, max_tokens: int | None = None) -> None:
     """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C."""
     import uvicorn
 
@@ -332,7 +344,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
                              allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes,
-                             batching=batching, engine=chosen)
+                             batching=batching, engine=chosen, max_tokens=max_tokens)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)

@@ -28,7 +28,7 @@ from ownllm.errors import OwnLLMError
 from ownllm.evaluation.evaluate import EvalConfig
 from ownllm.export.export import ExportConfig
 from ownllm.training.config import TrainConfig
-from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, key_matches, warn_if_exposed
+from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, is_loopback, key_matches
 from ownllm.web.generation_queue import GenerationQueue, limit_malloc_arenas
 from ownllm.studio import jobs
 from ownllm.studio.docs import add_docs_routes
@@ -125,7 +125,7 @@ class Studio:
         if not any(real == r or real.startswith(r + os.sep) for r in self.roots):
             raise APIError(403, f"{path} is outside the folders this studio may read ({', '.join(self.roots)}); "
                                 "start it with --data-root FOLDER to allow another", param=field, code="path_not_allowed")
-        return path
+        return real  # what was checked is what is used: a symlink swapped afterwards cannot redirect it
 
     def check_model(self, name: str | None, field: str = "model") -> None:
         """A model given as a folder or file must lie under the roots too; registry aliases and hub ids pass."""
@@ -147,8 +147,8 @@ class Studio:
         return m["tuned"], m["base"], m["same"]
 
     def check_options(self, o: "DataOptions") -> None:
-        for path in o.inputs:
-            self.check_path(path, "inputs")
+        """Every input under the roots (replaced by its real path, which is what gets read) and the model."""
+        o.inputs = [self.check_path(path, "inputs") for path in o.inputs]
         self.check_model(o.model)
 
     def names(self) -> list[str]:
@@ -288,9 +288,13 @@ async def save_upload(studio: Studio, request: Request) -> dict:
     return {"path": path, "name": given, "bytes": size}
 
 
+DOWNLOAD_ROUTE = re.compile(r"/api/runs/[^/]+/download")
+
+
 def _open_path(path: str) -> bool:
-    """Paths the key check leaves to the route: the page, and downloads (which take a token or the key)."""
-    return not path.startswith("/api/") or (path.startswith("/api/runs/") and path.endswith("/download"))
+    """Paths the key check leaves to the route: the page, and downloads (which take a token or the key) —
+    that route exactly: a run named "download" (``/api/runs/download``) is a run, behind the key."""
+    return not path.startswith("/api/") or DOWNLOAD_ROUTE.fullmatch(path) is not None
 
 
 # -- the app ------------------------------------------------------------------------------------------
@@ -477,6 +481,17 @@ def _add_download_routes(app: FastAPI, studio: Studio, api_key: str | None) -> N
                             headers={"X-Content-Type-Options": "nosniff"})
 
 
+def network_key(host: str, api_key: str | None) -> tuple[str | None, str | None]:
+    """(the key the studio requires, the key made for this start or None). A studio reachable from the network
+    reads files and starts jobs: without a key of the person's own, it makes one (as Jupyter does)."""
+    import secrets
+
+    if api_key or is_loopback(host):
+        return api_key, None
+    made = secrets.token_urlsafe(24)
+    return made, made
+
+
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
            parallel_training: bool = False, data_roots: list[str] | None = None,
            allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0) -> None:
@@ -485,9 +500,12 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    api_key, made = network_key(host, api_key)
     print(f"ownllm studio at http://{shown}:{port}/ (runs in {os.path.abspath(runs)})"
           f"{'; API key required' if api_key else ''}. Ctrl-C stops the page; training jobs go on.", flush=True)
-    warn_if_exposed(host, api_key, "ownllm studio")
+    if made:
+        print(f"It listens on {host}, so it needs a key, made for this start: open http://{shown}:{port}/#key={made} "
+              "(the page keeps it for the tab; set OWNLLM_API_KEY to choose your own).", flush=True)
     limit_malloc_arenas()
     app = create_app(Studio(runs, parallel_training, data_roots, request_timeout), api_key, host=host,
                      allowed_hosts=allowed_hosts)

@@ -37,8 +37,7 @@ def add_docs_routes(app, studio) -> None:
 
     @app.post("/api/docs")
     async def from_docs(req: DocsRequest):
-        for path in req.inputs:
-            studio.check_path(path, "inputs")
+        req.inputs = [studio.check_path(path, "inputs") for path in req.inputs]
         studio.check_model(req.model)
         if req.teacher and not req.teacher.startswith(("http://", "https://")):
             studio.check_model(req.teacher, "teacher")
@@ -53,10 +52,10 @@ def docs_argv(out: str, req: DocsRequest) -> list[str]:
     """The `ownllm data from-docs` command line for the page's choices."""
     values = {k: v for k, v in req.model_dump(exclude={"inputs"}).items() if v is not None and v != "" and v is not False}
     FromDocsConfig(**values).validate()  # every mistake now, as a 400, not in the job's log
-    argv = ["data", "from-docs", *req.inputs, "--out", out]
+    argv = ["data", "from-docs", "--out", out]
     for key, value in values.items():
         argv += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
-    return argv
+    return argv + ["--", *req.inputs]  # after "--" an input named like an option (--help, --teacher=...) is a file
 
 
 def start_docs(runs: str, req: DocsRequest) -> dict:

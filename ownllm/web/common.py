@@ -96,7 +96,10 @@ class Guard:
     def _same_origin(self, origin: str, host: str) -> bool:
         from urllib.parse import urlsplit
 
-        netloc = urlsplit(origin).netloc.lower()
+        try:
+            netloc = urlsplit(origin).netloc.lower()
+        except ValueError:  # "http://[": no origin this server could have sent
+            return False
         return netloc == host.lower() or _hostname(netloc) in {h.lower() for h in self.allowed_hosts}
 
     def middleware(self, app):
@@ -211,9 +214,13 @@ class _GuardMiddleware:
         await self.app(scope, receive, send)
 
 
+def is_loopback(host: str) -> bool:
+    return _hostname(host) in LOOPBACK_NAMES
+
+
 def warn_if_exposed(host: str, api_key: str | None, command: str) -> None:
     """Binding to a non-loopback address without a key lets anyone on the network in: say so, loudly."""
-    if _hostname(host) not in LOOPBACK_NAMES and not api_key:
+    if not is_loopback(host) and not api_key:
         print(f"warning: {command} listens on {host} without --api-key: anyone who can reach this machine can use "
               "it (and, for the studio, read files under its data roots)", flush=True)
 

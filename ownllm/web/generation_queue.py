@@ -46,12 +46,16 @@ class GenerationQueue:
         return APIError(504, f"the request {what} past {self.timeout_flag} ({self.request_timeout:g} s)",
                         code="timeout", kind="server_error")
 
-    async def acquire(self, deadline: float) -> None:
-        if self._slots is None:  # made on first use: it belongs to the running event loop
-            self._slots = asyncio.Semaphore(self.max_concurrency)
+    def refuse_if_full(self) -> None:
+        """The fast 429: called before any work on the request (tokenizing a long prompt included)."""
         if self.active >= self.max_concurrency and self.waiting >= self.max_queue:
             raise APIError(429, f"the server is busy ({self.active} generating, {self.waiting} waiting); retry soon",
                            code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
+
+    async def acquire(self, deadline: float) -> None:
+        if self._slots is None:  # made on first use: it belongs to the running event loop
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        self.refuse_if_full()
         self.waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))

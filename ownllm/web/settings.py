@@ -35,6 +35,7 @@ class ServeConfig:
     max_request_bytes: int | None = setting(None, "largest request body (default: room for the model's whole "
                                                   "context, at least 1 MiB)")
     no_batching: bool = setting(False, "one generate() per request instead of concurrent requests sharing decode steps")
+    max_tokens: int | None = setting(None, "the most new tokens a request may ask for (default: the model's context)")
 
     def validate(self) -> "ServeConfig":
         p: list[str] = []
@@ -45,6 +46,8 @@ class ServeConfig:
             p.append(f"--max-queue must be at least 0 (got {self.max_queue})")
         if self.max_request_bytes is not None and self.max_request_bytes < 1024:
             p.append(f"--max-request-bytes must be at least 1024 (got {self.max_request_bytes})")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            p.append(f"--max-tokens must be at least 1 (got {self.max_tokens})")
         if p:
             raise ConfigError(p)
         self.api_key = self.api_key or os.environ.get("OWNLLM_API_KEY") or None

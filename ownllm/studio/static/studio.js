@@ -515,6 +515,11 @@ async function download(path) {
 // -- wiring -----------------------------------------------------------------------------------------
 function on(id, fn) { $(id).addEventListener("click", () => guarded(fn)); }
 document.addEventListener("DOMContentLoaded", () => {
+  // the key a studio on the network printed, as http://HOST:PORT/#key=...: kept for this tab, then off the URL
+  if (location.hash.startsWith("#key=")) {
+    sessionStorage.setItem("ownllm-key", decodeURIComponent(location.hash.slice(5)));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
   for (const b of document.querySelectorAll("#steps button")) b.addEventListener("click", () => showStep(b.dataset.step));
   $("lang").addEventListener("click", () => {
     lang = lang === "zh" ? "en" : "zh";
