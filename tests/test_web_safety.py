@@ -334,3 +334,35 @@ def test_a_studio_on_the_network_makes_a_key_and_a_key_flag_is_warned_about(caps
     assert key == made and len(key) >= 32
     warn_key_on_command_line(argparse.Namespace(api_key="s3cret"))
     assert "OWNLLM_API_KEY" in capsys.readouterr().err
+
+
+def test_the_documents_step_uses_only_teachers_and_key_variables_named_at_start(tmp_path, monkeypatch):
+    """A request cannot make the studio send the documents, or $ANY_SECRET as a bearer token, to a host of
+    its choosing: teacher URLs and key variables come from the person who started it."""
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio import jobs
+    from ownllm.studio.app import Studio, create_app
+
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv: started.append(argv) or {})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.md").write_text("# A\n\nSome text.", encoding="utf-8")
+    doc = str(tmp_path / "mine" / "a.md")
+
+    def client(**named):
+        studio = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path / "mine")], **named)
+        return TestClient(create_app(studio), base_url="http://127.0.0.1", raise_server_exceptions=False)
+
+    r = client().post("/api/docs", json={"inputs": [doc], "teacher": "http://evil.example/v1"})
+    _openai_shaped(r, 403)
+    assert "--teacher http://evil.example/v1" in r.json()["error"]["message"]
+    named = client(teachers=["http://localhost:11434/v1"], teacher_key_envs=["TEACHER_KEY"])
+    r = named.post("/api/docs", json={"inputs": [doc], "teacher": "http://localhost:11434/v1",
+                                      "teacher_key_env": "AWS_SECRET_ACCESS_KEY"})
+    _openai_shaped(r, 403)
+    assert r.json()["error"]["param"] == "teacher_key_env" and not started
+    r = named.post("/api/docs", json={"inputs": [doc], "teacher": "http://localhost:11434/v1/",
+                                      "teacher_key_env": "TEACHER_KEY"})
+    assert r.status_code != 403, r.text  # (the job itself is not started here: 404 for its state)
+    assert started and "--teacher" in started[0] and "TEACHER_KEY" in started[0]

@@ -30,7 +30,8 @@ def cmd_studio(args) -> int:
     from ownllm.studio.app import studio
 
     studio(cfg.runs, host=cfg.host, port=cfg.port, api_key=cfg.api_key, parallel_training=cfg.parallel_training,
-           data_roots=cfg.data_root, allowed_hosts=tuple(cfg.allowed_host), request_timeout=cfg.request_timeout)
+           data_roots=cfg.data_root, allowed_hosts=tuple(cfg.allowed_host), request_timeout=cfg.request_timeout,
+           teachers=cfg.teacher, teacher_key_envs=cfg.teacher_key_env)
     return 0
 
 

@@ -96,8 +96,12 @@ class Studio:
     """The runs folder and what the server holds in memory: chat models and a lock per action."""
 
     def __init__(self, runs: str, parallel_training: bool = False, data_roots: list[str] | None = None,
-                 request_timeout: float = 120.0):
+                 request_timeout: float = 120.0, teachers: list[str] | None = None,
+                 teacher_key_envs: list[str] | None = None):
         self.runs = os.path.abspath(runs)
+        # teacher URLs and the variables holding their keys: only what the person starting the studio named,
+        # so that a request cannot send documents, or $ANY_SECRET as a bearer token, to a host of its choosing
+        self.teachers, self.teacher_key_envs = list(teachers or []), list(teacher_key_envs or [])
         self.parallel_training = parallel_training
         self.uploads = os.path.join(self.runs, ".uploads")
         # the folders whose files the page may name by path: the runs (uploads included) and --data-root
@@ -494,7 +498,8 @@ def network_key(host: str, api_key: str | None) -> tuple[str | None, str | None]
 
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
            parallel_training: bool = False, data_roots: list[str] | None = None,
-           allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0) -> None:
+           allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0, teachers: list[str] | None = None,
+           teacher_key_envs: list[str] | None = None) -> None:
     """Serve the studio until Ctrl-C. Training jobs go on when it stops."""
     import uvicorn
 
@@ -507,6 +512,7 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
         print(f"It listens on {host}, so it needs a key, made for this start: open http://{shown}:{port}/#key={made} "
               "(the page keeps it for the tab; set OWNLLM_API_KEY to choose your own).", flush=True)
     limit_malloc_arenas()
-    app = create_app(Studio(runs, parallel_training, data_roots, request_timeout), api_key, host=host,
+    app = create_app(Studio(runs, parallel_training, data_roots, request_timeout, teachers, teacher_key_envs),
+                     api_key, host=host,
                      allowed_hosts=allowed_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")

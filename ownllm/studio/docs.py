@@ -39,8 +39,16 @@ def add_docs_routes(app, studio) -> None:
     async def from_docs(req: DocsRequest):
         req.inputs = [studio.check_path(path, "inputs") for path in req.inputs]
         studio.check_model(req.model)
-        if req.teacher and not req.teacher.startswith(("http://", "https://")):
+        if req.teacher and req.teacher.startswith(("http://", "https://")):
+            if req.teacher.rstrip("/") not in {t.rstrip("/") for t in studio.teachers}:
+                raise APIError(403, f"the teacher {req.teacher} was not named when the studio started; start it with "
+                                    f"--teacher {req.teacher} to allow it", param="teacher", code="teacher_not_allowed")
+        elif req.teacher:
             studio.check_model(req.teacher, "teacher")
+        if req.teacher_key_env and req.teacher_key_env not in studio.teacher_key_envs:
+            raise APIError(403, f"the variable {req.teacher_key_env} was not named when the studio started; start it "
+                                f"with --teacher-key-env {req.teacher_key_env} to allow it", param="teacher_key_env",
+                           code="teacher_key_env_not_allowed")
         return await asyncio.to_thread(start_docs, studio.runs, req)
 
     @app.get("/api/docs/{job_id}")

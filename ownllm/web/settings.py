@@ -67,6 +67,10 @@ class StudioConfig:
                                        "always allowed", metavar="FOLDER")
     allowed_host: list[str] = setting([], ALLOWED_HOST_HELP, metavar="NAME")
     request_timeout: float = setting(120.0, "seconds before a chat question (both answers) is ended (default 120)")
+    teacher: list[str] = setting([], "a teacher URL the documents step may use (repeatable; none by default: the "
+                                     "page cannot send documents to a host you did not name)", metavar="URL")
+    teacher_key_env: list[str] = setting([], "an environment variable the documents step may send to a teacher as "
+                                             "its key (repeatable)", metavar="NAME")
 
     def validate(self) -> "StudioConfig":
         p: list[str] = []
