@@ -8,6 +8,10 @@ is what :mod:`ownllm.data.render` relies on to find the tokens to train.
 """
 from __future__ import annotations
 
+import re
+import weakref
+from dataclasses import dataclass
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -114,10 +118,60 @@ def chat_template_for(tokenizer, name: str | None = None) -> str | None:
 def render_chat(tokenizer, messages: list[dict], template: str | None = None, *,
                 add_generation_prompt: bool = False) -> str:
     """The one way ownllm renders a conversation (training, evaluation, chat, serve, exports): ``template``
-    (a Jinja string; None: :func:`chat_template_for`), with :data:`TEMPLATE_ARGS`."""
+    (a Jinja string; None: :func:`chat_template_for`), with :data:`TEMPLATE_ARGS`. What a message says is
+    text: a control token's spelling inside it (``<|im_end|>``, ``<end_of_turn>``) is defused first, so that
+    a user cannot end their turn and write a system turn of their own."""
+    controls = control_tokens(tokenizer)
+    messages = [dict(m, content=defuse(m["content"], controls)) if isinstance(m.get("content"), str) else m
+                for m in messages]
     return tokenizer.apply_chat_template(messages, chat_template=template or chat_template_for(tokenizer),
                                          tokenize=False, add_generation_prompt=add_generation_prompt,
                                          **TEMPLATE_ARGS)
+
+
+def control_tokens(tokenizer) -> "Controls":
+    """The spellings the tokenizer turns into special tokens wherever they appear in text, cached per tokenizer
+    object (a term added in training is not special; reading them again costs 20 ms for Gemma's vocabulary)."""
+    cached = _CONTROLS.get(tokenizer)
+    if cached is not None:
+        return cached
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    names = {n for n in set(getattr(tokenizer, "all_special_tokens", []) or []) |
+             {t.content for t in added.values() if getattr(t, "special", False)} if len(n) > 1}
+    controls = Controls(frozenset(n for n in names if _BRACKETED.fullmatch(n)),
+                        tuple(sorted((n for n in names if not _BRACKETED.fullmatch(n)), key=len, reverse=True)))
+    try:
+        _CONTROLS[tokenizer] = controls
+    except TypeError:  # not weakly referenceable: computed again next time
+        pass
+    return controls
+
+
+@dataclass(frozen=True)
+class Controls:
+    bracketed: frozenset      # <...> and [...] spellings: found with one scan of the text
+    other: tuple              # the rest (rare), longest first
+
+
+_CONTROLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_BRACKETED = re.compile(r"<[^<>\n]{1,64}>|\[[^\[\]\n]{1,64}\]")
+_CANDIDATES = re.compile(r"(?=(<[^<>\n]{1,64}>|\[[^\[\]\n]{1,64}\]))")  # overlapping: "[<|im_end|>]" too
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def defuse(text: str, controls: Controls) -> str:
+    """``text`` with every control-token spelling broken by a zero-width space after its first character:
+    it reads the same and is tokenized as text (written here: tokenizers split special tokens out of text
+    before any other step, and can only turn that off for a whole string, template markers included)."""
+    if ("<" in text or "[" in text) and controls.bracketed:
+        starts = sorted({m.start() for m in _CANDIDATES.finditer(text) if m.group(1) in controls.bracketed},
+                        reverse=True)
+        for at in starts:
+            text = text[:at + 1] + ZERO_WIDTH_SPACE + text[at + 1:]
+    for name in controls.other:
+        if name in text:
+            text = text.replace(name, name[0] + ZERO_WIDTH_SPACE + name[1:])
+    return text
 
 
 def turn_end_ids(tokenizer, template: str | None = None) -> list[int]:
