@@ -225,3 +225,23 @@ def test_prepare_holds_facts_out_not_rows_and_keeps_provenance(prep):
         assert train_facts.count(r["fact"]) == 2 and r not in result.train
     assert len({r["fact"] for r in held}) == len(held)
     assert pinned in result.train
+
+
+def test_a_docx_that_unzips_to_gigabytes_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A DOCX is a zip whose parts python-docx reads whole: a small file can expand past memory. Its parts'
+    real sizes are counted while reading (its directory can lie), and past the limit it is refused."""
+    import zipfile
+
+    from ownllm.data import documents
+    from ownllm.errors import DataError
+
+    monkeypatch.setattr(documents, "DOCX_MAX_UNZIPPED", 1 << 20)
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", b"<w:document/>" + b" " * (3 << 20))  # 3 MB of spaces, ~3 KB zipped
+    assert bomb.stat().st_size < 64 << 10
+    called = []
+    monkeypatch.setattr("docx.Document", lambda path: called.append(path))
+    with pytest.raises(DataError, match="expands to more than 1 MB when unzipped"):
+        documents.read_document(str(bomb))
+    assert not called  # python-docx never opened it

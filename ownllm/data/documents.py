@@ -18,6 +18,7 @@ from ownllm.data import formats
 from ownllm.errors import DataError
 
 DOCUMENTS = (".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt")
+DOCX_MAX_UNZIPPED = 256 << 20  # a DOCX is a zip whose parts python-docx reads whole: a 4 MB file can hold GBs
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _read_docx(path: str) -> list[dict]:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
+    _check_unzipped_size(path, DOCX_MAX_UNZIPPED)
     d = docx.Document(path)
     blocks = []
     for el in d.element.body.iterchildren():
@@ -124,6 +126,27 @@ def _read_docx(path: str) -> list[dict]:
             else:
                 blocks.append({"kind": "item" if style.startswith("List") else "paragraph", "text": p.text})
     return _title_is_top(blocks)
+
+
+def _check_unzipped_size(path: str, limit: int) -> None:
+    """Refuse a zip whose parts expand past ``limit`` bytes: the sizes its directory declares first, then the
+    bytes each part really gives, read in chunks (a directory can lie)."""
+    import zipfile
+
+    def refuse():
+        return DataError(f"{path} expands to more than {limit >> 20} MB when unzipped (a DOCX is a zip archive); "
+                         "it was not read", hint="a document this large is unusual: check the file, or save it as PDF")
+
+    with zipfile.ZipFile(path) as z:
+        if sum(i.file_size for i in z.infolist()) > limit:
+            raise refuse()
+        total = 0
+        for info in z.infolist():
+            with z.open(info) as part:
+                while chunk := part.read(1 << 20):
+                    total += len(chunk)
+                    if total > limit:
+                        raise refuse()
 
 
 def _title_is_top(blocks: list[dict]) -> list[dict]:
