@@ -366,3 +366,16 @@ def test_the_documents_step_uses_only_teachers_and_key_variables_named_at_start(
                                       "teacher_key_env": "TEACHER_KEY"})
     assert r.status_code != 403, r.text  # (the job itself is not started here: 404 for its state)
     assert started and "--teacher" in started[0] and "TEACHER_KEY" in started[0]
+
+
+def test_a_folder_whose_link_leads_out_of_the_roots_is_refused(tmp_path):
+    import json
+
+    (tmp_path / "mine" / "data").mkdir(parents=True)
+    (tmp_path / "secret.jsonl").write_text(json.dumps({"prompt": "k", "completion": "secret"}) + "\n", encoding="utf-8")
+    (tmp_path / "mine" / "data" / "ok.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n",
+                                                         encoding="utf-8")
+    (tmp_path / "mine" / "data" / "x.jsonl").symlink_to(tmp_path / "secret.jsonl")
+    r = _studio(tmp_path).post("/api/data/inspect", json={"inputs": [str(tmp_path / "mine" / "data")]})
+    _openai_shaped(r, 403)
+    assert "x.jsonl links outside" in r.json()["error"]["message"]

@@ -126,10 +126,19 @@ class Studio:
         """``path`` if it lies under one of the allowed roots, else a 403 naming the flag that allows it:
         the page must not read any file on the machine for whoever reaches it."""
         real = os.path.realpath(os.path.expanduser(path))
-        if not any(real == r or real.startswith(r + os.sep) for r in self.roots):
+        if not self._inside(real):
             raise APIError(403, f"{path} is outside the folders this studio may read ({', '.join(self.roots)}); "
                                 "start it with --data-root FOLDER to allow another", param=field, code="path_not_allowed")
+        if os.path.isdir(real):  # the readers walk folders: a link in one must not lead out of the roots
+            for folder, _, names in os.walk(real):
+                outside = next((n for n in names if not self._inside(os.path.realpath(os.path.join(folder, n)))), None)
+                if outside:
+                    raise APIError(403, f"{os.path.join(folder, outside)} links outside the folders this studio may "
+                                        "read", param=field, code="path_not_allowed")
         return real  # what was checked is what is used: a symlink swapped afterwards cannot redirect it
+
+    def _inside(self, real: str) -> bool:
+        return any(real == r or real.startswith(r + os.sep) for r in self.roots)
 
     def check_model(self, name: str | None, field: str = "model") -> None:
         """A model given as a folder or file must lie under the roots too; registry aliases and hub ids pass."""
