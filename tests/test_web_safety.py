@@ -379,3 +379,38 @@ def test_a_folder_whose_link_leads_out_of_the_roots_is_refused(tmp_path):
     r = _studio(tmp_path).post("/api/data/inspect", json={"inputs": [str(tmp_path / "mine" / "data")]})
     _openai_shaped(r, 403)
     assert "x.jsonl links outside" in r.json()["error"]["message"]
+
+
+def test_uploads_have_a_quota_and_old_ones_are_removed(tmp_path, monkeypatch):
+    import os
+
+    from ownllm.studio import app as studio_app
+
+    monkeypatch.setattr(studio_app, "UPLOAD_FILES", 2)
+    studio = _studio(tmp_path)
+
+    def upload(name):
+        return studio.post("/api/upload", content=b'{"prompt": "a", "completion": "b"}\n',
+                           headers={"X-Filename": name, "Content-Type": "application/octet-stream"})
+
+    first = upload("a.jsonl").json()["path"]
+    assert upload("b.jsonl").status_code == 200
+    _openai_shaped(upload("c.jsonl"), 507)  # two kept: the limit
+    os.utime(first, (0, 0))  # a day old and more: removed when the next one arrives
+    assert upload("c.jsonl").status_code == 200 and not os.path.exists(first)
+
+
+def test_background_jobs_are_limited_across_runs(tmp_path, monkeypatch):
+    from ownllm.studio import jobs
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.md").write_text("# A\n\nSome text.", encoding="utf-8")
+    monkeypatch.setattr(jobs, "start", lambda *a: {})
+    studio = _studio(tmp_path)
+    docs = tmp_path / "runs" / ".docs"
+    for job in ("j1", "j2"):
+        (docs / job).mkdir(parents=True)
+    monkeypatch.setattr(jobs, "state", lambda folder, kind: {"state": "running"} if kind == "docs" else None)
+    r = studio.post("/api/docs", json={"inputs": [str(tmp_path / "mine" / "a.md")]})
+    _openai_shaped(r, 429)
+    assert "2 evaluation, export or documents jobs" in r.json()["error"]["message"]

@@ -40,6 +40,10 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 STATIC_FILES = ("studio.js", "studio.css")
 RUN_NAME = re.compile(r"\w[\w.\-]{0,63}")  # \w includes Chinese characters
 MAX_UPLOAD = 1 << 30
+UPLOAD_QUOTA = 4 << 30           # all uploads kept at once (they are copied into a run when it is prepared)
+UPLOAD_FILES = 200
+UPLOAD_KEEP_SECONDS = 24 * 3600  # older uploads are removed when the next one arrives
+MAX_BACKGROUND_JOBS = 2          # eval, export and documents jobs at once, across runs: each loads a model
 MAX_JSON = 1 << 20  # every request but an upload is a small JSON body
 DOWNLOADABLE = ("export", "eval", "data")  # folders of a run the page may download from
 DOWNLOAD_TOKEN_SECONDS = 60
@@ -137,6 +141,18 @@ class Studio:
                                         "read", param=field, code="path_not_allowed")
         return real  # what was checked is what is used: a symlink swapped afterwards cannot redirect it
 
+    def refuse_if_many_jobs(self) -> None:
+        """429 when MAX_BACKGROUND_JOBS evaluations, exports and documents jobs already run here."""
+        from ownllm.studio.docs import FOLDER
+
+        running = [(self.run_dir(n, False), k) for n in self.names() for k in ("eval", "export")]
+        docs = os.path.join(self.runs, FOLDER)
+        running += [(os.path.join(docs, j), "docs") for j in (os.listdir(docs) if os.path.isdir(docs) else [])]
+        n = sum((jobs.state(folder, kind) or {}).get("state") == "running" for folder, kind in running)
+        if n >= MAX_BACKGROUND_JOBS:
+            raise APIError(429, f"{n} evaluation, export or documents jobs are running here; start this one when one "
+                                "has finished", code="busy", kind="rate_limit_error", headers={"Retry-After": "30"})
+
     def _inside(self, real: str) -> bool:
         return any(real == r or real.startswith(r + os.sep) for r in self.roots)
 
@@ -233,6 +249,8 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
                                     "--parallel-training)", code="busy")
         elif (jobs.state(run, kind) or {}).get("state") == "running":
             raise APIError(409, f"an {kind} of '{name}' is running now", code="busy")
+        else:
+            studio.refuse_if_many_jobs()
         return jobs.start(run, kind, argv)
 
 
@@ -285,6 +303,7 @@ async def save_upload(studio: Studio, request: Request) -> dict:
     if not given or given.startswith("."):
         raise APIError(400, "send the file's name in the X-Filename header", param="X-Filename")
     os.makedirs(studio.uploads, exist_ok=True)
+    room = _upload_room(studio.uploads)
     path = os.path.join(studio.uploads, f"{uuid.uuid4().hex[:8]}-{given}")
     size = 0
     try:
@@ -294,6 +313,10 @@ async def save_upload(studio: Studio, request: Request) -> dict:
                 if size > MAX_UPLOAD:
                     raise APIError(413, f"the file is larger than {MAX_UPLOAD >> 20} MB; give its path instead",
                                    param="file")
+                if size > room:
+                    raise APIError(507, f"the uploads folder holds its limit ({UPLOAD_QUOTA >> 20} MB); prepare a run "
+                                        "from the files sent, or give paths instead", param="file",
+                                   code="upload_quota", kind="server_error")
                 f.write(chunk)
     except BaseException:
         os.remove(path)
@@ -302,6 +325,24 @@ async def save_upload(studio: Studio, request: Request) -> dict:
 
 
 DOWNLOAD_ROUTE = re.compile(r"/api/runs/[^/]+/download")
+
+
+def _upload_room(folder: str) -> int:
+    """Bytes the next upload may take: uploads older than a day are removed first (a prepared run holds its
+    own copy); past UPLOAD_FILES files or the quota, a 507."""
+    now, kept, used = time.time(), 0, 0
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            if now - st.st_mtime > UPLOAD_KEEP_SECONDS:
+                os.remove(entry.path)
+            else:
+                kept, used = kept + 1, used + st.st_size
+    if kept >= UPLOAD_FILES or used >= UPLOAD_QUOTA:
+        raise APIError(507, f"the uploads folder holds its limit ({UPLOAD_FILES} files, {UPLOAD_QUOTA >> 20} MB); "
+                            "files older than a day are removed, or give paths instead", param="file",
+                       code="upload_quota", kind="server_error")
+    return UPLOAD_QUOTA - used
 
 
 def _open_path(path: str) -> bool:
@@ -497,8 +538,6 @@ def _add_download_routes(app: FastAPI, studio: Studio, api_key: str | None) -> N
 def network_key(host: str, api_key: str | None) -> tuple[str | None, str | None]:
     """(the key the studio requires, the key made for this start or None). A studio reachable from the network
     reads files and starts jobs: without a key of the person's own, it makes one (as Jupyter does)."""
-    import secrets
-
     if api_key or is_loopback(host):
         return api_key, None
     made = secrets.token_urlsafe(24)

@@ -49,6 +49,7 @@ def add_docs_routes(app, studio) -> None:
             raise APIError(403, f"the variable {req.teacher_key_env} was not named when the studio started; start it "
                                 f"with --teacher-key-env {req.teacher_key_env} to allow it", param="teacher_key_env",
                            code="teacher_key_env_not_allowed")
+        await asyncio.to_thread(studio.refuse_if_many_jobs)
         return await asyncio.to_thread(start_docs, studio.runs, req)
 
     @app.get("/api/docs/{job_id}")
