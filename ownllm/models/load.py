@@ -57,7 +57,8 @@ class ModelSource:
 
 
 def resolve(name: str) -> ModelSource:
-    """Decide what ``name`` is, without loading anything."""
+    """Decide what ``name`` is, without loading anything (an embedded model split over packages is assembled
+    into the cache the first time)."""
     if not name or not str(name).strip():
         raise ModelNotFoundError("no model was named", hint=f"try '{registry.DEFAULT_MODEL}' (see `ownllm models`)")
     name = os.fspath(name)
