@@ -175,9 +175,8 @@ def _verify_gguf(reference, tokenizer, folder: str, fname: str, quant: str, run_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ownllm.evaluation.measure import perplexity_on_rows, sample_rows
-    from ownllm.models.load import clear_gguf_marks
-
     from ownllm.export.gguf import rope_read_back
+    from ownllm.models.load import clear_gguf_marks
 
     tok2 = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     model2 = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32,

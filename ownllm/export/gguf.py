@@ -38,7 +38,7 @@ FAMILIES = {
     "gemma3_text": Family("GEMMA3", norm_offset=1.0, sliding_window=True),
     "phi3": Family("PHI3"),
 }
-# Families transformers trains but ownllm does not write to GGUF, with the reason and what to do instead.
+# Families transformers trains but ownllm does not write to GGUF, with the reason.
 NOT_WRITTEN = {
     "smollm3": "transformers cannot read a SmolLM3 GGUF back, so ownllm could not check the file it wrote",
 }
@@ -48,14 +48,20 @@ def supported() -> str:
     return ", ".join(sorted(FAMILIES))
 
 
+INSTEAD = "export --format merged (or onnx) and use llama.cpp's convert_hf_to_gguf.py"
+
+
+def _refusal(model_type: str) -> str:
+    return (f"ownllm cannot write a '{model_type}' model to GGUF: "
+            f"{NOT_WRITTEN.get(model_type, 'ownllm has no mapping for it')}")
+
+
 def cannot_write(model_type: str | None) -> str | None:
     """Why a model of ``model_type`` cannot go to GGUF, with what to do instead; None when it can (or when
     the type is not known, e.g. a .gguf base: its config is read when the model loads)."""
     if not model_type or model_type in FAMILIES:
         return None
-    why = NOT_WRITTEN.get(model_type, "ownllm has no mapping for it")
-    return (f"ownllm cannot write a '{model_type}' model to GGUF: {why}; export --format merged (or onnx) and use "
-            f"llama.cpp's convert_hf_to_gguf.py")
+    return f"{_refusal(model_type)}; {INSTEAD}"
 
 
 def check_architecture(config) -> Family:
@@ -63,12 +69,11 @@ def check_architecture(config) -> Family:
     kind = getattr(config, "model_type", None)
     family = FAMILIES.get(kind)
     if family is None:
-        message, _, instead = (cannot_write(kind) or cannot_write("?")).partition("; ")
-        raise ConfigError(message, hint=f"families it writes: {supported()}; for this one, {instead}")
+        raise ConfigError(_refusal(kind or "?"), hint=f"families it writes: {supported()}; for this one, {INSTEAD}")
     rope = _rope(config)
     if rope.get("rope_type", "default") not in ("default", "llama3", None):
         raise ConfigError(f"rope scaling '{rope['rope_type']}' of this '{kind}' model is not written to GGUF by ownllm",
-                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+                          hint=INSTEAD)
     return family
 
 
@@ -214,7 +219,7 @@ def _copy_tokenizer(w, source_gguf: str | None, vocab: int) -> None:
     if not source_gguf:
         raise ConfigError("GGUF export writes byte-level BPE tokenizers (SmolLM, Qwen, Llama 3), or copies the "
                           "tokenizer of a base model that was itself a GGUF file; this model is neither",
-                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+                          hint=INSTEAD)
     from gguf import GGUFReader
 
     fields = GGUFReader(source_gguf).fields
@@ -222,7 +227,7 @@ def _copy_tokenizer(w, source_gguf: str | None, vocab: int) -> None:
     if len(tokens) != vocab:
         raise ConfigError(f"the model has {vocab} vocabulary rows but its source GGUF {source_gguf} has {len(tokens)} "
                           "tokens (terms added in training?)",
-                          hint="export --format merged and use llama.cpp's convert_hf_to_gguf.py")
+                          hint=INSTEAD)
     w.add_tokenizer_model(fields["tokenizer.ggml.model"].contents())
     w.add_tokenizer_pre(fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else "default")
     w.add_token_list(tokens)
@@ -247,6 +252,15 @@ def _llama3_rope_factors(config, head_dim: int):
     return out.astype(np.float32)
 
 
+def _float_tensors(model, tied: bool, head_dim: int):
+    """(name, float32 array) for every tensor to write, converted as it is reached; then Llama 3's rope_freqs."""
+    for hf_name, t in model.state_dict().items():
+        if not (tied and hf_name == "lm_head.weight"):
+            yield hf_name, t.float().numpy()
+    if _rope(model.config).get("rope_type") == "llama3":
+        yield "rope_freqs.weight", _llama3_rope_factors(model.config, head_dim)
+
+
 def _add_tensors(w, model, family: Family, quant: str) -> dict:
     """Every tensor under its llama.cpp name, in ``quant`` where it fills 32-value blocks; returns the
     count of tensors per stored type."""
@@ -261,11 +275,7 @@ def _add_tensors(w, model, family: Family, quant: str) -> dict:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.arch], layers)
     counts = {}
     tied = getattr(config, "tie_word_embeddings", False)
-    tensors = [(hf_name, t.float().numpy()) for hf_name, t in model.state_dict().items()
-               if not (tied and hf_name == "lm_head.weight")]
-    if _rope(config).get("rope_type") == "llama3":
-        tensors.append(("rope_freqs.weight", _llama3_rope_factors(config, head_dim)))
-    for hf_name, data in tensors:
+    for hf_name, data in _float_tensors(model, tied, head_dim):  # one at a time: a 7B model has no room for two
         target = "rope_freqs.weight" if hf_name == "rope_freqs.weight" else \
             names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if target is None:

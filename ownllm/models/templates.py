@@ -155,7 +155,7 @@ class Controls:
 
 _CONTROLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _BRACKETED = re.compile(r"<[^<>\n]{1,64}>|\[[^\[\]\n]{1,64}\]")
-_CANDIDATES = re.compile(r"(?=(<[^<>\n]{1,64}>|\[[^\[\]\n]{1,64}\]))")  # overlapping: "[<|im_end|>]" too
+_CANDIDATES = re.compile(f"(?=({_BRACKETED.pattern}))")  # overlapping matches: "[<|im_end|>]" finds both
 ZERO_WIDTH_SPACE = "\u200b"
 
 
