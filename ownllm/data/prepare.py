@@ -190,6 +190,7 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
     dedup = dedup or Deduplicator(cfg.dedup)
     max_chars = cfg.max_seq_len * 16  # generous: only rows that could never fit are dropped here
     out = _Converted([], {}, Counter(), {s.name: s.encoding for s in sources if s.encoding})
+    seen_at: Counter = Counter()  # rows per file:line (a long text paragraph becomes several chunks)
     for source in sources:
         schema, head = _detect(source, cfg)
         out.schemas[source.name] = schema
@@ -210,6 +211,8 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
                 continue
             out.stats.update(f"changed_{c}" for c in changed)
             key = f"{raw.source}:{raw.line}"
+            seen_at[key] += 1
+            key += f" (part {seen_at[key]})" if seen_at[key] > 1 else ""
             dup, first = dedup.check(row, key)
             if dup:
                 out.stats[dup] += 1
