@@ -13,6 +13,7 @@ Nothing heavy is imported here: names are loaded on first use.
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,24 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+
+class _HubKernelNotice(logging.Filter):
+    """On CPUs with AVX512-BF16, importing bitsandbytes (peft does, always) asks the Hugging Face hub
+    for a faster 4-bit kernel and, offline, logs a warning about "publisher trust status" that reads
+    like a security alert about the person's model. Held back here; where 4-bit weights are really
+    used, :func:`ownllm.errors.explain_cpu_4bit_kernel` says in one line what it means."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "kernels-community" in str(record.msg):
+            _HubKernelNotice.seen = True
+            return False
+        return True
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
 
 
 def __getattr__(name: str):

@@ -61,6 +61,23 @@ class MissingDependencyError(OwnLLMError):
                          hint=f"run: {install}")
 
 
+def explain_cpu_4bit_kernel() -> None:
+    """Where 4-bit weights are used: import bitsandbytes and, if it could not fetch its faster CPU
+    kernel from the hub (see ``ownllm._HubKernelNotice``), say once what that means."""
+    import sys
+
+    import torch
+
+    import ownllm
+
+    require("bitsandbytes", "4-bit weights", extra="quant")
+    if ownllm._HubKernelNotice.seen and not torch.cuda.is_available() and not getattr(explain_cpu_4bit_kernel, "said", False):
+        explain_cpu_4bit_kernel.said = True
+        print("note: bitsandbytes uses its built-in CPU kernel for 4-bit weights (its faster one would be downloaded "
+              "from the Hugging Face hub, which ownllm does not do); results are the same, only slower",
+              file=sys.stderr)
+
+
 def require(module: str, purpose: str, package: str | None = None, extra: str | None = None):
     """Import an optional dependency or raise a MissingDependencyError naming the install command."""
     import importlib

@@ -110,8 +110,13 @@ def test_cli_error_has_no_traceback():
 
 
 def test_cli_generate_with_tiny_model(tiny_model_dir):
-    out = run_cli("generate", tiny_model_dir, "Once upon a time", "--max-new-tokens", "5", "--temperature", "0")
+    # seeded sampling (the random tiny model's greedy answer is blank lines): the CLI prints what the API draws
+    settings = dict(max_new_tokens=5, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=3)
+    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    out = run_cli("generate", tiny_model_dir, "Once upon a time", *flags)
     assert out.returncode == 0, out.stderr
+    expected = load_model(tiny_model_dir).generate("Once upon a time", **settings)
+    assert expected.strip() and out.stdout.strip() == expected.strip()
 
 
 def test_generate_dtype_flag(tiny_model_dir):
@@ -148,6 +153,14 @@ def test_precision_choice_on_cpu():
 
 def test_public_api_is_lazy():
     assert {"load_model", "Trainer", "clean_text", "prepare_dataset", "evaluate"} <= set(dir(ownllm))
+    code = ("import sys, ownllm\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'ownllm.models.load') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "ownllm.load_model, ownllm.Trainer\n"
+            "assert 'ownllm.models.load' in sys.modules and 'ownllm.training.trainer' in sys.modules\n"
+            "assert ownllm.load_model is sys.modules['ownllm.models.load'].load_model\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_chat_repl_answers_and_handles_commands(tiny_model_dir):
@@ -178,3 +191,37 @@ def test_answer_cut_inside_a_chinese_character_drops_the_half(tiny_model_dir, mo
     monkeypatch.setattr(m.model, "generate", fake_generate)
     assert m.generate("hi", max_new_tokens=3) == "好"
     assert "".join(m.stream("hi", max_new_tokens=3)) == "好"
+
+
+def test_bitsandbytes_hub_kernel_warning_is_held_back_and_explained_where_4bit_is_used(capsys):
+    """bitsandbytes' "could not verify publisher trust status" warning (logged when peft imports it on
+    an AVX512-BF16 CPU offline) never reaches the person; 4-bit use says what it means, once."""
+    import logging
+
+    import ownllm
+    from ownllm.errors import explain_cpu_4bit_kernel
+
+    pytest.importorskip("bitsandbytes")
+    logger, records = logging.getLogger("bitsandbytes.backends.cpu.ops"), []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "Kernel repository "
+                       "'kernels-community/quantization-bitsandbytes' could not verify publisher trust status")
+        logger.warning("another warning")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["another warning"]
+    assert ownllm._HubKernelNotice.seen
+    explain_cpu_4bit_kernel()
+    explain_cpu_4bit_kernel()
+    err = capsys.readouterr().err
+    assert err.count("built-in CPU kernel for 4-bit weights") == 1 and "trust" not in err
+
+
+def test_importing_peft_through_ownllm_prints_no_hub_kernel_warning():
+    proc = subprocess.run([sys.executable, "-c", "import ownllm, peft, ownllm.training.train"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels-community" not in proc.stderr and "trust" not in proc.stderr

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 
-from ownllm.errors import ConfigError, require
+from ownllm.errors import ConfigError, explain_cpu_4bit_kernel, require
 from ownllm.evaluation.measure import perplexity_on_rows, sample_rows
 from ownllm.models.generation import OwnModel
 
@@ -50,6 +50,7 @@ class Quantizer:
         require("bitsandbytes", "quantization", extra="quant")
         if self.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True)
+        explain_cpu_4bit_kernel()
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 

@@ -17,9 +17,10 @@ def quantization_config(method: str, compute_dtype):
     """bitsandbytes 4-bit NF4 with double quantisation for QLoRA; None for other methods."""
     if method != "qlora":
         return None
-    from ownllm.errors import require
+    from ownllm.errors import explain_cpu_4bit_kernel, require
 
     require("bitsandbytes", "QLoRA (4-bit training)", extra="quant")
+    explain_cpu_4bit_kernel()
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
