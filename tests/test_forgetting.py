@@ -393,3 +393,27 @@ def test_planner_counts_the_drift_scored_at_each_validation():
     assert extra == pytest.approx(2 * shape.params * DRIFT_ROWS * 80 * 3, rel=1e-9)
     # fewer replayed rows than DRIFT_ROWS: all of them
     assert validation_flops(5) - validation_flops(0) == pytest.approx(2 * shape.params * 5 * 80 * 3, rel=1e-9)
+
+
+def test_drift_rows_are_in_the_replays_language_mix(monkeypatch):
+    """The first DRIFT_ROWS replay rows steer early stopping and the best checkpoint: for an English
+    domain they hold as many Chinese rows as the replay's share says (they were all Chinese first)."""
+    from types import SimpleNamespace
+
+    from ownllm.training import protect
+
+    pool = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "ok"}]}
+            for p in protect.replay_prompts()]
+    monkeypatch.setattr(protect, "base_answers", lambda model, tok, cfg, plain_text=False: pool)
+    en = [{"messages": [{"role": "user", "content": f"When do you open on day {i}?"},
+                        {"role": "assistant", "content": "At 8 am."}]} for i in range(144)]
+    zh = [{"messages": [{"role": "user", "content": "诊所几点开门？"}, {"role": "assistant", "content": "早上八点。"}]}] * 144
+    for domain in (en, zh, en[:100] + zh[:44]):
+        for seed in (1, 7, 42):
+            rows = protect.replay_rows(None, None, SimpleNamespace(seed=seed), domain, protect.LEVELS["default"])
+            share = sum(protect.is_cjk(r["messages"][0]["content"]) for r in rows) / len(rows)
+            first = rows[:protect.DRIFT_ROWS]
+            assert sum(protect.is_cjk(r["messages"][0]["content"]) for r in first) == round(share * len(first))
+    assert "".join(protect.interleave(list("aa"), list("bbbbbb"))) == "babbbabb"
+    merged = protect.interleave(list(range(3)), list("xyzuvw"))
+    assert sorted(map(str, merged)) == sorted(map(str, [0, 1, 2, *"xyzuvw"]))  # nothing lost, nothing repeated

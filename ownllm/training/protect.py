@@ -124,7 +124,22 @@ def replay_rows(model, tokenizer, cfg, domain_rows: list[dict], protection: Prot
         (chinese if is_cjk(_prompt(r)) else other).append(r)
     want = round(n * language_mix(cjk_share(domain_rows), len(chinese) / max(1, len(rows))))
     take = min(len(chinese), max(want, n - len(other)))
-    return rng.sample(chinese, take) + rng.sample(other, n - take)
+    return interleave(rng.sample(chinese, take), rng.sample(other, n - take))
+
+
+def interleave(a: list, b: list) -> list:
+    """``a`` and ``b`` merged so that every prefix holds them in their overall proportion (to the nearest
+    row): the drift rows that steer early stopping are the replay's first ``DRIFT_ROWS``, so they must be
+    in the replay's language mix (Chinese first made 6 of the English support sample's 8 Chinese)."""
+    out, i, j, n = [], 0, 0, len(a) + len(b)
+    for k in range(1, n + 1):
+        if i < len(a) and (j == len(b) or i < (2 * len(a) * k + n) // (2 * n)):  # a's share of k, rounded
+            out.append(a[i])
+            i += 1
+        else:
+            out.append(b[j])
+            j += 1
+    return out
 
 
 def language_mix(domain_share: float, pool_share: float) -> float:

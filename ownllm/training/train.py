@@ -163,7 +163,8 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
 
 def drift_rows(cfg, train_ds, replay_targets: list | None, pad_id: int, kl_weight: float) -> tuple | None:
     """What validation scores for drift from the base model (``HFTrainer.evaluation_loop``): the first
-    ``protect.DRIFT_ROWS`` replayed rows (they come last in ``train_ds``, numbered from 1) with their base
+    ``protect.DRIFT_ROWS`` replayed rows (they come last in ``train_ds``, numbered from 1; ``replay_rows``
+    orders them so that these few are in the replay's language mix) with their base
     distributions. None without protection, and under DeepSpeed, whose engine holds the weights."""
     from ownllm.training.protect import DRIFT_ROWS
 
