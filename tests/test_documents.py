@@ -245,3 +245,76 @@ def test_a_docx_that_unzips_to_gigabytes_is_refused_before_it_is_read(tmp_path, 
     with pytest.raises(DataError, match="expands to more than 1 MB when unzipped"):
         documents.read_document(str(bomb))
     assert not called  # python-docx never opened it
+
+
+# -- grounding checks with teeth ------------------------------------------------------------------
+@pytest.mark.parametrize("answer, quote, grounded", [
+    ("Returns are accepted within 3 days.", "Returns are accepted within 30 days.", False),
+    ("Returns are accepted within 30 days.", "Returns are accepted within 30 days of delivery.", True),
+    ("Call 555-1234.", "Call our desk at 555-12345 any time.", False),
+    ("It costs 1,000 yuan.", "The fee is 1000 yuan per year.", True),
+    ("The store is open on Sundays.", "The store is not open on Sundays.", False),
+    ("The store is not open on Sundays.", "The store is open on Sundays and holidays.", False),
+    ("The store does not open on Sundays.", "We don't open the store on Sundays.", True),
+    ("The warranty covers accidental damage.", "The warranty does not cover accidental damage.", False),
+    ("Orders ship in 2 days.", "We do not ship abroad; orders ship in 2 days.", True),
+    ("周日开门。", "我们周日不开门。", False),
+    ("周日不开门。", "我们周日开门，营业到晚上八点。", False),
+    ("周日不开门。", "我们周日不开门，周一到周六营业。", True),
+    ("退货期限是三天。", "退货期限是三十天。", False),
+    ("退货期限是三十天。", "自收货起，退货期限是三十天。", True),
+    ("客服电话是12345。", "客服电话是123456，全天有人接听。", False),
+    ("一般需要一个工作日。", "通常需要一个工作日处理。", True),
+])
+def test_an_answer_is_grounded_only_by_its_own_numbers_and_negations(answer, quote, grounded):
+    from ownllm.data.synthesis import supported
+
+    assert supported(answer, quote) is grounded
+
+
+def test_a_quote_too_short_to_check_against_is_rejected():
+    from ownllm.data.documents import Chunk
+    from ownllm.data.synthesis import check_pair
+
+    chunk = Chunk(file="f.md", text="Opens at 9. The desk opens at 9 am on weekdays. 周日不开门。我们周一到周六营业。",
+                  headings=(), pages=(), start=0, end=60, tokens=40)
+    pair = {"questions": ["When does the desk open?"], "answer": "At 9."}
+    assert check_pair(dict(pair, quote="Opens at 9."), chunk) == "quote_too_short"
+    assert check_pair(dict(pair, quote="The desk opens at 9 am on weekdays."), chunk) is None
+    zh = {"questions": ["周日营业吗？"], "answer": "周日不开门。"}
+    assert check_pair(dict(zh, quote="周日不开门。"), chunk) == "quote_too_short"
+    assert check_pair(dict(zh, quote="我们周一到周六营业。"), chunk) == "answer_not_supported"
+
+
+def test_a_pair_the_judge_rejects_does_not_block_a_later_phrasing(tmp_path, monkeypatch, tokenizer_dir):
+    """The duplicate-question index only holds pairs that were kept: a rejected pair's question used to
+    block the same question asked again with a good answer."""
+    from ownllm.data.from_docs import docs_to_data
+
+    monkeypatch.setenv("OWNLLM_HOME", str(tmp_path / "home"))
+    doc = tmp_path / "desk.md"
+    doc.write_text("# Opening hours\n\nThe support desk opens at 9 am on weekdays and is closed on Sundays.\n",
+                   encoding="utf-8")
+    quote = "The support desk opens at 9 am on weekdays and is closed on Sundays."
+
+    class Teacher:
+        id = "fake-judge"
+
+        def complete(self, messages, max_tokens):
+            asked = messages[-1]["content"]
+            if asked.startswith("Score this"):
+                return json.dumps({"score": 2 if "whenever" in asked else 9, "reason": "-"}), {}
+            return json.dumps({"pairs": [
+                {"questions": ["When does the support desk open?"], "answer": "It opens at 9 am, whenever.",
+                 "quote": quote},
+                {"questions": ["When does the support desk open?", "What time does the desk open on weekdays?"],
+                 "answer": "The support desk opens at 9 am on weekdays.", "quote": quote}]}), {}
+
+    out = str(tmp_path / "desk.jsonl")
+    report = docs_to_data([str(doc)], out, client=Teacher(), teacher="fake", judge=True, progress=False, model=tokenizer_dir)
+    t = report["teacher"]
+    assert t["rejected"] == {"judge_below_threshold": 1} and t["kept"] == 1
+    rows = [json.loads(line) for line in open(out, encoding="utf-8") if '"teacher"' in line]
+    assert {r["messages"][0]["content"] for r in rows} == {"When does the support desk open?",
+                                                           "What time does the desk open on weekdays?"}
+    assert all("whenever" not in r["messages"][1]["content"] for r in rows)

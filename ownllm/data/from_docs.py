@@ -192,7 +192,13 @@ def _synthesise(chunks, teacher, cfg: FromDocsConfig, questions: synthesis.Quest
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         futures = [pool.submit(_propose, c, teacher, cache, cfg, stats) for c in chunks]
         replies = [f.result() for f in tqdm(futures, desc="teacher", unit="chunk", disable=not cfg.progress)]
-    candidates, covered, first_reply = [], set(), None
+    checked, covered, first_reply = [], set(), None
+
+    def reject(why, pair):
+        rejected[why] += 1
+        if len(examples[why]) < EXAMPLES_PER_REASON:
+            examples[why].append(pair)
+
     for chunk, (pairs, reply) in zip(chunks, replies):
         first_reply = first_reply or reply
         if pairs is None:
@@ -201,18 +207,21 @@ def _synthesise(chunks, teacher, cfg: FromDocsConfig, questions: synthesis.Quest
         for pair in pairs:
             stats["proposed"] += 1
             why = synthesis.check_pair(pair, chunk)
-            kept_q = [q for q in dict.fromkeys(pair["questions"]) if not questions.duplicate(q)]
-            why = why or (None if kept_q else "duplicate_question")
             if why:
-                rejected[why] += 1
-                if len(examples[why]) < EXAMPLES_PER_REASON:
-                    examples[why].append(pair)
-                continue
-            for q in kept_q:
-                questions.add(q)
-            candidates.append((chunk, pair, kept_q))
-    if cfg.judge:
-        candidates = _judged(candidates, teacher, cache, cfg, stats, rejected, examples)
+                reject(why, pair)
+            else:
+                checked.append((chunk, pair))
+    if cfg.judge:  # before the duplicate index: a pair the judge rejects must not block a later phrasing
+        checked = _judged(checked, teacher, cache, cfg, stats, reject)
+    candidates = []
+    for chunk, pair in checked:
+        kept_q = [q for q in dict.fromkeys(pair["questions"]) if not questions.duplicate(q)]
+        if not kept_q:
+            reject("duplicate_question", pair)
+            continue
+        for q in kept_q:
+            questions.add(q)
+        candidates.append((chunk, pair, kept_q))
     rows = []
     for chunk, pair, kept_q in candidates:
         covered.add(chunk.id)
@@ -230,19 +239,18 @@ def _synthesise(chunks, teacher, cfg: FromDocsConfig, questions: synthesis.Quest
     return rows, report
 
 
-def _judged(candidates, teacher, cache, cfg: FromDocsConfig, stats: Counter, rejected: Counter, examples) -> list:
+def _judged(checked, teacher, cache, cfg: FromDocsConfig, stats: Counter, reject) -> list:
     def score(item):
-        _, pair, kept_q = item
-        return synthesis.parse_score(_ask(teacher, cache, synthesis.judge_messages(pair, kept_q[0]), 64, stats))
+        _, pair = item
+        return synthesis.parse_score(_ask(teacher, cache, synthesis.judge_messages(pair, pair["questions"][0]), 64,
+                                          stats))
 
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        scores = list(pool.map(score, candidates))
+        scores = list(pool.map(score, checked))
     kept = []
-    for item, s in zip(candidates, scores):
+    for item, s in zip(checked, scores):
         if s is None or s < cfg.judge_threshold:
-            rejected["judge_below_threshold"] += 1
-            if len(examples["judge_below_threshold"]) < EXAMPLES_PER_REASON:
-                examples["judge_below_threshold"].append(dict(item[1], score=s))
+            reject("judge_below_threshold", dict(item[1], score=s))
         else:
             kept.append(item)
     return kept

@@ -47,7 +47,7 @@ JUDGE_RUBRIC = ("Score this question-answer pair from 1 to 10 against the quote 
                 "- 1: wrong, unsupported or not a question.\n"
                 'Reply with JSON only: {{"score": N, "reason": "..."}}\n\n'
                 "Quote: {quote}\nQuestion: {question}\nAnswer: {answer}")
-REASONS = ("malformed_json", "incomplete", "quote_not_in_source", "answer_not_supported", "not_self_contained",
+REASONS = ("malformed_json", "incomplete", "quote_not_in_source", "quote_too_short", "answer_not_supported", "not_self_contained",
            "duplicate_question", "judge_below_threshold")
 _DEICTIC = re.compile(r"\b(?:the|this) (?:passage|text|document|section|excerpt)\b|文中|本文|该段|段落中|上文|这段",
                       re.I)
@@ -64,25 +64,74 @@ def normalise(text: str) -> str:
     return "".join(c for c in text if not (c.isspace() or unicodedata.category(c)[0] in "PS"))
 
 
-_NUM = re.compile(r"\d+(?:[.,:]\d+)*")
+_NUM = re.compile(r"(?<![\d.,:])\d+(?:[.,:]\d+)*")
+# Chinese numerals are numbers when they hold a 十/百/千/万/亿/两 or run into a measure word (三天 / 三十天).
+_ZH_NUM = re.compile(r"[零〇一二两三四五六七八九十百千万亿]*[十百千万亿两][零〇一二两三四五六七八九十百千万亿]*"
+                     r"|[零〇一二三四五六七八九]+(?=[天日周月年个号点分秒次元块人岁倍层楼间张件])")
 _WORDS = re.compile(r"[^\W\d_]{3,}", re.U)
 _STOP = set("the and for are was were with that this from have has had not but you your can will does did "
             "what which when where who how why its their there they them then than into onto also only".split())
+# A negation and what it negates: the next content word (English, within three words) or the next two
+# characters (Chinese). Negations are stop words to the overlap count, so they are checked on their own.
+_NEGATION_EN = re.compile(r"^(?:not|no|never|cannot|without|nor|none|\w+n't)$")
+_TOKENS_EN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
+_NEGATION_ZH = re.compile(r"没有|并非|无法|不能|不会|不是|不可|不得|不用|不要|未能|[不没无未非别勿]")
+MIN_QUOTE_CHARS = {"zh": 6, "en": 15}  # normalised: "Opens at 9" (8) says too little to check an answer against
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers of ``text`` as whole tokens ("30" does not hold "3"; "1,000" is "1000")."""
+    t = unicodedata.normalize("NFKC", text)
+    nums = {re.sub(r",(?=\d{3}\b)", "", n) for n in _NUM.findall(t)}
+    return nums | set(_ZH_NUM.findall(t))
 
 
 def _units(text: str) -> set[str]:
-    """Content units: Latin words of 3+ letters (not stop words), or CJK character pairs."""
+    """Content units: Latin words of 3+ letters (not stop words; a plural's "s" dropped), or CJK character
+    pairs (none across a negation)."""
+    plain, negated = _stated(text)
+    return plain | negated
+
+
+def _stated(text: str) -> tuple[set[str], set[str]]:
+    """(what ``text`` states plainly, what it only negates) as content units: ``我们周日不开门`` negates 开门,
+    ``the store is not open`` negates open; a unit both stated and negated somewhere counts as stated."""
     t = unicodedata.normalize("NFKC", text).lower()
+    plain, negated = set(), set()
     if is_chinese(t):
-        han = "".join(c for c in t if c.isalpha())
-        return {han[i:i + 2] for i in range(len(han) - 1)}
-    return {w for w in _WORDS.findall(t) if w not in _STOP}
+        han, negated_at = "", set()
+        for piece in re.split(f"({_NEGATION_ZH.pattern})", t):
+            if _NEGATION_ZH.fullmatch(piece or "-"):
+                negated_at.add(len(han))
+                continue
+            han += "".join(c for c in piece if c.isalpha())
+        for i in range(len(han) - 1):
+            if i + 1 not in negated_at:  # 周日|不|开门: no 日开
+                (negated if i in negated_at else plain).add(han[i:i + 2])
+    else:
+        pending = 0
+        for w in _TOKENS_EN.findall(t):
+            if _NEGATION_EN.match(w):
+                pending = 3
+            elif len(w) >= 3 and w not in _STOP and "'" not in w:
+                w = w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w
+                (negated if pending else plain).add(w)
+                pending = 0
+            else:
+                pending = max(0, pending - 1)
+    return plain, negated - plain
+
+
+def _contradicts(answer: str, quote: str) -> bool:
+    """One of them negates what the other states (周日不开门 / 周日开门; not open / open)."""
+    (plain_a, neg_a), (plain_q, neg_q) = _stated(answer), _stated(quote)
+    return bool(neg_q & plain_a or neg_a & plain_q)
 
 
 def supported(answer: str, quote: str, share: float = 0.5) -> bool:
-    """Every number of the answer is in the quote, and at least ``share`` of its content units are."""
-    q = unicodedata.normalize("NFKC", quote)
-    if any(n not in q for n in _NUM.findall(unicodedata.normalize("NFKC", answer))):
+    """Every number of the answer is one of the quote's (whole numbers, Chinese numerals too), neither
+    negates what the other states, and at least ``share`` of the answer's content units are the quote's."""
+    if not _numbers(answer) <= _numbers(quote) or _contradicts(answer, quote):
         return False
     units = _units(answer)
     return not units or len(units & _units(quote)) >= share * len(units)
@@ -93,8 +142,10 @@ def check_pair(pair: dict, chunk: Chunk) -> str | None:
     if not pair["questions"] or not pair["answer"] or not pair["quote"]:
         return "incomplete"
     quote = normalise(pair["quote"])
-    if len(quote) < 4 or quote not in normalise(chunk.text):
+    if quote not in normalise(chunk.text):
         return "quote_not_in_source"
+    if len(quote) < MIN_QUOTE_CHARS["zh" if is_chinese(pair["quote"]) else "en"]:
+        return "quote_too_short"
     if not supported(pair["answer"], pair["quote"]):
         return "answer_not_supported"
     if all(_DEICTIC.search(q) for q in pair["questions"]):
