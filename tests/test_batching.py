@@ -114,3 +114,33 @@ def test_prefix_tuning_keeps_one_generate_per_request(tiny_model_dir):
     assert can_batch(own)
     prefix = get_peft_model(own.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     assert not can_batch(OwnModel(prefix, own.tokenizer))
+
+
+def test_completion_tokens_stop_at_the_token_that_completes_a_stop_string(tiny, slowed):
+    """The usage a client is billed by counts the tokens up to the one that completed the stop string,
+    not the steps the decoder ran before it noticed (batched), nor any after it (alone)."""
+    from ownllm.models.batching import Batcher
+
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=11)  # varied text, same draws
+    full = tiny.chat(PROMPTS[1], max_new_tokens=16, **kw)
+    stop = full.strip()[len(full.strip()) // 2:][:3]
+    assert stop.strip() and stop in full
+    # the fewest tokens whose text holds the stop string (seeded draws: every prefix is the same)
+    expected = next(n for n in range(1, 17) if stop in tiny.chat(PROMPTS[1], max_new_tokens=n, **kw))
+    stats = {}
+    text = "".join(tiny.stream(PROMPTS[1], chat=True, stats=stats, max_new_tokens=16, stop=[stop], **kw))
+    assert text == full[:full.index(stop)] and stats["completion_tokens"] == expected < 16
+    batcher = Batcher(tiny, max_batch=2)
+    with slowed(tiny, 0.05):  # the decoder runs on while the reader looks for the stop string
+        stats = {}
+        text = "".join(batcher.stream(PROMPTS[1], chat=True, stats=stats, max_new_tokens=16, stop=[stop], **kw))
+    assert text == full[:full.index(stop)] and stats["completion_tokens"] == expected
+
+
+def test_a_seeded_greedy_request_leaves_the_shared_random_generator_alone(tiny):
+    import torch
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    tiny.chat("hi", temperature=0, seed=5, max_new_tokens=3)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -112,8 +112,8 @@ class Batcher:
                 reason = "cancelled"
             else:
                 reason = "stop" if hit_stop or row.ended_by_eos or row.generated < row.max_new else "length"
-            stats.update(prompt_tokens=int(enc["input_ids"].shape[1]), completion_tokens=row.generated,
-                         finish_reason=reason)
+            stats.update(prompt_tokens=int(enc["input_ids"].shape[1]),
+                         completion_tokens=min(row.generated, streamer.tokens_for(hit_stop)), finish_reason=reason)
 
     # -- the decoding thread -------------------------------------------------------------------------
     def _start(self) -> None:

@@ -190,8 +190,6 @@ class OwnModel:
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _prepare(self, text: str, chat: bool, kwargs: dict, user_text: str | None = None, cancel=None):
-        import torch
-
         settings = GenerationSettings.build(**kwargs)
         enc = self._encode(text, chat)
         gen = settings.hf_kwargs(enc["input_ids"].shape[1], self.context_length,
@@ -203,8 +201,7 @@ class OwnModel:
             gen["logits_processor"] = LogitsProcessorList([SeededSampler(settings.seed, gen["temperature"],
                                                                          gen["top_k"], gen["top_p"])])
             gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        elif settings.seed is not None:
-            torch.manual_seed(settings.seed)
+        # (a greedy request's seed changes nothing, and never torch's global generator: others sample with it)
         gen["pad_token_id"] = self.tokenizer.pad_token_id
         if settings.stop:
             gen.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
@@ -284,7 +281,7 @@ class OwnModel:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        hit_stop = []
+        hit_stop: list = []
         yield from _hold_back_stops(streamer, settings.stop, hit_stop)
         thread.join()
         if errors:
@@ -296,7 +293,7 @@ class OwnModel:
                 reason = "stop"
             else:
                 reason = "length"
-            stats.update(prompt_tokens=int(enc["input_ids"].shape[1]), completion_tokens=streamer.generated,
+            stats.update(prompt_tokens=int(enc["input_ids"].shape[1]), completion_tokens=streamer.tokens_for(hit_stop),
                          finish_reason=reason)
 
 
@@ -311,6 +308,7 @@ def _counting_streamer_class():  # built on first use: importing transformers is
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.generated, self._seen_prompt = 0, False
+            self.chars, self.marks = 0, []  # (characters of text so far, tokens generated for it), per piece
 
         def put(self, value):
             if self._seen_prompt:
@@ -319,7 +317,18 @@ def _counting_streamer_class():  # built on first use: importing transformers is
             super().put(value)
 
         def on_finalized_text(self, text: str, stream_end: bool = False):
-            super().on_finalized_text(text.rstrip("\ufffd") if stream_end else text, stream_end)
+            text = text.rstrip("\ufffd") if stream_end else text
+            self.chars += len(text)
+            self.marks.append((self.chars, self.generated))
+            super().on_finalized_text(text, stream_end)
+
+        def tokens_for(self, hit_stop: list) -> int:
+            """Completion tokens: all generated, or, when a stop string ended the answer (``hit_stop`` holds
+            where it ended in the text), those up to the one that completed it: the decoder may have run
+            a few steps past it before it noticed."""
+            if not hit_stop:
+                return self.generated
+            return next((n for chars, n in self.marks if chars >= hit_stop[0]), self.generated)
 
     return CountingStreamer
 
@@ -344,18 +353,19 @@ def _user_text(messages) -> str:
 
 def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None, found_event=None) -> Iterator[str]:
     """Pass text through, holding back what could be the start of a stop string; end at a stop
-    (append True to ``hit`` and set ``found_event``, which ends a batched row, when one was found)."""
+    (append where the stop string ended in the whole text to ``hit``, and set ``found_event``, which ends a
+    batched row, when one was found)."""
     if not stop:
         yield from (p for p in pieces if p)
         return
     keep = max(len(s) for s in stop) - 1
-    buffer = ""
+    buffer, passed = "", 0  # passed: characters already yielded before ``buffer``
     for piece in pieces:
         buffer += piece
         text, found = cut_at_stop(buffer, stop)
         if found:
             if hit is not None:
-                hit.append(True)
+                hit.append(passed + len(text) + max(len(s) for s in stop if buffer.startswith(s, len(text))))
             if found_event is not None:
                 found_event.set()
             if text:
@@ -366,7 +376,7 @@ def _hold_back_stops(pieces, stop: list[str] | None, hit: list | None = None, fo
         safe = len(buffer) - keep
         if safe > 0:
             yield buffer[:safe]
-            buffer = buffer[safe:]
+            buffer, passed = buffer[safe:], passed + safe
     if buffer:
         yield buffer
 
