@@ -55,9 +55,17 @@ def load_llamacpp(path: str, reference):
 
     from ownllm.models.generation import OwnModel
 
+    import copy
+
+    from ownllm.serving.engines import LLAMACPP_CONTEXT
+
     llama_cpp = require("llama_cpp", "--engine llamacpp", package="llama-cpp-python", extra="llamacpp")
-    config = reference.model.config
-    llm = llama_cpp.Llama(path, n_ctx=getattr(config, "max_position_embeddings", 2048) or 2048, logits_all=True,
+    # logits_all keeps every position's logits (the start-up check compares them): context × vocabulary
+    # floats, ≈ 20 GB for a 1.5B Qwen at its full 32k context; so the context is bounded, and said so to
+    # requests through the config (prompt + max_tokens beyond it are refused with a message)
+    config = copy.deepcopy(reference.model.config)
+    config.max_position_embeddings = min(getattr(config, "max_position_embeddings", 0) or 2048, LLAMACPP_CONTEXT)
+    llm = llama_cpp.Llama(path, n_ctx=config.max_position_embeddings, logits_all=True,
                           verbose=False, n_threads=max(1, torch.get_num_threads()))
     model = LlamaCppCausalLM(llm, config, reference.model.generation_config, path)
     return OwnModel(model, reference.tokenizer, name=path)

@@ -338,7 +338,8 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
     from ownllm.serving.engines import describe, load_engine
 
     limit_malloc_arenas()
-    model, chosen = load_engine(source, engine, device=device, dtype=dtype, merge=merge)
+    model, chosen = load_engine(source, engine, device=device, dtype=dtype, merge=merge,
+                                concurrency=max_concurrency if batching else 1)
     print(describe(chosen), flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # request lines from here on
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,

@@ -6,10 +6,13 @@
   reused while it is newer than the trained weights; for a model name, in ownllm's cache). The export's
   own checks (logits within 1e-3 of torch, greedy text identical) are its verification.
 - ``llamacpp``: llama.cpp (``pip install llama-cpp-python``) on the run's f16 GGUF export, checked at
-  start: its greedy answers to the probe prompts must be torch's.
-- ``auto``: every engine that is installed and passes its check is timed on this machine (a short greedy
-  answer) and the fastest serves. The ONNX export is built automatically only on a CPU and for models up
-  to 1.5B parameters (export time and disk); an existing export is always considered.
+  start: its greedy answers to the probe prompts must be torch's, or it is refused. Its context holds
+  at most ``LLAMACPP_CONTEXT`` tokens (it keeps every position's logits: context × vocabulary floats).
+- ``auto``: on a CPU, every engine that is installed and passes its check is timed on this machine as it
+  will serve (``concurrency`` requests at once: batched where the engine batches, one after another
+  where it does not) and the fastest serves. The ONNX export is built automatically for models up to
+  1.5B parameters (export time and disk); an existing export is always considered. On a GPU, ``auto``
+  is torch on the GPU: the other engines here run on the CPU.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ ENGINES = ("auto", "torch", "onnx", "llamacpp")
 AUTO_EXPORT_MAX_PARAMS = 1.5e9
 TIMING_PROMPT = "Write a short story about a lighthouse keeper and a storm."
 TIMING_TOKENS = 24
+LLAMACPP_CONTEXT = 4096
 # a bf16 copy serves only if, on the probe prompts, its greedy text is fp32's and no confident choice flips
 BF16_THRESHOLDS = {"greedy_matching_fraction": 1.0, "confident_top1": 1.0}
 # llama.cpp on the f16 GGUF: its greedy text must be torch's (its logits differ by f16 rounding)
@@ -34,9 +38,10 @@ LLAMACPP_THRESHOLDS = {"greedy_matching_fraction": 1.0}
 
 
 def load_engine(source: str, engine: str = "auto", device: str = "auto", dtype: str = "auto", merge: bool = True,
-                **load_kwargs):
+                concurrency: int = 1, **load_kwargs):
     """``(OwnModel, record)``: the model generating with the chosen engine, and a record of the choice
-    (engine, dtype, why, checks and tokens/s measured) that ``serve`` logs and ``/health`` shows."""
+    (engine, dtype, why, checks and tokens/s measured) that ``serve`` logs and ``/health`` shows.
+    ``concurrency``: how many requests ``auto`` times at once (serve's batch; 1 for chat)."""
     from ownllm.models.load import is_onnx, load_model
     from ownllm.device import resolve_device
 
@@ -58,9 +63,14 @@ def load_engine(source: str, engine: str = "auto", device: str = "auto", dtype: 
         reference = load_model(source, device="cpu", dtype="fp32", merge=merge, **load_kwargs)
         model, checks = _llamacpp(source, reference)
         if not checks["passed"]:
-            log.warning("ownllm: llama.cpp's greedy answers differ from torch's on the probe prompts: %s", checks)
-        return model, {"engine": "llamacpp", "why": "--engine llamacpp", "checks": checks}
-    return _auto(source, device, dtype, merge, load_kwargs)
+            found = checks["vs_torch_fp32"]
+            raise ConfigError(f"llama.cpp does not give torch's answers for {source}: greedy text matches on "
+                              f"{found['greedy_matching_fraction']:.0%} of the probe prompts (needed: "
+                              f"{LLAMACPP_THRESHOLDS['greedy_matching_fraction']:.0%}), largest logit difference "
+                              f"{found['max_logit_diff']:.3g}", hint="serve with --engine torch (or auto, which leaves "
+                              "an engine that fails its check out); a newer llama-cpp-python may read this model right")
+        return model, {"engine": "llamacpp", "why": "--engine llamacpp, verified against torch", "checks": checks}
+    return _auto(source, device, dtype, merge, load_kwargs, concurrency)
 
 
 # -- torch -----------------------------------------------------------------------------------------
@@ -167,8 +177,8 @@ def _llamacpp(source: str, reference):
 
 
 # -- auto ------------------------------------------------------------------------------------------
-def _auto(source: str, device: str, dtype: str, merge: bool, load_kwargs: dict):
-    """Every engine that is here and verified, timed on this machine; the fastest serves."""
+def _auto(source: str, device: str, dtype: str, merge: bool, load_kwargs: dict, concurrency: int = 1):
+    """Every engine that is here and verified, timed on this machine as it will serve; the fastest serves."""
     torch_model, record = _torch(source, device, dtype, merge, load_kwargs)
     candidates, notes = {"torch": torch_model}, {"torch": record}
     small = torch_model.num_parameters() <= AUTO_EXPORT_MAX_PARAMS
@@ -191,28 +201,49 @@ def _auto(source: str, device: str, dtype: str, merge: bool, load_kwargs: dict):
                 candidates["llamacpp"] = model
         except Exception as e:  # noqa: BLE001
             notes["llamacpp"] = {"left out": f"{type(e).__name__}: {e}"}
-    speeds = {name: tokens_per_second(model) for name, model in candidates.items()}
+    speeds = {name: tokens_per_second(model, concurrency) for name, model in candidates.items()}
     best = max(speeds, key=speeds.get)
     for name in list(candidates):
         if name != best:
             del candidates[name]
     gc.collect()
-    record = {**notes[best], "engine": best, "why": "the fastest verified engine here", "tokens_per_second": speeds,
-              "considered": notes}
+    why = "the fastest verified engine here" + (f" with {concurrency} requests at once" if concurrency > 1 else "")
+    record = {**notes[best], "engine": best, "why": why, "tokens_per_second": speeds, "considered": notes}
     if best == "torch":
         record["dtype"] = notes["torch"].get("dtype")
     return candidates[best], record
 
 
-def tokens_per_second(own) -> float:
-    """Greedy decoding speed of ``own`` on this machine: TIMING_TOKENS new tokens after a short warm-up."""
+def tokens_per_second(own, concurrency: int = 1) -> float:
+    """Greedy decoding speed of ``own`` on this machine, all requests together: ``concurrency`` requests of
+    TIMING_TOKENS new tokens at once, through the batcher where the engine batches (as ``serve`` runs
+    them) and one after another where it does not; after a short warm-up."""
+    import threading
+
+    from ownllm.models.batching import Batcher, can_batch
+
     settings = dict(temperature=0, max_new_tokens=TIMING_TOKENS)
     own.chat(TIMING_PROMPT, temperature=0, max_new_tokens=2)
-    stats: dict = {}
+    runner = Batcher(own, concurrency) if concurrency > 1 and can_batch(own) else own
+    counts: list[int] = []
+
+    def one():
+        stats: dict = {}
+        for _ in runner.stream(TIMING_PROMPT, chat=True, stats=stats, **settings):
+            pass
+        counts.append(stats.get("completion_tokens", 0))
+
     began = time.perf_counter()
-    for _ in own.stream(TIMING_PROMPT, chat=True, stats=stats, **settings):
-        pass
-    return round(stats.get("completion_tokens", 0) / (time.perf_counter() - began), 1)
+    if runner is own:
+        for _ in range(concurrency):
+            one()
+    else:
+        threads = [threading.Thread(target=one) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return round(sum(counts) / (time.perf_counter() - began), 1)
 
 
 def describe(record: dict) -> str:
