@@ -116,17 +116,21 @@ def test_the_bf16_check_compares_real_answers(tiny_model_dir):
     import torch
 
     from ownllm.models.load import load_model
-    from ownllm.serving.engines import BF16_THRESHOLDS, _bf16_if_verified, verify
+    from ownllm.serving.engines import _bf16_if_verified, verify
 
     own = load_model(tiny_model_dir, device="cpu")
     _, record = _bf16_if_verified(load_model(tiny_model_dir, device="cpu"), tiny_model_dir)
-    assert record["checks"]["vs_torch_fp32"]["max_logit_diff"] > 0  # bf16 rounds: a real bf16 copy was measured
-    same = verify(own.model, copy.deepcopy(own.model), own.tokenizer, tiny_model_dir, BF16_THRESHOLDS)
+    found = record["checks"]["vs_torch_fp32"]
+    assert found["max_logit_diff"] > 0  # bf16 rounds: a real bf16 copy was measured
+    # random weights are never confident: nothing measured there, so bf16 is not taken on trust
+    assert found["confident_top1"] is None and record["dtype"] == "fp32" and not record["checks"]["passed"]
+    greedy = {"greedy_matching_fraction": 1.0}
+    same = verify(own.model, copy.deepcopy(own.model), own.tokenizer, tiny_model_dir, greedy)
     assert same["passed"] and same["vs_torch_fp32"]["max_logit_diff"] == 0
     broken = copy.deepcopy(own.model)
     with torch.no_grad():
         broken.model.norm.weight.mul_(-1)  # every logit changes sign: the least likely token is now chosen
-    failed = verify(own.model, broken, own.tokenizer, tiny_model_dir, BF16_THRESHOLDS)
+    failed = verify(own.model, broken, own.tokenizer, tiny_model_dir, greedy)
     assert not failed["passed"] and failed["vs_torch_fp32"]["greedy_matching_fraction"] < 1
 
 

@@ -167,7 +167,11 @@ def test_gguf_export_round_trips_through_transformers(lora_run, tmp_path, quant)
     out = tmp_path / quant
     m = export(lora_run, "gguf", str(out), quant=quant)
     assert m["all_checks_passed"] and m["quantization"] == quant and m["architecture"] == "llama"
-    assert m["gating_checks"] == [c["name"] for c in m["checks"]] and all(c["threshold"] for c in m["checks"])
+    # every check gates, except one with nothing to measure (random weights are never confident): it warns
+    assert m["gating_checks"] == [c["name"] for c in m["checks"] if c["measured"] is not None]
+    assert all(c["threshold"] for c in m["checks"])
+    assert all(c["note"].startswith("not measured") and c["name"] in " ".join(m["warnings"])
+               for c in m["checks"] if c["measured"] is None)
     try:
         import llama_cpp  # noqa: F401  (the optional extra .[llamacpp])
         assert any(r.startswith("llama.cpp") for r in m["checked_by"]) and m["llamacpp_top1_agreement"] >= 0.9
@@ -303,3 +307,23 @@ def test_ollama_modelfile_builds_the_prompt_transformers_builds(tokenizer_dir, r
         expected = tok.apply_chat_template(given, tokenize=False, add_generation_prompt=True)
         assert _ollama_prompt(text, chat) == expected
         assert _ollama_prompt(text, chat).count("<|im_start|>system") == 1
+
+
+def test_a_share_with_nothing_to_count_is_not_measured_and_warns(tmp_path):
+    """The confident-choices share was 1.0 when no position was confident, so it passed on random weights."""
+    from ownllm.export.common import MIN_CONFIDENT_POSITIONS, confident_check, confident_share
+    from ownllm.export.manifest import check, describe, status, write_manifest
+
+    assert confident_share(0, 0) is None and confident_share(5, 5) is None
+    assert confident_share(MIN_CONFIDENT_POSITIONS - 1, MIN_CONFIDENT_POSITIONS - 1) is None
+    assert confident_share(MIN_CONFIDENT_POSITIONS, MIN_CONFIDENT_POSITIONS) == 1.0
+    unmeasured = confident_check("confident choices", None, 3, 0.99)
+    assert not unmeasured["passed"] and not unmeasured["gates"] and status(unmeasured) == "WARN"
+    assert "not measured" in describe(unmeasured) and "only 3 position" in describe(unmeasured)
+    failed = confident_check("confident choices", 0.5, 40, 0.99)
+    assert status(failed) == "FAIL" and failed["gates"]
+    (tmp_path / "model.bin").write_bytes(b"x")
+    m = write_manifest(str(tmp_path), "gguf", str(tmp_path), [check("ppl", 0.01, at_most=0.02), unmeasured])
+    assert m["all_checks_passed"] and m["gating_checks"] == ["ppl"] and len(m["warnings"]) == 1
+    m = write_manifest(str(tmp_path), "gguf", str(tmp_path), [check("ppl", 0.01, at_most=0.02), failed])
+    assert not m["all_checks_passed"]

@@ -28,12 +28,12 @@ def cmd_quantize(args) -> int:
 def cmd_export(args) -> int:
     from ownllm.config import values_from_args
     from ownllm.export.export import ExportConfig, export
-    from ownllm.export.manifest import describe
+    from ownllm.export.manifest import describe, status
 
     cfg = ExportConfig(**values_from_args(args, ExportConfig))
     m = export(args.source, cfg.format, cfg.out, cfg.overwrite, quant=cfg.quant)
     for c in m["checks"]:
-        print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {describe(c)}")
+        print(f"  {status(c)}  {c['name']}: {describe(c)}")
     size = sum(f["bytes"] for f in m["files"]) / 2**20
     print(f"exported {cfg.format} ({size:.0f} MB) to {m['path']}; manifest.json lists files, hashes and checks")
     if cfg.format == "onnx":

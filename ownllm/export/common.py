@@ -64,7 +64,7 @@ def for_other_servers(model, tokenizer, run_dir: str | None) -> None:
         model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0]
 
 
-def probe_prompts(run_dir: str | None, tokenizer, n: int = 3) -> list[str]:
+def probe_prompts(run_dir: str | None, tokenizer, n: int = 8) -> list[str]:
     """Up to ``n`` rendered prompts from the run's test/val/train data (in the template it trained with),
     else two fixed ones."""
     from ownllm.rundir import RunDir
@@ -89,6 +89,9 @@ LOGIT_TOLERANCE = 1e-3  # largest |logit difference| a float export (merged, ada
 
 
 CONFIDENT_MARGIN = 1.0  # logits between the reference's first and second choice: a choice rounding must not flip
+# Fewer confident positions than this (random or barely trained weights lead by less) measure nothing:
+# the share is reported as not measured, and its check warns instead of passing.
+MIN_CONFIDENT_POSITIONS = 20
 
 
 @dataclass
@@ -97,10 +100,12 @@ class Agreement:
 
     max_logit_diff: float          # largest |logit difference| at any position of any prompt
     top1_agreement: float          # share of positions where both pick the same next token
-    confident_top1: float          # the same share where the reference leads by >= CONFIDENT_MARGIN
+    confident_top1: float | None   # the same share where the reference leads by >= CONFIDENT_MARGIN (None:
+                                   # fewer than MIN_CONFIDENT_POSITIONS such positions, not measured)
     greedy_identical: bool         # every prompt's greedy continuation is the same, token for token
     greedy_matching_fraction: float  # mean share of each greedy continuation before the first difference
     same_tokens: bool              # the candidate's own tokenizer gives the reference's token ids
+    confident_positions: int = 0   # how many positions confident_top1 was measured on
 
 
 def choices_kept(reference_logits, candidate_logits) -> tuple[int, int, int, int]:
@@ -112,13 +117,27 @@ def choices_kept(reference_logits, candidate_logits) -> tuple[int, int, int, int
     return int(same.sum()), len(same), int((same & confident).sum()), int(confident.sum())
 
 
-def share(hits: int, of: int) -> float:
-    """hits / of, rounded; 1.0 when there is nothing to count (no confident position on random weights)."""
-    return round(hits / of, 4) if of else 1.0
+def share(hits: int, of: int, at_least: int = 1) -> float | None:
+    """hits / of, rounded; None (not measured) when there are fewer than ``at_least`` to count."""
+    return round(hits / of, 4) if of and of >= at_least else None
+
+
+def confident_share(hits: int, of: int) -> float | None:
+    return share(hits, of, MIN_CONFIDENT_POSITIONS)
+
+
+def confident_check(name: str, value: float | None, positions: int, at_least: float) -> dict:
+    """The check on next-token choices where the trained model is confident: it warns, never passes,
+    when there were too few such positions to measure (random or barely trained weights)."""
+    from ownllm.export.manifest import check
+
+    return check(name, value, at_least=at_least,
+                 unmeasured=f"the trained model leads by {CONFIDENT_MARGIN:g} logit or more at only {positions} "
+                            f"position(s) of the probe prompts (at least {MIN_CONFIDENT_POSITIONS} needed)")
 
 
 def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tokenizer=None,
-              new_tokens: int = 16) -> Agreement:
+              new_tokens: int = 32) -> Agreement:
     """Compare two models on ``prompts`` followed by the reference's ``new_tokens`` greedy tokens: their
     logits and next-token choices at every position (all, and where the reference is confident: a
     near-tie may flip under rounding, a confident choice must not), and their own greedy text."""
@@ -145,8 +164,8 @@ def agreement(reference, candidate, tokenizer, prompts: list[str], candidate_tok
         identical &= torch.equal(ga, gb)
         n = min(len(ga), len(gb))
         matching.append(next((i for i in range(n) if ga[i] != gb[i]), n) / max(1, len(ga)))
-    return Agreement(round(worst, 6), share(agree, total), share(sure, sure_total),
-                     bool(identical), round(sum(matching) / max(1, len(matching)), 4), bool(same_tokens))
+    return Agreement(round(worst, 6), share(agree, total), confident_share(sure, sure_total),
+                     bool(identical), round(sum(matching) / max(1, len(matching)), 4), bool(same_tokens), sure_total)
 
 
 # What a float export (merged, adapter, ONNX: no rounding of the weights) must show against the trained model.
@@ -160,5 +179,5 @@ def float_export_checks(a: Agreement, against: str) -> list[dict]:
     t = FLOAT_THRESHOLDS
     return [check(f"max |logit difference| {against}", a.max_logit_diff, at_most=t["max_logit_diff"]),
             check("next-token choices agreeing", a.top1_agreement, at_least=t["top1_agreement"]),
-            check("greedy 16-token continuations identical (share before the first difference)",
+            check("greedy 32-token continuations identical (share before the first difference)",
                   a.greedy_matching_fraction, at_least=t["greedy_matching_fraction"])]

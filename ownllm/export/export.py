@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ownllm.config import setting
 from ownllm.errors import ConfigError, OwnLLMError
 from ownllm.export.common import (CONFIDENT_MARGIN, agreement, choices_kept, float_export_checks, for_other_servers,
-                                  probe_prompts, share)
+                                  probe_prompts, share, confident_check, confident_share)
 from ownllm.export.manifest import check, raise_if_failed, write_manifest
 from ownllm.rundir import RunDir, adapter_in, base_of_adapter, run_dir_of
 from ownllm.export.gguf import QUANTS
@@ -191,10 +191,11 @@ def _verify_gguf(reference, tokenizer, folder: str, fname: str, quant: str, run_
               check(f"perplexity change vs the trained model on {len(rows)} rows", round(change, 4),
                     at_most=t["perplexity_change"]),
               check("next-token choices agreeing", a.top1_agreement, at_least=t["top1_agreement"]),
-              check(f"next-token choices agreeing where the trained model leads by {CONFIDENT_MARGIN:g} logit or more",
-                    a.confident_top1, at_least=t["confident_top1"])]
+              confident_check(f"next-token choices agreeing where the trained model leads by {CONFIDENT_MARGIN:g} "
+                              "logit or more", a.confident_top1, a.confident_positions, t["confident_top1"])]
     measured = {"perplexity_float": round(ppl_before, 4), "perplexity_gguf": round(ppl_after, 4),
                 "top1_agreement": a.top1_agreement, "confident_top1": a.confident_top1,
+                "confident_positions": a.confident_positions,
                 "max_logit_diff": a.max_logit_diff, "greedy_matching_fraction": a.greedy_matching_fraction,
                 "probe_prompts": len(prompts), "checked_by": ["transformers"]}
     by_llama = _verify_with_llamacpp(reference, tokenizer, os.path.join(folder, fname), quant, prompts)
@@ -234,11 +235,11 @@ def _verify_with_llamacpp(reference, tokenizer, path: str, quant: str, prompts: 
     finally:
         llm.close()
     t = GGUF_THRESHOLDS[quant]
-    top1, confident_top1 = share(agree, total), share(sure, sure_total)
+    top1, confident_top1 = share(agree, total), confident_share(sure, sure_total)
     checks = [check("llama.cpp tokenizes the probe prompts as the trained model's tokenizer does", float(same),
                     at_least=1.0),
               check("llama.cpp: next-token choices agreeing", top1, at_least=t["top1_agreement"]),
-              check(f"llama.cpp: next-token choices agreeing where the trained model leads by {CONFIDENT_MARGIN:g} "
-                    "logit or more", confident_top1, at_least=t["confident_top1"])]
+              confident_check(f"llama.cpp: next-token choices agreeing where the trained model leads by "
+                              f"{CONFIDENT_MARGIN:g} logit or more", confident_top1, sure_total, t["confident_top1"])]
     return checks, {"llamacpp_max_logit_diff": round(worst, 6), "llamacpp_top1_agreement": top1,
                     "llamacpp_version": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"}

@@ -483,7 +483,7 @@ function renderExports(view) {
     const checks = el("table", undefined, "grid");
     for (const c of manifest.checks) {
       const tr = el("tr", undefined, c.passed ? "ok" : "bad");
-      tr.append(el("td", c.name), el("td", c.measured), el("td", c.threshold === undefined ? "≤ " + c.tolerance : (c.must_be === "at least" ? "≥ " : "≤ ") + c.threshold), el("td", c.passed ? T("passed") : T("notPassed")));
+      tr.append(el("td", c.name), el("td", c.measured ?? c.note), el("td", c.threshold === undefined ? "≤ " + c.tolerance : (c.must_be === "at least" ? "≥ " : "≤ ") + c.threshold), el("td", c.passed ? T("passed") : T("notPassed")));
       checks.append(tr);
     }
     const files = el("ul");
