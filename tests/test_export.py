@@ -220,21 +220,25 @@ def test_gguf_checks_fail_a_broken_export(lora_run, sharp_model_dir, tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
-def test_gguf_writes_qwen2_with_biases(tokenizer_dir, tmp_path):
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+def test_gguf_writes_qwen2_with_biases(family_dirs, tmp_path):
+    """Qwen2's q/k/v biases (non-zero here: zero biases would pass whether written or not) reach the file,
+    Q and K in llama.cpp's row order like their weights."""
+    import numpy as np
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
 
     from ownllm.export.export import export
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny-qwen2"
-    Qwen2ForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    m = export(str(folder), "gguf", str(tmp_path / "out"), quant="f16")
+    folder = family_dirs["qwen2"]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    attn = model.model.layers[0].self_attn
+    assert float(attn.q_proj.bias.abs().min()) > 0
+    m = export(folder, "gguf", str(tmp_path / "out"), quant="f16")
     assert m["all_checks_passed"] and m["architecture"] == "qwen2"
+    tensors = {t.name: t for t in GGUFReader(str(next((tmp_path / "out").glob("*.gguf")))).tensors}
+    for name, bias in (("attn_q", attn.q_proj.bias), ("attn_k", attn.k_proj.bias), ("attn_v", attn.v_proj.bias)):
+        written = np.asarray(tensors[f"blk.0.{name}.bias"].data, dtype=np.float32).ravel()
+        assert np.allclose(written, bias.detach().numpy(), atol=1e-3), name  # qwen2 keeps the HF row order
 
 
 def test_gguf_refuses_architectures_it_cannot_map_and_existing_output(tokenizer_dir, lora_run, tmp_path):
