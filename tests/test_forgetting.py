@@ -279,20 +279,28 @@ def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(
     from ownllm.training import hf
     from ownllm.training.trainer import Trainer
 
-    seen = []
-    real = hf.HFTrainer.evaluate
+    seen, kl_terms = [], []
+    real, real_kl = hf.HFTrainer.evaluate, hf.kl_sum
 
     def spy(self, *args, **kwargs):
         seen.append((len(self.eval_dataset), self.eval_dataset.column_names))
         return real(self, *args, **kwargs)
 
+    def kl_spy(tuned_logits, top_ids, top_logprobs):
+        value = real_kl(tuned_logits, top_ids, top_logprobs)
+        kl_terms.append((tuned_logits.shape[0], value.requires_grad))
+        return value
+
     monkeypatch.setattr(hf.HFTrainer, "evaluate", spy)
+    monkeypatch.setattr(hf, "kl_sum", kl_spy)
     args = {"precision": "fp32", "batch_size": 4, "max_steps": 2, "save_steps": 2, "early_stopping_patience": 0,
             "output_dir": str(tmp_path / "p")}
     summary = Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args).train()
     p = summary["protection"]
     assert p["applied"] and p["replay_rows"] == max(16, math.ceil(0.35 * summary["train_rows"]))
     assert seen and all(n == summary["val_rows"] and "replay" not in cols for n, cols in seen)
+    # the KL term reached the training loss: computed on replayed answer positions, with gradients
+    assert any(positions > 0 and grad for positions, grad in kl_terms), kl_terms
     # early stopping and the best checkpoint follow the domain's validation loss plus the weighted drift on
     # replayed rows
     evals = [json.loads(line) for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()

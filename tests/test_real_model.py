@@ -139,6 +139,17 @@ def test_documents_to_an_evaluated_run_with_the_embedded_model_as_teacher(tmp_pa
     source = normalise(document_text(read_document(doc)))
     taught = [r for r in rows if r["origin"] == "teacher"]
     assert len(taught) == t["kept_rows"] and all(normalise(r["quote"]) in source for r in taught)
+    assert t["proposed"] == t["kept"] + sum(t["rejected"].values())  # every proposed pair kept or rejected, with why
+    # a 135M teacher may keep nothing: the checks are then shown to work on this document's own chunks
+    from ownllm.data.documents import chunk_passages
+    from ownllm.data.synthesis import check_pair
+
+    chunk = max(chunk_passages(read_document(doc), len, limit=1200), key=lambda c: len(c.text))
+    sentence = max((s.strip() for s in chunk.text.replace("\n", " ").split(". ")), key=len)
+    grounded = {"questions": ["What does the handbook say about this?"], "answer": sentence, "quote": sentence}
+    assert check_pair(grounded, chunk) is None
+    assert check_pair(dict(grounded, quote="The device can fly to the moon."), chunk) == "quote_not_in_source"
+    assert check_pair(dict(grounded, answer=sentence + " It costs 999 dollars."), chunk) == "answer_not_supported"
     assert sum(r["origin"] == "document" for r in rows) == 11  # the handbook's own FAQ
 
     run = str(tmp_path / "run")
