@@ -42,7 +42,7 @@ def test_multiple_choice_parsing():
 def test_html_report_escapes_model_text():
     result = {"headline": "<b>h</b>", "samples": 1,
               "tuned": {k: 0.5 for k in ("contains", "exact_match", "token_f1", "rouge_l", "bleu", "test_loss",
-                                         "perplexity", "general_perplexity", "seconds_per_answer", "tokens_per_second")}}
+                                         "perplexity", "general_perplexity", "seconds_per_answer", "ms_per_token")}}
     samples = [{"prompt": "<img src=x onerror=alert(1)>", "reference": "ok", "tuned": "<script>alert(1)</script>",
                 "tuned_scores": {}}]
     page = to_html("/nonexistent", result, samples)

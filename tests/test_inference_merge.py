@@ -27,7 +27,7 @@ def test_merged_run_answers_as_the_adapter_does(tiny_model_dir, qa_file, tmp_pat
 
     run = _train(tiny_model_dir, qa_file, tmp_path / method, method)
     before = _hashes(os.path.join(run, "adapter"))
-    plain, merged = load_model(run, device="cpu"), load_model(run, device="cpu", merge=True)
+    plain, merged = load_model(run, device="cpu", merge=False), load_model(run, device="cpu")  # merged by default
     assert isinstance(plain.model, PeftModel) and not isinstance(merged.model, PeftModel)
     assert merged.merge_note is None
     enc = plain.tokenizer("What is the code for item number 3?", return_tensors="pt")
@@ -45,7 +45,7 @@ def test_prefix_tuning_stays_unmerged_and_says_why(tiny_model_dir, qa_file, tmp_
     from ownllm.models.load import load_model
 
     run = _train(tiny_model_dir, qa_file, tmp_path / "prefix", "prefix")
-    model = load_model(run, device="cpu", merge=True)
+    model = load_model(run, device="cpu")
     assert isinstance(model.model, PeftModel) and "prefix tuning" in model.merge_note
 
 
@@ -54,7 +54,7 @@ def test_a_merge_that_changes_the_logits_fails_loudly(tiny_model_dir, qa_file, t
     from ownllm.models.load import load_model, merge_adapter
 
     run = _train(tiny_model_dir, qa_file, tmp_path / "broken", "lora")
-    own = load_model(run, device="cpu")
+    own = load_model(run, device="cpu", merge=False)
     real = own.model.base_model.merge_and_unload  # peft's LoraModel does the merge
 
     def broken(*args, **kwargs):
@@ -66,3 +66,23 @@ def test_a_merge_that_changes_the_logits_fails_loudly(tiny_model_dir, qa_file, t
     monkeypatch.setattr(own.model.base_model, "merge_and_unload", broken)
     with pytest.raises(OwnLLMError, match="merging the adapter changed the logits"):
         merge_adapter(own.model, own.tokenizer)
+
+
+def test_the_report_card_times_decoding_at_equal_length(tiny_model_dir, monkeypatch):
+    """A tuned model that answers longer is not 'slower': both models are timed on the same prompt at
+    exactly the same number of new tokens, even when one would end its answer early."""
+    from ownllm.evaluation.measure import DECODE_TIMING_TOKENS, ms_per_token
+    from ownllm.models.load import load_model
+
+    own = load_model(tiny_model_dir, device="cpu")
+    lengths, real = [], own.model.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(own.model, "generate", spy)
+    own.model.generation_config.eos_token_id = own.tokenizer.convert_tokens_to_ids("\n")  # it would stop at once
+    assert ms_per_token(own.model, own.tokenizer, "hi") > 0
+    assert lengths[1:] == [DECODE_TIMING_TOKENS] * 3  # after the warm-up, three timed runs of equal length

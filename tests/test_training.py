@@ -309,7 +309,7 @@ def test_cli_resume_with_additional_epochs_and_init_adapter(tiny_model_dir, qa_f
     t = make(tiny_model_dir, qa_file, tmp_path / "inc", max_steps=1, init_adapter=str(run))
     from ownllm.models.load import load_model
 
-    earlier = load_model(str(run), device="cpu").model
+    earlier = load_model(str(run), device="cpu", merge=False).model  # the adapter's own weights
     t.config.max_steps = 1
     t.train()
     names = [n for n, _ in earlier.named_parameters() if "lora_A" in n]

@@ -15,7 +15,7 @@ from ownllm.config import setting
 from ownllm.errors import ConfigError, DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
-from ownllm.evaluation.measure import general_rows, loss_on_rows, perplexity
+from ownllm.evaluation.measure import general_rows, loss_on_rows, ms_per_token, perplexity
 from ownllm.models.generation import generate_greedy
 from ownllm.models.load import base_of, load_model, merge_adapter
 from ownllm.models.templates import render_chat
@@ -77,7 +77,7 @@ def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, lis
     stopped = []
     answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens, stopped=stopped)
     return {**M.aggregate(answers, refs), "seconds_per_answer": round(seconds / len(prompts), 3),
-            "tokens_per_second": round(new / seconds, 1) if seconds else 0.0,
+            "ms_per_token": ms_per_token(model, tokenizer, prompts[0]),
             "stopped_within_budget": round(sum(stopped) / len(stopped), 4)}, answers
 
 
@@ -116,7 +116,7 @@ def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_sample
     rows = _test_rows(run, data, max_samples)
     # a continual run's earlier stages keep their own test splits: scored beside this one (not with --data)
     earlier = [] if data else [(name, _test_rows(run, None, max_samples, path)) for name, path in run.earlier_tests()]
-    tuned = load_model(run.path)
+    tuned = load_model(run.path, merge=False)  # the base model's answers need the adapter switched off
     tok = tuned.tokenizer
     template = chat_template_for(tok, cfg.get("template"))
     asked = [(name, r, *_questions(tok, template, r, max_new_tokens)) for name, r in earlier]

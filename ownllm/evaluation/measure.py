@@ -33,6 +33,31 @@ def loss_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len:
     return total / max(count, 1)
 
 
+DECODE_TIMING_TOKENS = 32
+
+
+def ms_per_token(model, tokenizer, prompt: str, new_tokens: int = DECODE_TIMING_TOKENS, repeats: int = 3) -> float:
+    """Milliseconds per generated token for ``prompt`` (rendered) at exactly ``new_tokens`` greedy tokens,
+    the median of ``repeats`` runs after a warm-up: two models compared at equal length, unlike a batch of
+    answers whose lengths differ (a tuned model that answers longer reads as slower per token)."""
+    import statistics
+    import time
+
+    import torch
+
+    enc = {k: v.to(model.device) for k, v in tokenizer(prompt, return_tensors="pt", add_special_tokens=False).items()}
+    fixed = dict(do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+                 min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    times = []
+    with torch.inference_mode():
+        model.generate(**enc, **{**fixed, "min_new_tokens": 2, "max_new_tokens": 2})
+        for _ in range(repeats):
+            began = time.perf_counter()
+            out = model.generate(**enc, **fixed)
+            times.append((time.perf_counter() - began) / (out.shape[1] - enc["input_ids"].shape[1]))
+    return round(1000 * statistics.median(times), 2)
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, MAX_LOSS))
 

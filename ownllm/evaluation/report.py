@@ -9,8 +9,8 @@ from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write
 
 ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "test_loss", "perplexity",
-        "general_perplexity", "stopped_within_budget", "seconds_per_answer", "tokens_per_second"]
-LOWER_IS_BETTER = {"test_loss", "perplexity", "general_perplexity", "seconds_per_answer"}
+        "general_perplexity", "stopped_within_budget", "seconds_per_answer", "ms_per_token"]
+LOWER_IS_BETTER = {"test_loss", "perplexity", "general_perplexity", "seconds_per_answer", "ms_per_token"}
 
 
 def outcomes(samples: list[dict]) -> tuple[dict, list, list]:

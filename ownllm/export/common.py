@@ -17,7 +17,7 @@ def source_of(model) -> tuple[object, str]:
     if isinstance(model, OwnModel):
         return model, model.name
     if isinstance(model, (str, os.PathLike)):
-        return load_model(os.fspath(model), device="cpu"), os.fspath(model)
+        return load_model(os.fspath(model), device="cpu", merge=False), os.fspath(model)
     raise ConfigError(f"cannot export a {type(model).__name__}",
                       hint="pass a model from ownllm.load_model(), a run directory or a model name")
 

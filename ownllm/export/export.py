@@ -66,7 +66,7 @@ def export(source: str, fmt: str = "merged", out: str | None = None, overwrite: 
     out = out or default_out(source, fmt, quant)
     if os.path.exists(out) and not overwrite:
         raise ConfigError(f"{out} already exists", hint="pass --overwrite, or --out another folder")
-    trained = load_model(source, device="cpu")
+    trained = load_model(source, device="cpu", merge=False)
     if fmt == "gguf":
         from ownllm.export.gguf import check_architecture
 
@@ -114,7 +114,7 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
     prompts = probe_prompts(run_dir, trained.tokenizer)
     if fmt == "merged":
         # merge_and_unload changes the model in place, so the reference logits come from a fresh load
-        reference = load_model(run_dir, device="cpu").model
+        reference = load_model(run_dir, device="cpu", merge=False).model
         merged = merge_adapter(trained.model, strict=True)[0]
         for_other_servers(merged, trained.tokenizer, run_dir)  # `vllm serve` / TGI read this folder as it is
         merged.save_pretrained(tmp)
@@ -125,7 +125,7 @@ def _hf(trained, run_dir: str, tmp: str, fmt: str) -> dict:
         for_other_servers(None, trained.tokenizer, run_dir)
         trained.model.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
-        base = load_model(run_dir, device="cpu").model.get_base_model()
+        base = load_model(run_dir, device="cpu", merge=False).model.get_base_model()
         reloaded = PeftModel.from_pretrained(base, tmp)
     reloaded.eval()
     checks = float_export_checks(agreement(reference, reloaded, trained.tokenizer, prompts), "vs the trained model")

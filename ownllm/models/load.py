@@ -254,14 +254,16 @@ def _offline_error(source: ModelSource, why: str) -> ModelNotFoundError:
 
 def load_model(name: str = registry.DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
                allow_pickle: bool = False, trust_remote_code: bool = False, adapter: str | None = None,
-               merge: bool = False):
+               merge: bool = True):
     """Load a model for generation: ``load_model("smollm2-135m").generate("...")``.
 
     ``name`` is a registry alias, a local Hugging Face folder, a ``.gguf`` file or a hub id;
     a run directory or an adapter folder loads its base model with the adapter on top; a
-    ``.onnx`` export (or its folder) runs with onnxruntime. ``merge``: fold a LoRA/DoRA adapter into
-    the weights in memory (checked against the unmerged model; files are not touched), so generation
-    costs what the base model's does; ``OwnModel.merge_note`` says why when it could not be merged.
+    ``.onnx`` export (or its folder) runs with onnxruntime. ``merge`` (default): fold a LoRA/DoRA
+    adapter into the weights in memory (checked against the unmerged model; files are not touched), so
+    generation costs what the base model's does (unmerged, a run decoded at 0.72x the base model's
+    speed); ``OwnModel.merge_note`` says why when it could not be merged. ``merge=False`` keeps the
+    adapter separate, as exporting it or switching it off (the base model's answers) needs.
     """
     from ownllm.models.generation import OwnModel
 

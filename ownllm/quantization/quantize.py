@@ -58,7 +58,7 @@ class Quantizer:
         from ownllm.models.load import load_model, load_pretrained
 
         source = self.model if isinstance(self.model, str) else getattr(self.model, "name", "")
-        original = self.model if isinstance(self.model, OwnModel) else load_model(source, device="cpu")
+        original = self.model if isinstance(self.model, OwnModel) else load_model(source, device="cpu", merge=False)
         rows = sample_rows(source)
         before_size = original.model.get_memory_footprint()
         before_ppl = perplexity_on_rows(original.model, original.tokenizer, rows)

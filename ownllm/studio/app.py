@@ -168,7 +168,7 @@ class Studio:
 
         if self.chat_models.get("key") != key:
             self.chat_models.clear()
-            tuned = load_model(run)
+            tuned = load_model(run, merge=False)  # one network: the base answers with the adapter switched off
             base = base_of(tuned, RunDir(run).config().get("model"))[0]
             self.chat_models.update(key=key, tuned=tuned, base=OwnModel(base, tuned.tokenizer, name="base"),
                                     same=base is tuned.model)

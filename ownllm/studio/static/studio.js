@@ -35,7 +35,7 @@ const I18N = {
     docsCovered: "有保留问答的段落", docsInputs: "下一步的数据", docsFailed: "文档处理失败",
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
     m_bleu: "BLEU", m_test_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
-    m_tokens_per_second: "生成速度（token/秒）",
+    m_ms_per_token: "每个 token 的生成时间（毫秒，等长）",
   },
 };
 let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -58,7 +58,7 @@ Object.assign(EN, {
   docsFailed: "the documents job failed",
   m_contains: "contains the reference", m_exact_match: "exact match", m_token_f1: "token F1", m_rouge_l: "ROUGE-L",
   m_bleu: "BLEU", m_test_loss: "loss on the test answers", m_perplexity: "perplexity",
-  m_general_perplexity: "general-text perplexity", m_tokens_per_second: "generation tokens/s",
+  m_general_perplexity: "general-text perplexity", m_ms_per_token: "ms per generated token (equal length)",
   m_general_kept: "general questions answered right (kept of the base model's)",
 });
 
@@ -419,7 +419,7 @@ function drawLoss(rows) {
 
 // -- step 4: report and chat ------------------------------------------------------------------------
 const METRICS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "test_loss", "perplexity", "general_perplexity",
-                 "tokens_per_second"];
+                 "ms_per_token"];
 function renderEval(view) {
   const job = view && view.eval_job;
   $("eval-state").textContent = job ? (job.state === "running" ? T("working") : job.state === "done" ? T("done") :
