@@ -247,8 +247,7 @@ def test_llamacpps_context_is_bounded(tiny, monkeypatch):
 
     from transformers import LlamaConfig
 
-    from ownllm.models.llamacpp_runtime import load_llamacpp
-    from ownllm.serving.engines import LLAMACPP_CONTEXT
+    from ownllm.models.llamacpp_runtime import LLAMACPP_CONTEXT, load_llamacpp
 
     made = {}
 

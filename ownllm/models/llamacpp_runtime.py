@@ -11,6 +11,10 @@ import threading
 from ownllm.errors import ConfigError, require
 from ownllm.models.onnx_runtime import OnnxCausalLM
 
+# llama.cpp keeps every position's logits here (the start-up check compares them): context x vocabulary
+# floats, ≈ 20 GB for a 1.5B Qwen at its full 32k context; so the context is capped.
+LLAMACPP_CONTEXT = 4096
+
 
 class LlamaCppCausalLM(OnnxCausalLM):
     batchable = False
@@ -57,12 +61,8 @@ def load_llamacpp(path: str, reference):
 
     import copy
 
-    from ownllm.serving.engines import LLAMACPP_CONTEXT
-
     llama_cpp = require("llama_cpp", "--engine llamacpp", package="llama-cpp-python", extra="llamacpp")
-    # logits_all keeps every position's logits (the start-up check compares them): context × vocabulary
-    # floats, ≈ 20 GB for a 1.5B Qwen at its full 32k context; so the context is bounded, and said so to
-    # requests through the config (prompt + max_tokens beyond it are refused with a message)
+    # the cap is told to requests through the config (prompt + max_tokens beyond it are refused with a message)
     config = copy.deepcopy(reference.model.config)
     config.max_position_embeddings = min(getattr(config, "max_position_embeddings", 0) or 2048, LLAMACPP_CONTEXT)
     llm = llama_cpp.Llama(path, n_ctx=config.max_position_embeddings, logits_all=True,

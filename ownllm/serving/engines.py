@@ -7,7 +7,7 @@
   own checks (logits within 1e-3 of torch, greedy text identical) are its verification.
 - ``llamacpp``: llama.cpp (``pip install llama-cpp-python``) on the run's f16 GGUF export, checked at
   start: its greedy answers to the probe prompts must be torch's, or it is refused. Its context holds
-  at most ``LLAMACPP_CONTEXT`` tokens (it keeps every position's logits: context × vocabulary floats).
+  at most ``llamacpp_runtime.LLAMACPP_CONTEXT`` tokens (it keeps every position's logits: context × vocabulary floats).
 - ``auto``: on a CPU, every engine that is installed and passes its check is timed on this machine as it
   will serve (``concurrency`` requests at once: batched where the engine batches, one after another
   where it does not) and the fastest serves. The ONNX export is built automatically for models up to
@@ -30,7 +30,6 @@ ENGINES = ("auto", "torch", "onnx", "llamacpp")
 AUTO_EXPORT_MAX_PARAMS = 1.5e9
 TIMING_PROMPT = "Write a short story about a lighthouse keeper and a storm."
 TIMING_TOKENS = 24
-LLAMACPP_CONTEXT = 4096
 # a bf16 copy serves only if, on the probe prompts, its greedy text is fp32's and no confident choice flips
 BF16_THRESHOLDS = {"greedy_matching_fraction": 1.0, "confident_top1": 1.0}
 # llama.cpp on the f16 GGUF: its greedy text must be torch's (its logits differ by f16 rounding)
