@@ -55,6 +55,48 @@ def test_replay_follows_the_domains_language(monkeypatch):
     assert protect.replay_rows(None, None, cfg, zh, level) == protect.replay_rows(None, None, cfg, zh, level)
 
 
+def test_probe_and_replay_are_fact_disjoint_and_the_probe_has_two_halves():
+    """Every probe item names its fact and half; a fact's questions (English and Chinese) share one half;
+    no replayed prompt asks a probe fact in any language, nor uses a format instruction the probe tests
+    (the replay pool once held 意大利的首都 beside 'capital of Italy', and copies of the format items)."""
+    from collections import defaultdict
+
+    from ownllm.training.protect import replay_items
+
+    items = probe.probe_items()
+    halves, langs = defaultdict(set), defaultdict(set)
+    for i in items:
+        assert i["fact"] and i["half"] in ("dev", "report"), i
+        halves[i["fact"]].add(i["half"])
+        langs[i["fact"]].add(i["lang"])
+    assert all(len(h) == 1 for h in halves.values())  # one fact, one half
+    assert langs["capital-france"] == {"en", "zh"} and langs["6-times-7"] == {"en", "zh"}  # one fact, two languages
+    for half in ("dev", "report"):
+        of = [i for i in items if i["half"] == half]
+        assert len(of) >= 0.4 * len(items) and {i["lang"] for i in of} == {"en", "zh"}
+    replay = replay_items()
+    assert all(r["prompt"] and r["lang"] in ("en", "zh") for r in replay)
+    shared = {r["fact"] for r in replay if r["fact"]} & set(halves)
+    assert not shared, shared
+    formats = ["answer in one word", "reply with only a number", "answer yes or no", "capital letters", "upper case",
+               "separated by commas", "with commas", "用一个词回答", "只用一个数字回答"]
+    assert not [r["prompt"] for r in replay if any(f in r["prompt"].lower() for f in formats)]
+
+
+def test_the_report_card_quotes_the_probes_report_half(monkeypatch):
+    items = probe.probe_items()
+    base = [{"id": i["id"], "lang": i["lang"], "question": i["question"], "answer": "a", "right": True} for i in items]
+    dev_lost = {i["id"] for i in items if i["half"] == "dev"}  # the tuned model loses only development questions
+    monkeypatch.setattr(probe, "ask", lambda model, tok, template, asked: [
+        {"id": i["id"], "lang": i["lang"], "question": i["question"], "answer": "b", "right": i["id"] not in dev_lost}
+        for i in asked])
+    g = probe.compare_to_base(None, None, None, base)
+    report = sum(i["half"] == "report" for i in items)
+    assert g["half"] == "report" and g["kept"] == g["base_right"] == report and g["kept_share"] == 1.0
+    assert g["halves"]["dev"] == {**g["halves"]["dev"], "kept": 0, "base_right": len(dev_lost)}
+    assert g["all"]["kept"] == report and g["all"]["base_right"] == len(items) and g["warning"]  # decided on all
+
+
 def test_probe_items_are_well_formed_in_both_languages():
     items = probe.probe_items()
     assert len({i["id"] for i in items}) == len(items)
@@ -138,13 +180,14 @@ def test_probe_catches_a_damaged_model(tiny_model_dir):
     base = probe.ask(model, tok, template, items)
     assert sum(b["right"] for b in base) >= 8, [b["answer"] for b in base]
     same = probe.compare_to_base(model, tok, template, base)
-    assert same["kept"] == same["base_right"] and not same["warning"]
+    assert same["all"]["kept"] == same["all"]["base_right"] >= 8 and same["kept"] == same["base_right"]
+    assert not same["warning"]
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * p.std())
     damaged = probe.compare_to_base(model, tok, template, base)
-    assert damaged["kept"] <= damaged["base_right"] // 2 and damaged["warning"]
+    assert damaged["all"]["kept"] <= damaged["all"]["base_right"] // 2 and damaged["warning"]
     assert damaged["lost_examples"] and damaged["lost_examples"][0]["question"] in [i["question"] for i in items]
 
 

@@ -274,8 +274,10 @@ def _kept_text(result: dict) -> str:
     if not g:
         return "; general answers kept: not measured" if "general_check_skipped" in result else ""
     if not g["base_right"]:
-        return f"; general answers kept: n/a (the base model answered none of {g['questions']} probe questions)"
-    return f"; general answers kept {g['kept']}/{g['base_right']} ({g['kept_share']:.0%})"
+        where = "the probe's report half" if g.get("half") == "report" else f"{g['questions']} probe questions"
+        return f"; general answers kept: n/a (the base model answered none of {where})"
+    half = " on the probe's report half" if g.get("half") == "report" else ""
+    return f"; general answers kept {g['kept']}/{g['base_right']} ({g['kept_share']:.0%}){half}"
 
 
 def compare_runs(run_a: str, run_b: str) -> str:

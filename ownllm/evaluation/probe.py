@@ -3,6 +3,11 @@ few format-following prompts judged by rule, shipped in ``resources/general_prob
 
 The report card asks the base and the tuned model every question and counts, of the answers the
 base model got right, how many the tuned one still gets right: what a fine-tune must keep.
+
+Every item names the fact it asks (``fact``: the English and Chinese questions of one fact share it)
+and its ``half``: ``dev``, the questions that recipes (protection's settings, the replay pool) are
+chosen on, or ``report``, the questions the report card's headline and the README quote. A fact's
+questions are all in one half, and no replayed prompt asks a probe fact (tests/test_forgetting.py).
 """
 from __future__ import annotations
 
@@ -101,18 +106,28 @@ def _cache_path(base_name: str | None, template) -> str | None:
 
 def compare_to_base(model, tokenizer, template, base: list[dict], examples: int = 5) -> dict:
     """Ask ``model`` the questions the base model answered right; how many it still gets right, with
-    examples of lost answers. Warns below ``KEPT_WARN``."""
+    examples of lost answers. The headline figures (``kept``, ``base_right``, ``kept_share``, by language)
+    are the report half's; ``halves`` has both halves and ``all`` every question. Warns when fewer than
+    ``KEPT_WARN`` of all the questions the base model got right are kept (the most evidence)."""
     items = {i["id"]: i for i in probe_items()}
     right = [b for b in base if b["right"] and b["id"] in items]
     tuned = ask(model, tokenizer, template, [items[b["id"]] for b in right]) if right else []
-    lost = [{"question": b["question"], "base": b["answer"], "tuned": t["answer"]}
-            for b, t in zip(right, tuned) if not t["right"]]
-    n_kept = len(right) - len(lost)
-    share = n_kept / len(right) if right else None
-    return {"questions": len(base), "base_right": len(right), "kept": n_kept,
-            "kept_share": None if share is None else round(share, 4),
-            "base_right_by_lang": _by_lang(right), "kept_by_lang": _by_lang([t for t in tuned if t["right"]]),
-            "lost_examples": lost[:examples], "warning": share is not None and share < KEPT_WARN}
+    pairs = [(b, t, items[b["id"]].get("half", "report")) for b, t in zip(right, tuned)]
+
+    def counts(of: list) -> dict:
+        kept = sum(t["right"] for _, t, _ in of)
+        return {"base_right": len(of), "kept": kept, "kept_share": round(kept / len(of), 4) if of else None,
+                "base_right_by_lang": _by_lang([b for b, _, _ in of]),
+                "kept_by_lang": _by_lang([t for _, t, _ in of if t["right"]])}
+
+    every = counts(pairs)
+    report = counts([p for p in pairs if p[2] == "report"])
+    lost = [{"question": b["question"], "base": b["answer"], "tuned": t["answer"], "half": h}
+            for b, t, h in pairs if not t["right"]]
+    return {"questions": sum(1 for b in base if b["id"] in items), "half": "report", **report,
+            "halves": {"dev": counts([p for p in pairs if p[2] == "dev"]), "report": report}, "all": every,
+            "lost_examples": lost[:examples],
+            "warning": every["kept_share"] is not None and every["kept_share"] < KEPT_WARN}
 
 
 def _by_lang(rows: list[dict]) -> dict:

@@ -84,8 +84,9 @@ def forgetting_warnings(result: dict) -> list[str]:
     out = []
     g = result.get("general_answers") or {}
     if g.get("warning"):
-        out.append(f"the tuned model kept only {g['kept']} of the {g['base_right']} general questions the base model "
-                   f"answered right ({g['kept_share']:.0%}, below {KEPT_WARN:.0%}): it has forgotten general "
+        a = g.get("all", g)  # the warning is decided on every probe question
+        out.append(f"the tuned model kept only {a['kept']} of the {a['base_right']} general questions the base model "
+                   f"answered right ({a['kept_share']:.0%}, below {KEPT_WARN:.0%}): it has forgotten general "
                    "knowledge (try --protect strong, fewer epochs or a lower --lr)")
     change = result.get("general_perplexity_change")
     if change is not None and change > PERPLEXITY_WARN:
@@ -100,15 +101,23 @@ def _kept_markdown(result: dict) -> list[str]:
     g = result.get("general_answers")
     if not g:
         return []
-    lines = ["## What the model kept", "",
-             f"General probe ({g['questions']} short questions in English and Chinese, shipped with ownllm): the base "
-             f"model answered {g['base_right']} right; the tuned model still answers {g['kept']} of them.", ""]
+    lines = ["## What the model kept", "", f"General probe ({g['questions']} short questions in English and Chinese, "
+             f"shipped with ownllm): {_kept_sentence(g)}", ""]
     if result.get("base_model_note"):
         lines += [result["base_model_note"], ""]
     if g["lost_examples"]:
         lines += ["Answers lost:", ""] + [f"- **Q:** {_one(x['question'])} — base: {_one(x['base'])} — tuned: "
                                           f"{_one(x['tuned'])}" for x in g["lost_examples"]] + [""]
     return lines
+
+
+def _kept_sentence(g: dict) -> str:
+    said = (f"on its report half, the base model answered {g['base_right']} right; the tuned model still answers "
+            f"{g['kept']} of them.")
+    if "all" in g:
+        said += (f" On all its questions (the development half, which ownllm's settings were chosen on, included): "
+                 f"{g['all']['kept']} of {g['all']['base_right']}.")
+    return said[0].upper() + said[1:]
 
 
 def _one(text: str) -> str:
@@ -144,7 +153,7 @@ def to_html(run, result: dict, samples: list[dict]) -> str:
     g = result.get("general_answers")
     kept = "" if not g else (
         f"<h2>What the model kept</h2><p>General probe ({g['questions']} short questions in English and Chinese): "
-        f"the base model answered {g['base_right']} right; the tuned model still answers {g['kept']} of them.</p>"
+        f"{e(_kept_sentence(g))}</p>"
         + ("<table><tr><th>question</th><th>base</th><th>tuned</th></tr>" + "".join(
             f"<tr><td>{e(x['question'])}</td><td>{e(x['base'])}</td><td>{e(x['tuned'])}</td></tr>"
             for x in g["lost_examples"]) + "</table>" if g["lost_examples"] else ""))

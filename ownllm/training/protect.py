@@ -1,6 +1,7 @@
 """Forgetting protection: keep the base model's general ability while an adapter learns the domain.
 
-Replay rows are general prompts (``resources/replay_prompts.txt``, none of them a probe question)
+Replay rows are general prompts (``resources/replay_prompts.jsonl``: each with the fact it asks, if any,
+and none of those facts one that the general probe asks, in any language: tests/test_forgetting.py)
 followed by the base model's own greedy answer, generated once per base model and cached. They
 are drawn more in the domain's language than the pool's (a Chinese domain moves the model most on Chinese
 text) and mixed into the training rows, never into validation: validation scores the domain's rows, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import random
@@ -58,9 +60,15 @@ def protection_for(cfg) -> Protection | None:
     return level if level is not None and cfg.method in METHODS else None
 
 
+def replay_items() -> list[dict]:
+    """The replay pool: ``{prompt, lang, fact}`` (``fact``: the fact a factual prompt asks, in the probe's
+    vocabulary; None for an open prompt)."""
+    text = resources.files("ownllm.resources").joinpath("replay_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def replay_prompts() -> list[str]:
-    text = resources.files("ownllm.resources").joinpath("replay_prompts.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [item["prompt"] for item in replay_items()]
 
 
 def replay_count(n_train: int, protection: Protection) -> int:
