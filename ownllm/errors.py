@@ -71,7 +71,8 @@ def explain_cpu_4bit_kernel() -> None:
     import ownllm
 
     require("bitsandbytes", "4-bit weights", extra="quant")
-    if ownllm._HubKernelNotice.seen and not torch.cuda.is_available() and not getattr(explain_cpu_4bit_kernel, "said", False):
+    said = getattr(explain_cpu_4bit_kernel, "said", False)
+    if ownllm._HubKernelNotice.seen and not torch.cuda.is_available() and not said:
         explain_cpu_4bit_kernel.said = True
         print("note: bitsandbytes uses its built-in CPU kernel for 4-bit weights (its faster one would be downloaded "
               "from the Hugging Face hub, which ownllm does not do); results are the same, only slower",

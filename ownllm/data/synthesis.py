@@ -47,8 +47,8 @@ JUDGE_RUBRIC = ("Score this question-answer pair from 1 to 10 against the quote 
                 "- 1: wrong, unsupported or not a question.\n"
                 'Reply with JSON only: {{"score": N, "reason": "..."}}\n\n'
                 "Quote: {quote}\nQuestion: {question}\nAnswer: {answer}")
-REASONS = ("malformed_json", "incomplete", "quote_not_in_source", "quote_too_short", "answer_not_supported", "not_self_contained",
-           "duplicate_question", "judge_below_threshold")
+REASONS = ("malformed_json", "incomplete", "quote_not_in_source", "quote_too_short", "answer_not_supported",
+           "not_self_contained", "duplicate_question", "judge_below_threshold")
 _DEICTIC = re.compile(r"\b(?:the|this) (?:passage|text|document|section|excerpt)\b|文中|本文|该段|段落中|上文|这段",
                       re.I)
 
@@ -68,7 +68,6 @@ _NUM = re.compile(r"(?<![\d.,:])\d+(?:[.,:]\d+)*")
 # Chinese numerals are numbers when they hold a 十/百/千/万/亿/两 or run into a measure word (三天 / 三十天).
 _ZH_NUM = re.compile(r"[零〇一二两三四五六七八九十百千万亿]*[十百千万亿两][零〇一二两三四五六七八九十百千万亿]*"
                      r"|[零〇一二三四五六七八九]+(?=[天日周月年个号点分秒次元块人岁倍层楼间张件])")
-_WORDS = re.compile(r"[^\W\d_]{3,}", re.U)
 _STOP = set("the and for are was were with that this from have has had not but you your can will does did "
             "what which when where who how why its their there they them then than into onto also only".split())
 # A negation and what it negates: the next content word (English, within three words) or the next two

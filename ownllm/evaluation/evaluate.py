@@ -70,14 +70,15 @@ def _losses(model, tokenizer, rows, template, max_seq_len) -> dict:
             "general_perplexity": round(perplexity(general), 3)}
 
 
-def _answers(model, tokenizer, prompts, refs, max_new_tokens) -> tuple[dict, list]:
-    """Greedy answers to the test prompts, their scores, and the generation speed."""
+def _answers(model, tokenizer, prompts, refs, max_new_tokens, timed: bool = True) -> tuple[dict, list]:
+    """Greedy answers to the test prompts, their scores, and (``timed``) the decoding speed, a property of
+    the model that is measured once per model, not per test set."""
     if not prompts:
         return {}, []
     stopped = []
     answers, seconds, new = generate_greedy(model, tokenizer, prompts, max_new_tokens, stopped=stopped)
     return {**M.aggregate(answers, refs), "seconds_per_answer": round(seconds / len(prompts), 3),
-            "ms_per_token": ms_per_token(model, tokenizer, prompts[0]),
+            **({"ms_per_token": ms_per_token(model, tokenizer, prompts[0])} if timed else {}),
             "stopped_within_budget": round(sum(stopped) / len(stopped), 4)}, answers
 
 
@@ -96,7 +97,7 @@ def _questions(tok, template, rows, max_new_tokens) -> tuple[list[str], list[str
 
 def _scored_set(loss: float, generator, tok, prompts, refs, max_new_tokens) -> dict:
     """A test set's loss (measured on the model as it is) and the scores of ``generator``'s greedy answers."""
-    return {"test_loss": round(loss, 4), **_answers(generator, tok, prompts, refs, max_new_tokens)[0]}
+    return {"test_loss": round(loss, 4), **_answers(generator, tok, prompts, refs, max_new_tokens, timed=False)[0]}
 
 
 def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_samples: int | None = None,

@@ -74,7 +74,8 @@ def write_manifest(folder: str, fmt: str, source: str, checks: list[dict], extra
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, "checks": checks,
                 "all_checks_passed": all(c["passed"] for c in checks if c.get("gates", True)),
                 "gating_checks": [c["name"] for c in checks if c.get("gates", True)],
-                "warnings": [f"{c['name']}: {describe(c)}" for c in checks if not c["passed"] and not c.get("gates", True)],
+                "warnings": [f"{c['name']}: {describe(c)}" for c in checks
+                             if not c["passed"] and not c.get("gates", True)],
                 **(extra or {})}
     atomic_write(os.path.join(folder, "manifest.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest

@@ -55,11 +55,11 @@ def load_llamacpp(path: str, reference):
     """An ``OwnModel`` generating from the GGUF file at ``path`` with llama.cpp; ``reference`` (the OwnModel
     it was exported from) lends its tokenizer, config and answer-ending tokens, so prompts and stops are
     the same as with torch."""
+    import copy
+
     import torch
 
     from ownllm.models.generation import OwnModel
-
-    import copy
 
     llama_cpp = require("llama_cpp", "--engine llamacpp", package="llama-cpp-python", extra="llamacpp")
     # the cap is told to requests through the config (prompt + max_tokens beyond it are refused with a message)
