@@ -136,6 +136,10 @@ def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
     ("咨询请拨打热线，周一到周五。", "周一到周五", 1.0),
     ("The return window is 30 days.", "30 days", 1.0),
     ("The return window is 300 days.", "30 days", 0.0),
+    ("霖墨科技的客服电话是471-303-9928。", "471-303-9928", 1.0),   # Latin text inside Chinese
+    ("霖墨科技的客服电话是471-303-99280。", "471-303-9928", 0.0),
+    ("每天早上9:10开门", "9:10", 1.0),
+    ("客服邮箱是xlura@zenbra.com", "lura@zenbra.com", 0.0),
 ])
 def test_contains_matches_words_numbers_and_one_choice(pred, ref, expected):
     from ownllm.evaluation.metrics import contains

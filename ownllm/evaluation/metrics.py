@@ -12,6 +12,7 @@ import unicodedata
 from ownllm.utils import is_cjk
 
 _SPACE = re.compile(r"\s+")
+_LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"  # a word character, not CJK
 
 
 def normalize(text: str) -> str:
@@ -62,7 +63,8 @@ def contains(pred: str, ref: str) -> float:
         return float(next(iter(_numbers(ref))) in _numbers(pred))
     if is_cjk(r):
         return float(r in p)
-    return float(re.search(rf"(?<!\w){re.escape(r)}(?!\w)", p) is not None)
+    # a Latin word ends at a non-word character or at a Chinese one ("热线是400 820 1177" holds "400-820-1177")
+    return float(re.search(rf"(?<!{_LATIN_WORD}){re.escape(r)}(?!{_LATIN_WORD})", p) is not None)
 
 
 def token_f1(pred: str, ref: str) -> float:
