@@ -248,6 +248,27 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """prepare → search (trials on the run's validation rows) → the best trial becomes the run."""
+    from ownllm.errors import ConfigError
+    from ownllm.training.trainer import Trainer
+    from ownllm.training.tune import TuneConfig
+
+    cfg = config_from_args(args).validate()
+    options = TuneConfig(**values_from_args(args, TuneConfig)).validate()
+    if not cfg.data:
+        raise ConfigError("no training data", hint="ownllm tune --data my.jsonl --time-budget 30m")
+    trainer = Trainer(config=cfg)
+    trainer.tune(trials=options.trials, prune=not options.no_prune)
+    result = trainer.tune_result
+    print(f"\n{result.table()}\n")
+    print(f"best: trial {result.best['number']} ({result.rule}); {len(result.trials)} trials in "
+          f"{result.seconds / 60:.1f} min" + (f" of a {cfg.time_budget} budget" if cfg.time_budget else ""))
+    print(f"the run {trainer.run_dir} now holds it; every trial: {trainer.run_dir}/tune/trials.jsonl")
+    print(f"\n  evaluate it:    ownllm eval {trainer.run_dir}\n  chat with it:   ownllm chat {trainer.run_dir}")
+    return 0
+
+
 def _stage(n: int, what: str) -> None:
     print(f"[{n}/4] {what}", file=sys.stderr, flush=True)
 
@@ -297,6 +318,18 @@ def register(sub) -> None:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="automatic tuning: search lr, rank, epochs and protection within --time-budget",
+                       description="Trials train on the run's own validation rows (never its test rows), scored by "
+                                   "validation loss + 2 x general drift; bad trials stop early; the best trial becomes "
+                                   "the run (RUN/tune/ keeps every trial). Give --time-budget (e.g. 30m) or --trials N; "
+                                   "the same command again goes on after a crash. Training flags are `ownllm train`'s: "
+                                   "a setting you give (--lr, --lora-r, --epochs) is not searched.")
+    from ownllm.training.tune import TuneConfig
+
+    add_flags(p, TuneConfig)
+    add_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("quickstart", help="prepare → plan → train → evaluate, in one command",
                        description="The four stages into one run directory: data/ (prepare), plan.json (plan), "

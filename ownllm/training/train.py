@@ -185,12 +185,13 @@ class TrainResult:
 
 
 def train_run(cfg, data, run, *, model=None, resume: str | None = None, additional_epochs: float | None = None,
-              continual: dict | None = None) -> TrainResult:
+              continual: dict | None = None, callbacks: tuple | list = ()) -> TrainResult:
     """The train stage: fine-tune on ``data`` (prepared: ``.train``/``.val`` rows) with the settings ``cfg``
     (a ``TrainConfig`` whose defaults the plan stage resolved), into the run directory ``run``: config.yaml,
     checkpoints, the adapter or model, metrics, loss.png and train_summary.json. ``model``: an ``OwnModel``
     to train instead of loading ``cfg.model``; ``resume``: a checkpoint to go on from; ``additional_epochs``:
-    that many epochs of steps past it; ``continual``: what ``continual.start_stage`` recorded. Out of memory,
+    that many epochs of steps past it; ``continual``: what ``continual.start_stage`` recorded; ``callbacks``: more
+    transformers callbacks (the tune stage's pruning). Out of memory,
     it halves the micro-batch and carries on. ``cfg`` is not changed: what changes on the way is in the
     summary's ``adjusted``."""
     from ownllm.training import distributed
@@ -233,7 +234,7 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     budget = facts["budget"] = fit_to_budget(cfg, lengths, facts["protection"].get("replay_rows", 0), start,
                                              facts["adjusted"]) if cfg.time_budget else None
     hf = _train_with_backoff(cfg, run, model, tokenizer, (train_ds, val_ds, lengths), (device, precision),
-                             [budget["callback"]] if budget else [], facts, replay_targets, resume)
+                             [*callbacks, *([budget["callback"]] if budget else [])], facts, replay_targets, resume)
     summary = _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, device, facts)
     return TrainResult(summary, hf.model, tokenizer)
 

@@ -51,6 +51,7 @@ class Trainer:
         self._resume: str | None = None
         self._continual: dict | None = None  # what continue_with() started: train_summary.json's "continual"
         self.summary: dict | None = None
+        self.tune_result = None  # after tune(): every trial and the best
         self.plan = None
         self.model = None
         self.tokenizer = None
@@ -101,6 +102,23 @@ class Trainer:
         result = train_run(self.config, data, self.run, model=self._loaded, resume=resume,
                            additional_epochs=additional_epochs, continual=self._continual)
         self.summary, self.model, self.tokenizer = result.summary, result.model, result.tokenizer
+        return self.summary
+
+    def tune(self, trials: int | None = None, time_budget: str | None = None, prune: bool = True) -> dict:
+        """自动化微调 (automatic tuning): search learning rate, LoRA rank, epochs and protection strength within
+        ``time_budget`` (e.g. "30m"; default: the config's) or over ``trials`` trials, each a training run on
+        this run's own validation rows (``ownllm.training.tune``); the best trial becomes this run. Returns its
+        summary; ``tune_result`` holds every trial (``tune_result.table()`` prints them) and ``config`` the
+        chosen settings. ``model``/``tokenizer`` stay None: load the run with ``load_model(run_dir)``."""
+        from ownllm.training.data import prepare_for_training
+        from ownllm.training.tune import TuneConfig, tune_run
+
+        if time_budget is not None:
+            self.config = dataclasses.replace(self.config, time_budget=time_budget).validate()
+        data = prepare_for_training(self._train_dataset, self.config, self.run, self._eval_dataset)
+        self.tune_result = tune_run(self.config, data, self.run, TuneConfig(trials=trials, no_prune=not prune))
+        self.config = dataclasses.replace(self.config, **self.tune_result.best["params"], time_budget=None)
+        self.summary = self.tune_result.summary
         return self.summary
 
     def continue_with(self, new_data, additional_epochs: float | None = None) -> dict:
