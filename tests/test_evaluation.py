@@ -139,6 +139,9 @@ def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):
     ("霖墨科技的客服电话是471-303-9928。", "471-303-9928", 1.0),   # Latin text inside Chinese
     ("霖墨科技的客服电话是471-303-99280。", "471-303-9928", 0.0),
     ("每天早上9:10开门", "9:10", 1.0),
+    ("鸣岚健身房的年费是98元。", "98", 1.0),                    # a number inside Chinese text
+    ("鸣岚健身房的年费是980元。", "98", 0.0),
+    ("保修期是47个月", "4", 0.0),
     ("客服邮箱是xlura@zenbra.com", "lura@zenbra.com", 0.0),
 ])
 def test_contains_matches_words_numbers_and_one_choice(pred, ref, expected):

@@ -336,6 +336,7 @@ def test_protected_run_replays_general_answers_and_validates_on_the_domain_only(
 
     monkeypatch.setattr(hf.HFTrainer, "evaluate", spy)
     monkeypatch.setattr(hf, "kl_sum", kl_spy)
+    monkeypatch.setattr("ownllm.data.regime.TRUSTED_VAL_ROWS", 4)  # the 4 validation rows choose the checkpoint
     args = {"precision": "fp32", "batch_size": 4, "max_steps": 2, "save_steps": 2, "early_stopping_patience": 0,
             "output_dir": str(tmp_path / "p")}
     summary = Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args).train()
@@ -367,6 +368,7 @@ def test_resumed_protected_run_reports_its_best_checkpoints_domain_loss(tiny_mod
     from ownllm.training import hf
     from ownllm.training.trainer import Trainer
 
+    monkeypatch.setattr("ownllm.data.regime.TRUSTED_VAL_ROWS", 4)  # the 4 validation rows choose the checkpoint
     args = {"precision": "fp32", "batch_size": 4, "max_steps": 4, "save_steps": 2, "early_stopping_patience": 0,
             "output_dir": str(tmp_path / "r")}
     Trainer(model=tiny_model_dir, train_dataset=qa_file, args=args).train()

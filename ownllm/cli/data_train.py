@@ -236,6 +236,10 @@ def cmd_quickstart(args) -> int:
     if trained.summary["stopped_because"] == "interrupted":  # the person asked to stop: no evaluation now
         print(f"stopped; resume with: ownllm train --resume {run.path}, then: ownllm eval {run.path}")
         return 0
+    if not data.test:  # a tiny dataset: everything trained, nothing to test on honestly
+        print(f"\n  no test rows: {trained.summary['regime']['why']}.\n  test it on questions it never saw: "
+              f"ownllm eval {run.path} --data NEW_QUESTIONS.jsonl\n\n  chat with it:   ownllm chat {run.path}")
+        return 0
     _stage(4, "evaluating base vs tuned on the held-out test split")
     result = evaluate(run, max_samples=args.max_samples)
     print(f"\n  {result['headline']}\n")

@@ -61,6 +61,7 @@ def _formats(schemas: dict) -> tuple[str, str, dict, dict]:
 
 def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, val, test, leaks,
                  encodings=None) -> dict:
+    from ownllm.data.regime import size_regime
     from ownllm.models.registry import DEFAULT_MODEL
 
     tokenizer = shared_tokenizer(cfg.model)
@@ -92,6 +93,7 @@ def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, va
                      "rows_changed_by_nfkc": stats.get("changed_nfkc", 0),
                      "rows_changed_by_html_stripping": stats.get("changed_html", 0)},
         "splits": {"train": len(train), "val": len(val), "test": len(test)},
+        "regime": size_regime(len(train), len(val), len(test)),
         "tokens": {"mean": round(sum(every) / len(every), 1) if every else 0, "p50": percentile(every, 0.5),
                    "p95": percentile(every, 0.95), "max": every[-1] if every else 0},
         "max_seq_len": cfg.max_seq_len,
@@ -162,6 +164,7 @@ def to_markdown(report: dict) -> str:
         f"- leakage: {r['leakage_removed']} train rows were near-duplicates of val/test rows and were removed",
         f"- PII items masked: {r['pii_masked']}",
         f"- splits: train {r['splits']['train']}, val {r['splits']['val']}, test {r['splits']['test']}",
+        *([f"- size: **{r['regime']['name']}** — {r['regime']['why']}"] if r.get("regime") else []),
         f"- tokens per row ({r['model']}): mean {r['tokens']['mean']}, p50 {r['tokens']['p50']}, "
         f"p95 {r['tokens']['p95']}, max {r['tokens']['max']}",
         f"- rows longer than --max-seq-len {r['max_seq_len']} (truncated in training): {r['truncated_rows']}",

@@ -48,6 +48,10 @@ def split_rows(rows: list, fractions: tuple[float, float, float], seed: int,
 
 
 def _held_counts(n: int, fractions, need_val: bool, need_test: bool) -> tuple[int, int]:
+    from ownllm.data.regime import TINY_ROWS
+
+    if n < TINY_ROWS:  # a row or two held out would test nothing and cost a third of the training rows
+        return 0, 0
     _, fv, ft = fractions
     n_val = round(n * fv) if need_val else 0
     n_test = round(n * ft) if need_test else 0

@@ -37,7 +37,7 @@ def exact_match(pred: str, ref: str) -> float:
     return float(normalize(pred) == normalize(ref))
 
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?(?![\w])")
+_NUMBER = re.compile(rf"(?<![.]|{_LATIN_WORD})-?\d+(?:[.,]\d+)?(?!{_LATIN_WORD})")  # 年费是98元 holds 98
 _NUMBER_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
                  "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
 

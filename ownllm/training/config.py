@@ -36,7 +36,8 @@ class TrainConfig:
     save_steps: int | None = _f(None, "checkpoint every N steps (default 100, or once per epoch when shorter)")
     eval_steps: int | None = _f(None, "validate every N steps (default: same as --save-steps)")
     save_total_limit: int = _f(3, "checkpoints to keep (the best one is always kept)")
-    early_stopping_patience: int = _f(3, "stop after N validations without improvement (0 disables)")
+    early_stopping_patience: int | None = _f(None, "stop after N validations without improvement (0 disables; default "
+                                                   "3, off when validation has under 20 rows: see the data report)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup: float = _f(0.05, "warm-up: a fraction of the steps (< 1) or a number of steps")
     scheduler: str = _f("cosine", "learning-rate schedule: cosine | linear | constant_with_warmup")
@@ -83,7 +84,8 @@ class TrainConfig:
             p.append(f"--weight-decay must be in [0, 1) (got {self.weight_decay})")
         if self.warmup < 0:
             p.append(f"--warmup must be >= 0 (got {self.warmup})")
-        if self.early_stopping_patience < 0:
+        if self.early_stopping_patience is not None and (not isinstance(self.early_stopping_patience, int)
+                                                         or self.early_stopping_patience < 0):
             p.append(f"--early-stopping-patience must be >= 0 (got {self.early_stopping_patience})")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             p.append(f"--precision must be auto, fp32, fp16 or bf16 (got '{self.precision}')")

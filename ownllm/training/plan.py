@@ -55,11 +55,22 @@ class RunPlan:
     settings: object    # TrainConfig, every default resolved for this data
     estimate: dict      # planning.plan.plan(): memory, time, cost, budget, recommendation ({}: no shape known)
     text: str           # the estimate as a person reads it
+    regime: dict | None = None  # data.regime.size_regime(): which size regime the data is in, and why (None: no data)
 
     def to_json(self) -> dict:
         chosen = ("model", "method", "lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs",
-                  "max_steps", "max_seq_len", "protect", "time_budget", "gradient_checkpointing")
-        return {**self.estimate, "settings": {k: getattr(self.settings, k) for k in chosen}, "text": self.text}
+                  "max_steps", "max_seq_len", "protect", "time_budget", "gradient_checkpointing", "early_stopping_patience")
+        return {**self.estimate, "settings": {k: getattr(self.settings, k) for k in chosen}, "regime": self.regime,
+                "text": self.text}
+
+
+def split_sizes(data) -> dict:
+    """``{train, val, test}`` rows of prepared data (a ``PreparedData`` or a prepared ``RunDir``)."""
+    from ownllm.rundir import RunDir
+
+    if isinstance(data, RunDir):
+        return dict((data.data_report() or {}).get("splits") or {})
+    return {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
 
 
 def data_size(data) -> tuple[int, float, list[int] | None]:
@@ -98,13 +109,18 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
     from ownllm.training.protect import DRIFT_ROWS, REPLAY_TOKENS_PER_ROW, replay_for_plan
 
     options = (options or PlanConfig()).validate()
+    from ownllm.data.regime import size_regime
+
+    regime = None
     if data is not None:
         examples, tpe, lengths = data_size(data)
+        splits = split_sizes(data)
+        regime = size_regime(splits.get("train", examples), splits.get("val", 0), splits.get("test", 0))
     else:
         examples, tpe, lengths = options.examples, options.tokens_per_example, None
     if not examples or not tpe:
         raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data FILE|RUN_DIR")
-    settings = resolve_defaults(dataclasses.replace(cfg), examples)
+    settings = resolve_defaults(dataclasses.replace(cfg), examples, splits.get("val") if regime else None)
     if strict:
         resolve(settings.model)  # an unknown model: the loader's message (aliases, cache, hub ids) first
     try:
@@ -112,7 +128,7 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
     except ModelNotFoundError as e:
         if strict:
             raise
-        result = RunPlan(settings, {}, f"no estimate: {e.args[0]}")
+        result = RunPlan(settings, {}, f"no estimate: {e.args[0]}", regime)
         _write(result, run)
         return result
     measured = measured or {"mfu": options.mfu, "step_seconds": 0.0}
@@ -125,7 +141,8 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
                     replay_rows=replay_for_plan(settings.protect, settings.method, examples),
                     replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, drift_rows=DRIFT_ROWS, lengths=lengths,
                     step_seconds=measured["step_seconds"])
-    result = RunPlan(settings, estimate, format_plan(estimate))
+    text = format_plan(estimate) + (f"\ndata size: {regime['name']} — {regime['why']}" if regime else "")
+    result = RunPlan(settings, estimate, text, regime)
     _write(result, run)
     return result
 

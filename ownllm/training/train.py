@@ -95,9 +95,13 @@ def choose_attention(model, device: str, lengths: list[int]) -> str:
 
 
 def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: str, precision: str,
-                       lengths: list[int] | None = None, best_metric: str = "eval_loss"):
-    """``best_metric``: what early stopping and the best checkpoint follow (lower is better)."""
+                       lengths: list[int] | None = None, best_metric: str = "eval_loss", val_rows: int | None = None):
+    """``best_metric``: what early stopping and the best checkpoint follow (lower is better). The run ends on
+    its best checkpoint where validation has rows enough to trust (``data.regime.TRUSTED_VAL_ROWS``) or early
+    stopping was asked for; on fewer rows, on its last step."""
     from transformers import TrainingArguments
+
+    from ownllm.data.regime import TRUSTED_VAL_ROWS
 
     from ownllm.planning.estimate import sampling_strategy, steps_per_epoch
     from ownllm.training.distributed import world_size
@@ -105,7 +109,8 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
     per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum, world_size())
     save_steps = cfg.save_steps or min(100, per_epoch)
     eval_steps = cfg.eval_steps or save_steps
-    if has_val and save_steps % eval_steps:
+    select_best = has_val and (val_rows is None or val_rows >= TRUSTED_VAL_ROWS or bool(cfg.early_stopping_patience))
+    if select_best and save_steps % eval_steps:
         save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best-model tracking needs this
     kwargs = dict(
         output_dir=RunDir(run_dir).checkpoints_dir, per_device_train_batch_size=cfg.batch_size,
@@ -115,7 +120,7 @@ def training_arguments(cfg, run_dir: str, n_train: int, has_val: bool, device: s
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=has_val, metric_for_best_model=best_metric if has_val else None,
+        load_best_model_at_end=select_best, metric_for_best_model=best_metric if has_val else None,
         greater_is_better=False if has_val else None,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
         seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True,
@@ -142,7 +147,7 @@ def build_hf_trainer(cfg, run_dir, model, tokenizer, train_ds, val_ds, device, p
     has_val = val_ds is not None and len(val_ds) > 0
     drift = drift_rows(cfg, train_ds, replay_targets, tokenizer.pad_token_id, kl_weight) if has_val else None
     args = training_arguments(cfg, run_dir, len(train_ds), has_val, device, precision, lengths,
-                              "eval_protected_loss" if drift else "eval_loss")
+                              "eval_protected_loss" if drift else "eval_loss", len(val_ds) if has_val else 0)
     run = RunDir(run_dir)
     signals, metrics = SignalCallback(), MetricsCallback(run.metrics_jsonl)
     callbacks = [signals, metrics, ProgressCallback(), StatusFileCallback(run.status_json, device),
@@ -201,7 +206,12 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     # back-off, --additional-epochs, --time-budget, a resumed checkpoint's batch) changes this working
     # copy only and is recorded in train_summary.json's "adjusted".
     asked, cfg = cfg, dataclasses.replace(cfg)
-    facts = {"adjusted": {}, "continual": continual}
+    from ownllm.data.regime import size_regime
+
+    facts = {"adjusted": {}, "continual": continual,
+             "regime": size_regime(len(data.train), len(data.val), len(getattr(data, "test", None) or []))}
+    if facts["regime"]["name"] == "tiny":
+        _log(f"ownllm: WARNING: {facts['regime']['why']}; the model trains on every row")
     os.makedirs(run.path, exist_ok=True)
     save_config(asked, run, getattr(data, "report", {}).get("settings"))
     with distributed.main_first():  # the main process converts/caches the model first
@@ -453,6 +463,9 @@ def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, de
         return {"rank": distributed.state().process_index, "global_step": state.global_step}
     out_dir = save_trained(hf.model, tokenizer, run, cfg)
     history = hf.own_metrics.history
+    # the model kept: the best checkpoint's, or (validation too small to choose on) the last step's
+    evals = [h["step"] for h in history if "eval_loss" in h]
+    kept = state.best_global_step if hf.args.load_best_model_at_end or not evals else evals[-1]
     losses = [h["loss"] for h in history if "loss" in h]
     wall = time.time() - start
     summary = {
@@ -463,9 +476,12 @@ def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, de
         "tokens_per_second": round(tokens_seen / wall, 1) if wall else 0, "processes": distributed.world_size(),
         "peak_memory_mb": _peak_memory_mb(device), "wall_seconds": round(wall, 1),
         "final_train_loss": losses[-1] if losses else None,
-        "best_val_loss": _at_step(history, state.best_global_step, "eval_loss", state.best_metric),
-        "best_checkpoint": state.best_model_checkpoint, "best_checkpoint_by": hf.args.metric_for_best_model,
-        "general_drift": _at_step(history, state.best_global_step, "eval_general_drift"),
+        "best_val_loss": _at_step(history, kept, "eval_loss",
+                                  state.best_metric if hf.args.load_best_model_at_end else None),
+        "best_checkpoint": state.best_model_checkpoint if hf.args.load_best_model_at_end else None,
+        "best_checkpoint_by": hf.args.metric_for_best_model if hf.args.load_best_model_at_end else "last step",
+        "general_drift": _at_step(history, kept, "eval_general_drift"),
+        "regime": facts.get("regime"),
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": facts["attention"],
         "added_terms": facts["added_terms"], "protection": facts["protection"], "continual": facts["continual"],
@@ -483,7 +499,7 @@ def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, de
     best = summary["best_val_loss"]
     _log(f"ownllm: {stopped.replace('_', ' ')} after {state.global_step} steps in {wall:.0f}s "
          f"({summary['tokens_per_second']:.0f} tokens/s); best val loss {best if best is not None else 'n/a'}"
-         + (f" (step {state.best_global_step}, general drift {summary['general_drift']})"
+         + (f" (step {kept}, general drift {summary['general_drift']})"
             if summary["general_drift"] is not None else "") + f"; saved {out_dir}")
     if interrupted:
         _log(f"resume with: ownllm train --resume {run.path}")
