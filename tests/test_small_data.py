@@ -42,6 +42,12 @@ def test_small_validation_neither_stops_nor_chooses_the_checkpoint(tiny_model_di
     assert plan["regime"]["name"] == "small" and "too few to stop on" in plan["text"]
     report = (tmp_path / "s" / "data" / "report.md").read_text()
     assert "- size: **small**" in report and "4 validation rows" in report
+    from ownllm.evaluation.evaluate import evaluate
+
+    chosen = evaluate(str(tmp_path / "s"), max_new_tokens=2)["settings_chosen"]
+    assert chosen["how"] == "defaults" and chosen["given"] == [] and chosen["regime"]["name"] == "small"
+    card = (tmp_path / "s" / "eval" / "report.md").read_text()
+    assert "Settings (learning rate 0.001, rank 64, epochs 10, max steps 8): the defaults for a small dataset" in card
 
     # with validation rows enough, the same run stops early and ends on its best checkpoint
     monkeypatch.setattr("ownllm.data.regime.TRUSTED_VAL_ROWS", 4)

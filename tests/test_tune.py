@@ -48,9 +48,14 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
         assert yaml.safe_load((trial / "config.yaml").read_text())["data"] == str(run)
         if t["number"] != best["number"]:
             assert json.loads((trial / "train_summary.json").read_text())["train_rows"] == train_rows
-    from ownllm.models.load import load_model
+    from ownllm.evaluation.evaluate import evaluate
 
-    assert load_model(str(run)).generate("What is the code for item number 3?", max_new_tokens=2) is not None
+    result = evaluate(str(run), max_new_tokens=2)  # the run evaluates as any other; its card says how it was tuned
+    chosen = result["settings_chosen"]
+    assert chosen["how"] == "tune" and chosen["trial"] == best["number"] and chosen["trials"] == 3
+    card = (run / "eval" / "report.md").read_text()
+    assert f"chosen by `ownllm tune`: trial {best['number']} of 3" in card and "drift" in card
+    assert "ownllm tune" in (run / "eval" / "report.html").read_text()
 
 
 def test_a_given_setting_is_not_searched(tiny_model_dir, qa_file, tmp_path):

@@ -148,6 +148,9 @@ def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_sample
     result["samples"] = len(rows)
     result["max_new_tokens"] = max_new_tokens
     result.update(_general_check(generator, tok, template, cfg, result, base_probe, run.summary()))
+    from ownllm.evaluation.report import settings_chosen
+
+    result["settings_chosen"] = settings_chosen(run)
     from ownllm.evaluation.report import write_report
 
     samples = _samples(rows, refs, answers)

@@ -5,7 +5,7 @@ import base64
 import html
 import os
 
-from ownllm.rundir import RunDir
+from ownllm.rundir import RunDir, read_json
 from ownllm.utils import atomic_write
 
 ROWS = ["contains", "exact_match", "token_f1", "rouge_l", "bleu", "choice_accuracy", "test_loss", "perplexity",
@@ -26,11 +26,53 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def settings_chosen(run: RunDir) -> dict | None:
+    """Which settings the run trained with and how they were chosen: by ``ownllm tune`` (its rule, the trial and
+    what the search saw), given by the person, or the defaults of the data's size regime (and why)."""
+    summary, plan = run.summary() or {}, run.plan() or {}
+    if not summary.get("settings"):
+        return None
+    out = {"values": summary["settings"], "regime": summary.get("regime") or plan.get("regime")}
+    tuned = summary.get("tuned_by")
+    if tuned:
+        tune = read_json(os.path.join(run.path, "tune", "tune.json")) or {}
+        trials = tune.get("trials") or []
+        out.update(how="tune", rule=tuned["rule"], trial=tuned["trial"], trials=len(trials),
+                   pruned=sum(t["state"] == "pruned" for t in trials), searched=sorted(tuned["params"]),
+                   scores=[t["score"] for t in trials if t.get("score") is not None])
+    else:
+        by = plan.get("chosen_by") or {}
+        out.update(how="given" if by and all(v == "given" for v in by.values()) else "defaults",
+                   given=sorted(k for k, v in by.items() if v == "given"))
+    return out
+
+
+def settings_sentence(chosen: dict | None) -> str:
+    """The report card's sentence on how the settings were chosen."""
+    if not chosen:
+        return ""
+    v = chosen["values"]
+    values = ", ".join(f"{name} {v[key]:g}" if isinstance(v.get(key), (int, float)) else f"{name} {v[key]}"
+                       for key, name in (("lr", "learning rate"), ("lora_r", "rank"), ("epochs", "epochs"),
+                                         ("max_steps", "max steps")) if v.get(key) is not None)
+    if chosen["how"] == "tune":
+        scores = chosen["scores"]
+        seen = f"; scores {min(scores):.3f}–{max(scores):.3f}" if scores else ""
+        return (f"Settings ({values}) chosen by `ownllm tune`: trial {chosen['trial']} of {chosen['trials']} "
+                f"({chosen['pruned']} stopped early{seen}), by {chosen['rule']}.")
+    regime = chosen.get("regime") or {}
+    why = f" for a {regime['name']} dataset: {regime['why']}" if regime.get("name") else ""
+    given = f" ({', '.join(chosen['given'])} as given)" if chosen.get("given") else ""
+    return f"Settings ({values}): {'as given' if chosen['how'] == 'given' else 'the defaults' + why}{given}."
+
+
 def to_markdown(result: dict, samples: list[dict]) -> str:
     base, tuned = result.get("base"), result["tuned"]
     lines = ["# Evaluation report", "", f"**{result['headline']}**", ""]
     lines += [f"> ⚠ {w}" for w in forgetting_warnings(result)] + ([""] if forgetting_warnings(result) else [])
     lines += _kept_markdown(result)
+    chosen = settings_sentence(result.get("settings_chosen"))
+    lines += [chosen, ""] if chosen else []
     lines += ["| metric | base | tuned |", "|---|---|---|"] if base else ["| metric | tuned |", "|---|---|"]
     for k in ROWS:
         if k in tuned:
@@ -157,6 +199,8 @@ def to_html(run, result: dict, samples: list[dict]) -> str:
         + ("<table><tr><th>question</th><th>base</th><th>tuned</th></tr>" + "".join(
             f"<tr><td>{e(x['question'])}</td><td>{e(x['base'])}</td><td>{e(x['tuned'])}</td></tr>"
             for x in g["lost_examples"]) + "</table>" if g["lost_examples"] else ""))
+    chosen = settings_sentence(result.get("settings_chosen"))
+    chosen = f"<h2>Settings</h2><p>{e(chosen)}</p>" if chosen else ""
     header, rows = side_by_side(result)
     stages = "" if not header else (
         "<h2>Test sets side by side (continual learning)</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
@@ -167,7 +211,7 @@ def to_html(run, result: dict, samples: list[dict]) -> str:
 table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
 .bar{{display:flex;align-items:center;gap:8px;margin:2px 0}}.bar span{{width:160px}}.bar i{{display:block;height:14px}}
 .warn{{color:#a40}}img{{max-width:100%}}</style></head><body>
-<h1>Evaluation report</h1><p><b>{e(result['headline'])}</b></p>{warn}{kept}
+<h1>Evaluation report</h1><p><b>{e(result['headline'])}</b></p>{warn}{kept}{chosen}
 <h2>Metrics</h2><table>{head}{table}</table>{stages}<h2>Accuracy</h2>{_bars(result)}
 <h2>Training curves</h2>{img}
 <h2>Answers</h2><table><tr><th>question</th><th>reference</th>{'<th>base</th>' if base else ''}<th>tuned</th></tr>{answers}</table>

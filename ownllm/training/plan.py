@@ -49,6 +49,9 @@ class PlanConfig:
         return self
 
 
+CHOSEN = ("lr", "lora_r", "epochs", "early_stopping_patience")  # the settings the data's size decides unless given
+
+
 @dataclass
 class RunPlan:
     """What the plan stage returns: the settings training will use and the planner's figures for them."""
@@ -56,12 +59,13 @@ class RunPlan:
     estimate: dict      # planning.plan.plan(): memory, time, cost, budget, recommendation ({}: no shape known)
     text: str           # the estimate as a person reads it
     regime: dict | None = None  # data.regime.size_regime(): which size regime the data is in, and why (None: no data)
+    chosen_by: dict | None = None  # each searchable setting: "given" (the person's) or "defaults" (the regime's)
 
     def to_json(self) -> dict:
         chosen = ("model", "method", "lr", "lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs",
                   "max_steps", "max_seq_len", "protect", "time_budget", "gradient_checkpointing", "early_stopping_patience")
         return {**self.estimate, "settings": {k: getattr(self.settings, k) for k in chosen}, "regime": self.regime,
-                "text": self.text}
+                "chosen_by": self.chosen_by, "text": self.text}
 
 
 def split_sizes(data) -> dict:
@@ -121,6 +125,7 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
     if not examples or not tpe:
         raise ConfigError("say how much data: --examples N --tokens-per-example T, or --data FILE|RUN_DIR")
     settings = resolve_defaults(dataclasses.replace(cfg), examples, splits.get("val") if regime else None)
+    chosen_by = {k: "given" if getattr(cfg, k) is not None else "defaults" for k in CHOSEN}
     if strict:
         resolve(settings.model)  # an unknown model: the loader's message (aliases, cache, hub ids) first
     try:
@@ -128,7 +133,7 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
     except ModelNotFoundError as e:
         if strict:
             raise
-        result = RunPlan(settings, {}, f"no estimate: {e.args[0]}", regime)
+        result = RunPlan(settings, {}, f"no estimate: {e.args[0]}", regime, chosen_by)
         _write(result, run)
         return result
     measured = measured or {"mfu": options.mfu, "step_seconds": 0.0}
@@ -142,7 +147,7 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
                     replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, drift_rows=DRIFT_ROWS, lengths=lengths,
                     step_seconds=measured["step_seconds"])
     text = format_plan(estimate) + (f"\ndata size: {regime['name']} — {regime['why']}" if regime else "")
-    result = RunPlan(settings, estimate, text, regime)
+    result = RunPlan(settings, estimate, text, regime, chosen_by)
     _write(result, run)
     return result
 
