@@ -128,6 +128,13 @@ def test_plan_and_train_command_use_the_data_size_defaults(client, support_csv, 
     argv = train_argv(run, TrainRequest(model=tiny_model_dir, epochs=2, lr=5e-4, time_budget="30m"))
     assert argv[argv.index("--epochs") + 1] == "2" and argv[argv.index("--lr") + 1] == "0.0005"
     assert argv[argv.index("--time-budget") + 1] == "30m"
+    # the plan step's "tune automatically" runs `ownllm tune` within the budget, or over a number of trials
+    argv = train_argv(run, TrainRequest(model=tiny_model_dir, time_budget="30m", tune=True))
+    assert argv[:2] == ["tune", "--data"] and argv[argv.index("--time-budget") + 1] == "30m"
+    argv = train_argv(run, TrainRequest(model=tiny_model_dir, time_budget=None, tune=True, trials=3))
+    assert argv[argv.index("--trials") + 1] == "3" and "--time-budget" not in argv
+    r = client.post("/api/runs/p/train", json={"model": tiny_model_dir, "time_budget": None, "tune": True})
+    assert r.status_code == 400 and "--time-budget (e.g. 30m) or --trials N" in r.json()["error"]["message"]
 
 
 def test_guards_names_paths_uploads_and_api_key(tmp_path, support_csv):

@@ -67,7 +67,8 @@ DataOptions = request_model(PrepareConfig, "DataOptions", only=DATA_FIELDS,
 NewRun = request_model(PrepareConfig, "NewRun", only=DATA_FIELDS,
                        extra={"inputs": (list[str], Field(min_length=1)), "name": (str, ...)})
 PlanRequest = request_model(TrainConfig, "PlanRequest", only=PLAN_FIELDS, defaults=STUDIO_DEFAULTS)
-TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS)
+TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS,
+                             extra={"tune": (bool, False), "trials": (int | None, None)})  # `ownllm tune` instead
 
 
 EvalRequest = request_model(EvalConfig, "EvalRequest", only=("max_samples",))
@@ -229,10 +230,17 @@ def make_plan(studio: Studio, name: str, req) -> dict:
 def train_argv(run: str, req) -> list[str]:
     """The `ownllm train` command line for the page's choices (every mistake now, not in the job's log)."""
     values = {k: v for k, v in req.model_dump().items() if v not in (None, "")}
+    tune, trials = values.pop("tune", False), values.pop("trials", None)
     TrainConfig(data=run, out=run, **values).validate()
+    if tune:  # automatic tuning within the budget: trials, then the best becomes the run
+        from ownllm.training.tune import TuneConfig, require_limit
+
+        TuneConfig(trials=trials).validate()
+        require_limit(values.get("time_budget"), trials)
+        values.update({"trials": trials} if trials else {})
     if "save_steps" in values:
         values["eval_steps"] = values["save_steps"]  # validate when it saves, so the best checkpoint is kept
-    argv = ["train", "--data", run, "--out", run]
+    argv = ["tune" if tune else "train", "--data", run, "--out", run]
     for key, value in values.items():
         argv += ["--" + key.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     return argv

@@ -74,6 +74,12 @@ def score(val_loss: float | None, drift: float | None) -> float | None:
     return val_loss + DRIFT_WEIGHT * (drift or 0.0)
 
 
+def require_limit(time_budget: str | None, trials: int | None) -> None:
+    """A search needs an end: a time budget or a number of trials."""
+    if not time_budget and not trials:
+        raise ConfigError("say how long the search may take: --time-budget (e.g. 30m) or --trials N")
+
+
 def search_space(cfg, defaults) -> dict:
     """The Optuna distributions of the settings ``cfg`` leaves to us (a setting the person gave is fixed),
     around the dataset's defaults ``defaults`` (``resolve_defaults``' result)."""
@@ -181,9 +187,8 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
     from ownllm.training.train import train_run
 
     options = (options or TuneConfig()).validate()
+    require_limit(cfg.time_budget, options.trials)
     budget = parse_duration(cfg.time_budget) * 3600 if cfg.time_budget else None
-    if budget is None and options.trials is None:
-        raise ConfigError("say how long the search may take: --time-budget (e.g. 30m) or --trials N")
     if not data.val:
         raise ConfigError("tuning needs validation rows to score trials on, and this data has none",
                           hint="give more rows (10 or more), or a --split with a validation share")

@@ -10,7 +10,8 @@ const I18N = {
     system: "系统提示（可选）", checkData: "检查数据", runName: "运行名称", createRun: "创建运行",
     reportTitle: "数据体检报告", rejected: "被拒绝的行", lengths: "每行的 token 数",
     examples: "渲染后的样例（高亮部分参与训练）", planTitle: "模型、方法与时间预算", model: "模型",
-    customModel: "或模型文件夹", method: "方法", protect: "保持通用能力", budget: "时间预算", epochs: "轮数", advanced: "高级",
+    customModel: "或模型文件夹", method: "方法", protect: "保持通用能力",
+    tune: "在时间预算内自动调参（ownllm tune：尝试不同的学习率、秩、轮数和保护强度，最好的一次成为本次运行）", budget: "时间预算", epochs: "轮数", advanced: "高级",
     maxSteps: "最多步数", lr: "学习率", logSteps: "每 N 步记录", saveSteps: "每 N 步存检查点",
     makePlan: "查看计划", trainTitle: "训练", start: "开始训练", stop: "停止（保存检查点）", resume: "继续训练",
     state: "状态", trainLoss: "训练损失", valLoss: "验证损失", reportCard: "训练前后对比报告",
@@ -359,6 +360,7 @@ async function startTraining() {
     if ($(id).value) body[key] = Number($(id).value);
   }
   if ($("lr").value.trim()) body.lr = Number($("lr").value);
+  if ($("tune").checked) body.tune = true;
   await api(`/api/runs/${encodeURIComponent(state.run)}/train`, { json: body });
   await refresh();
 }
