@@ -73,3 +73,18 @@ def test_a_dataset_too_small_to_hold_out_trains_with_a_warning(tiny_model_dir, t
     assert "WARNING: 6 rows: nothing is held out, so there is no honest test" in out.err
     assert (run / "adapter").exists()
     assert "no test rows" in out.out and f"ownllm eval {run} --data" in out.out
+
+
+@pytest.mark.parametrize("rows,protect,asked,expected", [
+    (31, "default", None, 4),     # 31 + 16 replayed rows: 6 steps an epoch at 8, 60 in 10 epochs: too few
+    (80, "default", None, 8),     # 80 + 28: 14 steps an epoch, 140 in 10
+    (31, "default", 16, 16),      # given: kept
+    (90, "off", None, 8),         # 12 steps an epoch, 120
+    (60, "off", None, 4),         # 8 steps an epoch, 80
+])
+def test_small_runs_take_more_smaller_steps(rows, protect, asked, expected):
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.defaults import resolve_defaults
+
+    cfg = resolve_defaults(TrainConfig(protect=protect, batch_size=asked), rows, rows // 8)
+    assert cfg.batch_size == expected and cfg.grad_accum == 1

@@ -24,7 +24,8 @@ class TrainConfig:
     epochs: float | None = _f(None, "epochs (default: chosen from the dataset size; early stopping decides)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides --epochs)")
     lr: float | None = _f(None, "learning rate (default by method and dataset size: LoRA 2e-4..1e-3, full 3e-5)")
-    batch_size: int = _f(8, "micro-batch per device (lowered automatically on out-of-memory)",
+    batch_size: int | None = _f(None, "micro-batch per device (default 8, or 4 where 8 would leave a run under 100 "
+                                      "optimizer steps; lowered automatically on out-of-memory)",
                          aliases=("--micro-batch",))
     grad_accum: int | None = _f(None, "gradient accumulation steps (default 4, fewer on small datasets)")
     max_seq_len: int = _f(1024, "longest sequence in tokens; longer rows are truncated")
@@ -66,11 +67,11 @@ class TrainConfig:
         p = []
         if self.method not in METHODS:
             p.append(f"--method must be one of {', '.join(METHODS)} (got '{self.method}')")
-        for name in ("batch_size", "max_seq_len", "logging_steps", "prefix_tokens", "save_total_limit"):
+        for name in ("max_seq_len", "logging_steps", "prefix_tokens", "save_total_limit"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 p.append(f"--{name.replace('_', '-')} must be an integer >= 1 (got {v!r})")
-        for name in ("grad_accum", "max_steps", "lora_r", "lora_alpha", "save_steps", "eval_steps"):
+        for name in ("batch_size", "grad_accum", "max_steps", "lora_r", "lora_alpha", "save_steps", "eval_steps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 p.append(f"--{name.replace('_', '-')} must be an integer >= 1 (got {v!r})")
