@@ -10,7 +10,9 @@ recipes) and prints, per run: the share of held-out phrasings whose answer holds
 (contains-accuracy on the value), the general answers kept (the probe's report half), training wall time,
 steps and why training stopped. Each size and language runs ``--runs`` times (seeds 42, 43, ...) and the
 median with its range is printed. ``--dev`` draws the development facts (other names and values, seed
-offset 1000) that settings are chosen on; without it the report facts, which README/RESULTS quote.
+offset 1000) that settings are chosen on; without it the report facts, which README/RESULTS quote. The
+general answers are printed for both halves of the probe: settings are chosen on its dev half, the
+report half is quoted.
 Figures are printed (benchmarks/RESULTS.md keeps them), never asserted.
 """
 from __future__ import annotations
@@ -150,6 +152,9 @@ def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool) -
     return {"lang": lang, "size": size, "seed": seed, "train_rows": summary["train_rows"], "val_rows": summary["val_rows"],
             "facts": len(held), "learned": right, "contains": round(right / len(held), 4),
             "kept": g.get("kept"), "base_right": g.get("base_right"), "kept_share": g.get("kept_share"),
+            # the probe's development half: what settings are chosen on (the report half above is quoted)
+            "kept_dev": (g.get("halves") or {}).get("dev", {}).get("kept"),
+            "base_right_dev": (g.get("halves") or {}).get("dev", {}).get("base_right"),
             "train_seconds": round(wall, 1), "steps": summary["global_step"], "stopped": summary["stopped_because"],
             "regime": summary.get("regime"),
             "missed": [(s["prompt"], h["value"], s["tuned"][:80]) for s, h in zip(samples, held)
@@ -158,6 +163,8 @@ def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool) -
 
 def show(r: dict) -> None:
     kept = f"{r['kept']}/{r['base_right']} ({r['kept_share']:.0%})" if r["base_right"] else "n/a"
+    if r.get("base_right_dev"):
+        kept += f" [dev half {r['kept_dev']}/{r['base_right_dev']}]"
     print(f"{r['lang']} {r['size']:>5} rows seed {r['seed']}: held-out phrasings {r['learned']}/{r['facts']} "
           f"({r['contains']:.0%})  general kept {kept}  train {r['train_seconds']:.0f} s ({r['steps']} steps, "
           f"{r['stopped']}; {r['train_rows']} train / {r['val_rows']} val rows)", flush=True)
