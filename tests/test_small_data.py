@@ -88,3 +88,15 @@ def test_small_runs_take_more_smaller_steps(rows, protect, asked, expected):
 
     cfg = resolve_defaults(TrainConfig(protect=protect, batch_size=asked), rows, rows // 8)
     assert cfg.batch_size == expected and cfg.grad_accum == 1
+
+
+def test_default_protection_is_strong_on_a_small_dataset():
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.protect import LEVELS, SMALL_DATA_ROWS, protection_for, replay_for_plan
+
+    cfg = TrainConfig()
+    assert protection_for(cfg, SMALL_DATA_ROWS - 1) == LEVELS["strong"]
+    assert protection_for(cfg, SMALL_DATA_ROWS) == LEVELS["default"] and protection_for(cfg) == LEVELS["default"]
+    assert replay_for_plan("default", "lora", 40) == 30 and replay_for_plan("default", "lora", 400) == 140
+    assert protection_for(TrainConfig(protect="off"), 10) is None
+    assert protection_for(TrainConfig(method="full"), 10) is None

@@ -369,9 +369,9 @@ def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict], base_mo
 
     from ownllm.training.data import tokenize
     from ownllm.training.hf import supports_trained_positions_loss
-    from ownllm.training.protect import base_distributions, protection_for, replay_rows
+    from ownllm.training.protect import LEVELS, base_distributions, protection_for, replay_rows
 
-    protection = protection_for(cfg)
+    protection = protection_for(cfg, len(domain_rows))
     if protection is None or not supports_trained_positions_loss(model):
         if cfg.protect != "off":
             _log(f"ownllm: forgetting protection is not applied to {cfg.method} on this model "
@@ -383,9 +383,10 @@ def add_replay(model, tokenizer, cfg, train_ds, domain_rows: list[dict], base_mo
     mixed = concatenate_datasets([train_ds.add_column("replay", [0] * len(train_ds)),
                                   replay.add_column("replay", list(range(1, len(replay) + 1)))])
     kind = "texts (a base model: its own plain text)" if base_model else "answers"
-    _log(f"ownllm: forgetting protection '{cfg.protect}': {len(replay)} replayed general {kind} of the base model "
-         f"beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
-    return mixed, {"level": cfg.protect, "applied": True, "replay_rows": len(replay),
+    small = protection is not LEVELS.get(cfg.protect)  # the default level on a small dataset: strong's settings
+    _log(f"ownllm: forgetting protection '{cfg.protect}'{' (strong on a small dataset)' if small else ''}: {len(replay)} "
+         f"replayed general {kind} of the base model beside {len(train_ds)} training rows, KL weight {protection.kl_weight:g}")
+    return mixed, {"level": cfg.protect, "applied": True, "replay_rows": len(replay), "small_dataset": small,
                    "kl_weight": protection.kl_weight, "replay_kind": "plain text" if base_model else "chat"}, targets
 
 
