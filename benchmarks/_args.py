@@ -4,6 +4,15 @@ from __future__ import annotations
 import argparse
 
 
+def median_range(runs: list[dict], key: str, fmt) -> str:
+    """The median of ``key`` over ``runs`` with its range, "median [lowest–highest]" (README and RESULTS quote
+    medians of several runs, never the best one); "n/a" when no run has it."""
+    import statistics
+
+    values = sorted(r[key] for r in runs if r.get(key) is not None)
+    return f"{fmt(statistics.median(values))} [{fmt(values[0])}–{fmt(values[-1])}]" if values else "n/a"
+
+
 def generation_args(doc: str, run: bool = False) -> argparse.Namespace:
     """--model, --tokens (new tokens per answer) and --rounds (best of N), parsed; with ``run``, also --run
     (a tuned run directory of that model, default runs/demo, which `make demo` makes)."""

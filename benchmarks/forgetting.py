@@ -55,7 +55,7 @@ def show(r: dict) -> None:
 
 def medians(results: list[dict]) -> None:
     """Median [range] of each figure over the runs of one sample and protection setting."""
-    import statistics
+    from _args import median_range
 
     groups: dict = {}
     for r in results:
@@ -63,10 +63,7 @@ def medians(results: list[dict]) -> None:
             groups.setdefault((r["data"], r["protect"]), []).append(r)
     for (data, protect), rs in groups.items():
         def fig(key, fmt):
-            values = sorted(r[key] for r in rs if r.get(key) is not None)
-            if not values:
-                return "n/a"
-            return f"{fmt(statistics.median(values))} [{fmt(values[0])}–{fmt(values[-1])}]"
+            return median_range(rs, key, fmt)
         print(f"{data:<18} protect {protect:<8} over {len(rs)} runs: contains {fig('contains', '{:.0%}'.format)}  "
               f"kept {fig('kept', '{:g}'.format)} of {fig('base_right', '{:g}'.format)}  "
               f"perplexity {fig('perplexity_change', '{:+.1%}'.format)}  train {fig('train_seconds', '{:.0f} s'.format)}",

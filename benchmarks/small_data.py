@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from _args import median_range  # noqa: E402
 
 # kind → (four question phrasings, the answer, a value maker); {e}: the company, {v}: the value
 EN_KINDS = {
@@ -176,10 +177,10 @@ def medians(results: list[dict]) -> None:
         groups.setdefault((r["lang"], r["size"]), []).append(r)
     for (lang, size), rs in groups.items():
         def fig(key, fmt):
-            values = sorted(r[key] for r in rs if r.get(key) is not None)
-            return f"{fmt(statistics.median(values))} [{fmt(values[0])}–{fmt(values[-1])}]" if values else "n/a"
+            return median_range(rs, key, fmt)
         print(f"{lang} {size:>5} rows over {len(rs)} runs: held-out {fig('contains', '{:.0%}'.format)}  "
-              f"general kept {fig('kept_share', '{:.0%}'.format)}  train {fig('train_seconds', '{:.0f} s'.format)}  "
+              f"general kept {fig('kept_share', '{:.0%}'.format)} (report half; dev half {fig('kept_dev', str)} of "
+              f"{fig('base_right_dev', str)})  train {fig('train_seconds', '{:.0f} s'.format)}  "
               f"steps {fig('steps', '{:g}'.format)}", flush=True)
 
 
