@@ -37,6 +37,7 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["lr"] == best["params"]["lr"] and saved["lora_r"] == best["params"]["lora_r"]
     assert saved["out"] == str(run) and saved["data"] == str(run)
+    assert json.loads((run / "plan.json").read_text())["settings"]["lr"] == best["params"]["lr"]
     assert not (run / "tune" / f"trial-{best['number']}" / "adapter").exists()  # moved, not copied
     tune = json.loads((run / "tune" / "tune.json").read_text())
     assert tune["best"]["number"] == best["number"] and len(tune["trials"]) == 3 and "drift" in tune["rule"]

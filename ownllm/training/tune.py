@@ -31,8 +31,7 @@ from ownllm.errors import ConfigError
 DRIFT_WEIGHT = 2.0   # the default protection's KL weight: trials of either strength are scored alike
 MAX_TRIALS = 20      # a budget alone never starts more trials than this
 RANKS = (16, 32, 64, 128)
-MOVED = ("adapter", "model", "checkpoints", "metrics.jsonl", "loss.png", "train_summary.json", "tensorboard",
-         "plan.json")
+MOVED = ("adapter", "model", "checkpoints", "metrics.jsonl", "loss.png", "train_summary.json", "tensorboard")
 
 
 @dataclass
@@ -307,6 +306,9 @@ def _promote(run, trial_dir: str, cfg, best: dict, data) -> dict:
     atomic_write(run.summary_json, json.dumps(summary, indent=2, ensure_ascii=False))
     chosen = dataclasses.replace(cfg, **best["params"], out=run.path, data=run.path, time_budget=None)
     save_config(chosen, run, getattr(data, "report", {}).get("settings"))
+    from ownllm.training.plan import plan_run
+
+    plan_run(chosen, data, run, strict=False)  # plan.json: the chosen settings, as `ownllm plan` shows them
     return summary
 
 
