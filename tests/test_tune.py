@@ -21,8 +21,9 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
     summary = trainer.tune(trials=3)
     trials = _trials(run)
     assert [t["number"] for t in trials] == [0, 1, 2]
-    # trial 0: the defaults for 32 training rows (lr 1e-3, rank 64, default protection); epochs was given: fixed
-    assert trials[0]["params"] == {"lr": 1e-3, "lora_r": 64, "protect": "default"}
+    # trial 0: the defaults for 32 training rows (lr 1e-3, rank 64); epochs was given: fixed; protection is not
+    # searched on so few rows (the default level is strong's already)
+    assert trials[0]["params"] == {"lr": 1e-3, "lora_r": 64}
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3
     for t in trials:  # the stated score: validation loss + 2 x general drift at the best checkpoint
         assert t["state"] == "complete" and t["general_drift"] is not None
@@ -57,6 +58,23 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
     card = (run / "eval" / "report.md").read_text()
     assert f"chosen by `ownllm tune`: trial {best['number']} of 3" in card and "drift" in card
     assert "ownllm tune" in (run / "eval" / "report.html").read_text()
+
+
+def test_search_space_leaves_what_was_given():
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.defaults import resolve_defaults
+    from ownllm.training.tune import search_space
+
+    def space(n, **given):
+        cfg = TrainConfig(**given)
+        return search_space(cfg, resolve_defaults(cfg, n, n // 8), n)
+
+    assert set(space(500)) == {"lr", "lora_r", "epochs", "protect"}
+    assert space(500)["lr"].low == pytest.approx(2.5e-4) and space(500)["epochs"].high == 20
+    assert set(space(32)) == {"lr", "lora_r", "epochs"}  # under 100 rows default protection is strong's
+    assert set(space(500, lr=1e-4, epochs=3)) == {"lora_r", "protect"}
+    assert set(space(500, method="full")) == {"lr", "epochs"}  # no rank, no switchable adapter to protect with
+    assert set(space(500, protect="off", max_steps=50)) == {"lr", "lora_r"}
 
 
 def test_a_given_setting_is_not_searched(tiny_model_dir, qa_file, tmp_path):

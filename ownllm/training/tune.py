@@ -79,12 +79,14 @@ def require_limit(time_budget: str | None, trials: int | None) -> None:
         raise ConfigError("say how long the search may take: --time-budget (e.g. 30m) or --trials N")
 
 
-def search_space(cfg, defaults) -> dict:
+def search_space(cfg, defaults, n_train: int | None = None) -> dict:
     """The Optuna distributions of the settings ``cfg`` leaves to us (a setting the person gave is fixed),
-    around the dataset's defaults ``defaults`` (``resolve_defaults``' result)."""
+    around the dataset's defaults ``defaults`` (``resolve_defaults``' result) for ``n_train`` training rows
+    (on a small dataset the default protection is already strong's: not searched)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     from ownllm.training.protect import METHODS as PROTECTABLE
+    from ownllm.training.protect import protection_for
 
     space = {}
     if cfg.lr is None:
@@ -93,7 +95,8 @@ def search_space(cfg, defaults) -> dict:
         space["lora_r"] = CategoricalDistribution(RANKS)
     if cfg.epochs is None and cfg.max_steps is None:
         space["epochs"] = IntDistribution(max(1, round(defaults.epochs / 2)), max(2, round(defaults.epochs * 2)))
-    if cfg.protect != "off" and cfg.method in PROTECTABLE:
+    levels = {protection_for(dataclasses.replace(cfg, protect=p), n_train) for p in ("default", "strong")}
+    if cfg.protect != "off" and cfg.method in PROTECTABLE and len(levels) == 2:
         space["protect"] = CategoricalDistribution(("default", "strong"))
     return space
 
@@ -192,7 +195,7 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
         raise ConfigError("tuning needs validation rows to score trials on, and this data has none",
                           hint="give more rows (10 or more), or a --split with a validation share")
     defaults = resolve_defaults(dataclasses.replace(cfg), len(data.train))
-    space = search_space(cfg, defaults)
+    space = search_space(cfg, defaults, len(data.train))
     if not space:
         raise ConfigError("every searched setting was given (--lr, --lora-r, --epochs, --protect off): nothing to tune",
                           hint="leave out the settings the search should choose")
