@@ -72,7 +72,16 @@ def request_model(cls, name: str, only=None, defaults: dict | None = None, extra
     """A pydantic model of ``cls``'s fields (or ``only`` those), with ``defaults`` replacing the dataclass's,
     plus ``extra`` fields (name: (type, default)). Unknown keys are refused; ``validate()`` of the stage's
     dataclass checks the values, so the page and the CLI refuse the same things with the same words."""
-    from pydantic import ConfigDict, Field, create_model
+    from pydantic import ConfigDict, create_model
+
+    spec = {**request_fields(cls, only, defaults), **(extra or {})}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
+
+
+def request_fields(cls, only=None, defaults: dict | None = None) -> dict:
+    """``request_model``'s fields of ``cls`` (name: (type, pydantic Field)): a request made of two stages'
+    dataclasses passes one's as the other's ``extra``."""
+    from pydantic import Field
 
     hints = typing.get_type_hints(cls)
     spec = {}
@@ -82,8 +91,7 @@ def request_model(cls, name: str, only=None, defaults: dict | None = None, extra
         default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         spec[f.name] = (hints[f.name] | None if default is None else hints[f.name],
                         Field(default, description=f.metadata.get("help")))
-    spec.update(extra or {})
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **spec)
+    return spec
 
 
 # -- config.yaml and key=value overrides -----------------------------------------------------------

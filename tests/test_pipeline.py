@@ -126,10 +126,11 @@ def test_the_studios_requests_are_the_stages_dataclasses():
     pytest.importorskip("fastapi")
     from ownllm.data.prepare import PrepareConfig
     from ownllm.studio import app
+    from ownllm.training.tune import TuneConfig
 
-    for model, cls in ((app.DataOptions, PrepareConfig), (app.PlanRequest, TrainConfig),
-                       (app.TrainRequest, TrainConfig)):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+    for model, classes in ((app.DataOptions, [PrepareConfig]), (app.PlanRequest, [TrainConfig]),
+                           (app.TrainRequest, [TrainConfig]), (app.TuneRequest, [TrainConfig, TuneConfig])):
+        fields = {f.name: f for cls in classes for f in dataclasses.fields(cls)}
         for name, info in model.model_fields.items():
             if name in ("inputs", "name"):
                 continue

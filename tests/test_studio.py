@@ -117,7 +117,7 @@ def test_documents_become_the_data_of_a_new_run(client, tmp_path):
 
 
 def test_plan_and_train_command_use_the_data_size_defaults(client, support_csv, tiny_model_dir):
-    from ownllm.studio.app import TrainRequest, train_argv
+    from ownllm.studio.app import TrainRequest, TuneRequest, train_argv
 
     run = _new_run(client, "p", support_csv, columns="prompt=客户提问,response=标准回复")["path"]
     plan = client.post("/api/runs/p/plan", json={"model": tiny_model_dir, "time_budget": "2h"}).json()
@@ -129,11 +129,11 @@ def test_plan_and_train_command_use_the_data_size_defaults(client, support_csv, 
     assert argv[argv.index("--epochs") + 1] == "2" and argv[argv.index("--lr") + 1] == "0.0005"
     assert argv[argv.index("--time-budget") + 1] == "30m"
     # the plan step's "tune automatically" runs `ownllm tune` within the budget, or over a number of trials
-    argv = train_argv(run, TrainRequest(model=tiny_model_dir, time_budget="30m", tune=True))
+    argv = train_argv(run, TuneRequest(model=tiny_model_dir, time_budget="30m"))
     assert argv[:2] == ["tune", "--data"] and argv[argv.index("--time-budget") + 1] == "30m"
-    argv = train_argv(run, TrainRequest(model=tiny_model_dir, time_budget=None, tune=True, trials=3))
+    argv = train_argv(run, TuneRequest(model=tiny_model_dir, time_budget=None, trials=3))
     assert argv[argv.index("--trials") + 1] == "3" and "--time-budget" not in argv
-    r = client.post("/api/runs/p/train", json={"model": tiny_model_dir, "time_budget": None, "tune": True})
+    r = client.post("/api/runs/p/tune", json={"model": tiny_model_dir, "time_budget": None})
     assert r.status_code == 400 and "--time-budget (e.g. 30m) or --trials N" in r.json()["error"]["message"]
 
 

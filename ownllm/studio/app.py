@@ -22,12 +22,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ownllm.config import request_model
+from ownllm.config import request_fields, request_model
 from ownllm.data.prepare import PrepareConfig
 from ownllm.errors import OwnLLMError
 from ownllm.evaluation.evaluate import EvalConfig
 from ownllm.export.export import ExportConfig
 from ownllm.training.config import TrainConfig
+from ownllm.training.tune import TuneConfig
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, is_loopback, key_matches
 from ownllm.web.generation_queue import GenerationQueue, limit_malloc_arenas
 from ownllm.studio import jobs
@@ -67,8 +68,10 @@ DataOptions = request_model(PrepareConfig, "DataOptions", only=DATA_FIELDS,
 NewRun = request_model(PrepareConfig, "NewRun", only=DATA_FIELDS,
                        extra={"inputs": (list[str], Field(min_length=1)), "name": (str, ...)})
 PlanRequest = request_model(TrainConfig, "PlanRequest", only=PLAN_FIELDS, defaults=STUDIO_DEFAULTS)
-TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS,
-                             extra={"tune": (bool, False), "trials": (int | None, None)})  # `ownllm tune` instead
+TrainRequest = request_model(TrainConfig, "TrainRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS)
+# the plan step's "tune automatically": `ownllm tune`, the training choices plus TuneConfig's number of trials
+TuneRequest = request_model(TrainConfig, "TuneRequest", only=TRAIN_FIELDS, defaults=STUDIO_DEFAULTS,
+                            extra=request_fields(TuneConfig, only=("trials",)))
 
 
 EvalRequest = request_model(EvalConfig, "EvalRequest", only=("max_samples",))
@@ -228,12 +231,14 @@ def make_plan(studio: Studio, name: str, req) -> dict:
 
 
 def train_argv(run: str, req) -> list[str]:
-    """The `ownllm train` command line for the page's choices (every mistake now, not in the job's log)."""
+    """The `ownllm train` command line for the page's choices, or `ownllm tune`'s for a ``TuneRequest``
+    (every mistake now, not in the job's log)."""
     values = {k: v for k, v in req.model_dump().items() if v not in (None, "")}
-    tune, trials = values.pop("tune", False), values.pop("trials", None)
+    trials = values.pop("trials", None)
     TrainConfig(data=run, out=run, **values).validate()
+    tune = isinstance(req, TuneRequest)
     if tune:  # automatic tuning within the budget: trials, then the best becomes the run
-        from ownllm.training.tune import TuneConfig, require_limit
+        from ownllm.training.tune import require_limit
 
         TuneConfig(trials=trials).validate()
         require_limit(values.get("time_budget"), trials)
@@ -456,6 +461,13 @@ def _add_job_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.post("/api/runs/{name}/train")
     async def train(name: str, req: TrainRequest):
+        return await start_training(name, req)
+
+    @app.post("/api/runs/{name}/tune")
+    async def tune(name: str, req: TuneRequest):
+        return await start_training(name, req)  # `ownllm tune`: a training job that runs trials
+
+    async def start_training(name: str, req):
         studio.check_model(req.model)
         run = studio.run_dir(name)
         if not RunDir(run).is_prepared():

@@ -360,8 +360,8 @@ async function startTraining() {
     if ($(id).value) body[key] = Number($(id).value);
   }
   if ($("lr").value.trim()) body.lr = Number($("lr").value);
-  if ($("tune").checked) body.tune = true;
-  await api(`/api/runs/${encodeURIComponent(state.run)}/train`, { json: body });
+  const route = $("tune").checked ? "tune" : "train";  // tune: trials within the budget, the best becomes the run
+  await api(`/api/runs/${encodeURIComponent(state.run)}/${route}`, { json: body });
   await refresh();
 }
 async function runAction(action) {
