@@ -106,13 +106,24 @@ def test_text_only_run_gets_perplexity_report(tiny_model_dir, tmp_path):
 
     src = tmp_path / "notes.txt"
     src.write_text("\n\n".join(f"Note {i}: the ward round at {i % 12 + 1} o'clock found patient {i} stable. " * 8
-                               for i in range(40)), encoding="utf-8")
+                               for i in range(60)), encoding="utf-8")  # 11 rows: from 10 up a test row is kept
     run = tmp_path / "run"
     Trainer(model=tiny_model_dir, train_dataset=str(src),
             args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4}).train()
     result = evaluate(str(run))
     assert "perplexity" in result["tuned"] and "contains" not in result["tuned"]
     assert result["headline"].startswith("perplexity") and (run / "eval" / "report.html").exists()
+    # 8 rows (40 notes): every row trains, and evaluating says there is no test split and what to do
+    few = tmp_path / "few.txt"
+    few.write_text(src.read_text(encoding="utf-8")[: len(src.read_text(encoding="utf-8")) * 2 // 3], encoding="utf-8")
+    small = tmp_path / "small"
+    Trainer(model=tiny_model_dir, train_dataset=str(few),
+            args={"output_dir": str(small), "max_steps": 1, "precision": "fp32", "batch_size": 4}).train()
+    from ownllm.errors import DataError
+
+    with pytest.raises(DataError, match="has no test rows: .* nothing is held out") as e:
+        evaluate(str(small))
+    assert "--data" in e.value.hint
 
 
 def test_full_fine_tune_run_evaluates(tiny_model_dir, qa_file, tmp_path):

@@ -54,6 +54,10 @@ def _test_rows(run: RunDir, data: str | None, max_samples: int | None, path: str
         if not os.path.exists(path):
             raise DataError(f"{run.path} has no test split (data/test.jsonl)", hint="pass --data FILE")
         rows = read_jsonl(path)
+        regime = (run.data_report() or {}).get("regime") or {}
+        if not rows and regime.get("name") == "tiny":
+            raise DataError(f"{run.path} has no test rows: {regime['why']}",
+                            hint="pass --data FILE with questions it never saw")
     chats = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
     rows = chats or [r for r in rows if "text" in r]  # plain-text runs: loss and perplexity only
     if not rows:
