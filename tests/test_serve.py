@@ -198,6 +198,35 @@ def test_disconnect_mid_stream_frees_the_slot(engine_model, live_server, slowed)
         assert r.status_code == 200
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_client_leaving_before_the_first_byte_frees_its_place(engine_model, live_server, slowed, stream):
+    """A client that gives up while its request waits for a slot (nothing sent to it yet) leaves the queue at
+    once: its place goes to the next client (no 429 from a queue of leavers) and it never takes a slot."""
+    import httpx
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    with slowed(engine_model, 0.05), live_server(engine_model, max_concurrency=1, max_queue=1) as (url, app):
+        holder = threading.Thread(target=lambda: httpx.post(url + "/v1/chat/completions",
+                                                            json={**body, "max_tokens": 150}, timeout=60))
+        holder.start()
+        while app.state.queue.active < 1:
+            time.sleep(0.01)
+        with pytest.raises(httpx.ReadTimeout):  # the client leaves while it waits: not one byte came back
+            httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 400, "stream": stream},
+                       timeout=httpx.Timeout(60, read=0.3))
+        t = time.monotonic()
+        while app.state.queue.waiting and time.monotonic() - t < 5:
+            time.sleep(0.02)
+        assert app.state.queue.waiting == 0 and app.state.queue.active == 1  # the holder still generates
+        r = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200, r.text  # the leaver's place in the queue was free
+        holder.join()
+        t = time.monotonic()
+        while app.state.queue.active and time.monotonic() - t < 2:  # the slot is released as its thread ends
+            time.sleep(0.02)
+        assert app.state.queue.active == 0
+
+
 def test_request_timeout_ends_the_request(engine_model, live_server, slowed):
     import httpx
 

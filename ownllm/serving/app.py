@@ -5,7 +5,8 @@ Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completion
 the chat page at ``/``. Every field is checked; a client's mistake gets a 400 in OpenAI's error
 JSON naming the field. A bounded queue sits in front of ``max_concurrency`` generations; past it a
 request gets a fast 429 with ``Retry-After``. A client that disconnects, or a request that runs
-past ``request_timeout``, stops its generation and frees its slot.
+past ``request_timeout``, stops its generation and frees its slot; one that leaves while it waits gives its
+place in the queue up.
 """
 from __future__ import annotations
 
@@ -200,7 +201,8 @@ class _Responder:
         info = {"id": rid, "created": int(time.time()), "model": self.settings.model_id,
                 "object": "chat.completion" if chat else "text_completion"}
         if req.stream:
-            events, cancel, stats, timed_out = await self.queue.begin(work, arrived + self.settings.request_timeout)
+            events, cancel, stats, timed_out = await self.queue.begin(work, arrived + self.settings.request_timeout,
+                                                                      request)
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(self.sse(events, cancel, stats, timed_out, info, chat, include_usage, arrived),
                                      media_type="text/event-stream",

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from ownllm.web.common import APIError
 
 log = logging.getLogger("ownllm.web")
-# how often a non-streaming request looks whether its client is still there while nothing arrives
+# how often a request looks whether its client is still there (while it waits for a slot and while it generates)
 DISCONNECT_POLL_SECONDS = 0.25
 
 Work = Callable[[threading.Event, dict], Iterator]  # (cancel, stats) -> what the generation yields
@@ -37,6 +37,7 @@ class GenerationQueue:
         self.request_timeout, self.timeout_flag = request_timeout, timeout_flag
         self.active = self.waiting = 0
         self._slots: asyncio.Semaphore | None = None
+        self._watchers: set[asyncio.Task] = set()
 
     def deadline(self) -> float:
         return time.monotonic() + self.request_timeout
@@ -52,15 +53,26 @@ class GenerationQueue:
             raise APIError(429, f"the server is busy ({self.active} generating, {self.waiting} waiting); retry soon",
                            code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
 
-    async def acquire(self, deadline: float) -> None:
+    async def acquire(self, deadline: float, request=None) -> None:
+        """Wait for a slot until ``deadline`` (a 504 past it). With ``request``, a client that leaves while it
+        waits gives its place up at once (``ClientGone``) instead of taking a slot later for nobody."""
         if self._slots is None:  # made on first use: it belongs to the running event loop
             self._slots = asyncio.Semaphore(self.max_concurrency)
         self.refuse_if_full()
         self.waiting += 1
+        slot = asyncio.ensure_future(self._slots.acquire())
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise self.timeout_error(waited=True) from None
+            while not slot.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.timeout_error(waited=True)
+                await asyncio.wait({slot}, timeout=min(left, DISCONNECT_POLL_SECONDS))
+                if not slot.done() and request is not None and await request.is_disconnected():
+                    raise ClientGone()
+        except BaseException:
+            if not slot.cancel() and not slot.cancelled() and slot.exception() is None:
+                self._slots.release()  # it was granted as we gave up: hand it on
+            raise
         finally:
             self.waiting -= 1
         self.active += 1
@@ -69,16 +81,17 @@ class GenerationQueue:
         self.active -= 1
         self._slots.release()
 
-    def start(self, work: Work, deadline: float):
+    def start(self, work: Work, deadline: float, request=None):
         """Run ``work(cancel, stats)`` in a thread; returns (queue of events, cancel event, stats, timed-out flag).
 
         Events are ("item", value) for each value ``work`` yields, then ("end", None) or ("error", exc).
         The slot (taken with ``acquire``) is released when the thread has really finished, so a client
-        that disconnects frees its slot only once its generation has stopped.
+        that disconnects frees its slot only once its generation has stopped. With ``request``, a watcher
+        sets ``cancel`` as soon as the client leaves, whether or not anything was sent to it yet.
         """
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        cancel, stats, timed_out = threading.Event(), {}, threading.Event()
+        cancel, stats, timed_out, done = threading.Event(), {}, threading.Event(), threading.Event()
 
         def put(kind, value=None):
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
@@ -92,6 +105,7 @@ class GenerationQueue:
                 put("error", e)
             finally:
                 timer.cancel()
+                done.set()
                 loop.call_soon_threadsafe(self.release)
 
         def expire():
@@ -102,13 +116,18 @@ class GenerationQueue:
         timer.daemon = True
         timer.start()
         threading.Thread(target=run, daemon=True, name="ownllm-generate").start()
+        if request is not None:
+            watcher = loop.create_task(_watch_client(request, cancel, done))
+            self._watchers.add(watcher)  # the loop keeps only weak references to tasks
+            watcher.add_done_callback(self._watchers.discard)
         return events, cancel, stats, timed_out
 
-    async def begin(self, work: Work, deadline: float):
-        """``acquire`` then ``start``: the slot is given back if starting fails."""
-        await self.acquire(deadline)
+    async def begin(self, work: Work, deadline: float, request=None):
+        """``acquire`` then ``start`` (both watching ``request``'s client): the slot is given back if starting
+        fails."""
+        await self.acquire(deadline, request)
         try:
-            return self.start(work, deadline)
+            return self.start(work, deadline, request)
         except BaseException:
             self.release()
             raise
@@ -116,20 +135,15 @@ class GenerationQueue:
     async def collect(self, work: Work, request, deadline: float | None = None) -> tuple[list, dict, float | None]:
         """Run ``work`` to its end for a non-streaming request: (values, stats, time of the first value).
 
-        A client that disconnects stops the generation at once (checked while waiting, too); a run past
+        A client that leaves stops the generation at once (or gives its place in the queue up); a run past
         the deadline is a 504; an error raised by ``work`` becomes the answer's error.
         """
         deadline = deadline or self.deadline()
-        events, cancel, stats, timed_out = await self.begin(work, deadline)
+        events, cancel, stats, timed_out = await self.begin(work, deadline, request)
         values, first = [], None
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        break
-                    continue
+                kind, value = await events.get()
                 if kind == "item":
                     first = first or time.monotonic()
                     values.append(value)
@@ -137,13 +151,27 @@ class GenerationQueue:
                     raise as_api_error(value)
                 else:
                     break
-                if await request.is_disconnected():
-                    break
         finally:
             cancel.set()
         if timed_out.is_set():
             raise self.timeout_error()
         return values, stats, first
+
+
+async def _watch_client(request, cancel: threading.Event, done: threading.Event) -> None:
+    """Set ``cancel`` when ``request``'s client has gone; ends with the generation."""
+    while not (done.is_set() or cancel.is_set()):
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+
+class ClientGone(APIError):
+    """The client left before its answer began; nothing reaches it, so the status is only for logs."""
+
+    def __init__(self):
+        super().__init__(499, "the client closed the request", code="client_closed_request", kind="server_error")
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
