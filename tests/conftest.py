@@ -111,11 +111,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serving(app):
-    """Serve an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""
-    import uvicorn
+def _serving(app, limits=None):
+    """Serve an ASGI app as both servers do (uvicorn with ``ownllm.web.server``'s limits) in a thread on a
+    free loopback port; yields its base URL."""
+    from ownllm.web.server import make_server
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    server = make_server(app, "127.0.0.1", _free_port(), limits)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -131,7 +132,7 @@ def _serving(app):
 
 @pytest.fixture(scope="session")
 def serving():
-    """``with serving(app) as url:`` — a live server for an app (the openai client and browsers need one)."""
+    """``with serving(app[, limits]) as url:`` — a live server for an app (the openai client and browsers need one)."""
     return _serving
 
 
@@ -200,7 +201,7 @@ def live_server(serving):
         from ownllm.serving.app import ServeSettings, create_app
 
         app = create_app(model, ServeSettings(model_id="tiny", **settings))
-        with serving(app) as url:
+        with serving(app, settings.get("limits")) as url:
             yield url, app
 
     return start

@@ -227,6 +227,26 @@ def test_client_leaving_before_the_first_byte_frees_its_place(engine_model, live
         assert app.state.queue.active == 0
 
 
+def test_serve_keeps_its_connection_limits(tiny, live_server):
+    """`serve`'s limits reach both the connections (a head's deadline) and its guard (a body's)."""
+    import socket
+
+    from ownllm.web.settings import ConnectionLimits
+
+    with live_server(tiny, limits=ConnectionLimits(header_timeout=1.0, body_timeout=1.0)) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        for late in (b"", b"Content-Type: application/json\r\nContent-Length: 90\r\n\r\n{\"model\""):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + late)
+                sock.settimeout(5)
+                t = time.monotonic()
+                answer = b""
+                while chunk := sock.recv(65536):  # the answer, then the server closes
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
+                assert time.monotonic() - t < 4
+
+
 def test_request_timeout_ends_the_request(engine_model, live_server, slowed):
     import httpx
 
@@ -252,6 +272,9 @@ def test_serve_cli_rejects_bad_flags():
     proc = subprocess.run([sys.executable, "-m", "ownllm", "serve", "no/such/model"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "no/such/model" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ownllm", "serve", "smollm2-135m", "--header-timeout", "0",
+                           "--max-connections", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--header-timeout" in proc.stderr and "--max-connections" in proc.stderr
 
 
 def test_chat_page_in_a_real_browser(tiny, live_server, chromium):

@@ -414,3 +414,123 @@ def test_background_jobs_are_limited_across_runs(tmp_path, monkeypatch):
     r = studio.post("/api/docs", json={"inputs": [str(tmp_path / "mine" / "a.md")]})
     _openai_shaped(r, 429)
     assert "2 evaluation, export or documents jobs" in r.json()["error"]["message"]
+
+
+# -- slow clients (issue 40, item 5): deadlines for a request's head and body, a connection cap ------------
+def _limited_app(body_timeout: float):
+    """A small app behind the servers' guard: /health, an echo of a JSON body, a streamed upload."""
+    from fastapi import FastAPI, Request
+
+    from ownllm.web.common import install_errors_and_guard
+
+    app = FastAPI()
+    install_errors_and_guard(app, Guard(max_body=1 << 16, upload_paths=("/upload",), body_timeout=body_timeout))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.post("/echo")
+    async def echo(request: Request):
+        return {"bytes": len(await request.body())}
+
+    @app.post("/upload")
+    async def upload(request: Request):
+        return {"bytes": sum([len(c) async for c in request.stream()])}
+
+    return app
+
+
+def _trickle(sock, data: bytes, every: float, until: float) -> bytes:
+    """Send ``data`` a byte every ``every`` seconds until the server answers or closes; what it answered."""
+    import select
+
+    for i in range(len(data)):
+        if time.monotonic() > until:
+            break
+        try:
+            sock.sendall(data[i:i + 1])
+        except OSError:
+            break
+        ready, _, _ = select.select([sock], [], [], every)
+        if ready:
+            break
+    sock.settimeout(max(0.1, until - time.monotonic()))
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def test_a_trickled_head_or_body_is_answered_408_and_closed(serving):
+    import socket
+
+    from ownllm.web.settings import ConnectionLimits
+
+    limits = ConnectionLimits(header_timeout=1.0, body_timeout=1.0)
+    with serving(_limited_app(body_timeout=1.0), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 200\r\n"
+        cases = {"head": head + b"X-Pad: " + b"a" * 200,                    # never ends its headers
+                 "body": head + b"\r\n" + b'{"a": "' + b"b" * 300,         # headers, then a trickled body
+                 "silent": b""}                                             # connects and says nothing
+        for name, data in cases.items():
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                t = time.monotonic()
+                answer = _trickle(sock, data, 0.05, t + 8)
+                took = time.monotonic() - t
+                # before: uvicorn kept every one of these open for as long as the client went on (here 8 s+)
+                assert answer.startswith(b"HTTP/1.1 408"), (name, answer[:200])
+                assert b'"code": "request_timeout"' in answer or b'"code":"request_timeout"' in answer, answer
+                assert took < 4, (name, took)
+                sock.settimeout(2)
+                assert sock.recv(1024) == b"", name  # and closed
+        # an upload's pieces each have the deadline; a steady one passes, a stalled one gets the 408
+        import httpx
+
+        def pieces(stall):
+            yield b"x" * 1000
+            time.sleep(stall)
+            yield b"y" * 1000
+
+        ok = httpx.post(url + "/upload", content=pieces(0.2), timeout=10)
+        assert ok.status_code == 200 and ok.json() == {"bytes": 2000}
+        late = httpx.post(url + "/upload", content=pieces(3), timeout=10)
+        assert late.status_code == 408 and late.json()["error"]["code"] == "request_timeout"
+        assert httpx.post(url + "/echo", content=b"{\"a\": 1}", timeout=10).json() == {"bytes": 8}
+
+
+def test_connection_cap_closes_the_longest_waiting_and_keeps_answering(serving):
+    import socket
+
+    import httpx
+
+    from ownllm.web.settings import ConnectionLimits
+
+    limits = ConnectionLimits(max_connections=10, header_timeout=30.0)
+    with serving(_limited_app(body_timeout=30.0), limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow = []
+        for i in range(25):  # two and a half times the cap of clients that open and send half a head
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(s)
+            time.sleep(0.02)
+        time.sleep(0.3)
+
+        def closed(s):
+            s.settimeout(0.05)
+            try:
+                return s.recv(1) == b""
+            except socket.timeout:
+                return False
+            except OSError:
+                return True
+
+        state = [closed(s) for s in slow]
+        # before: all 25 stayed open. Now at most the cap is open, the oldest closed first
+        assert sum(not c for c in state) <= 10 and state[:10] == [True] * 10, state
+        t = time.monotonic()
+        assert httpx.get(url + "/health", timeout=5).status_code == 200 and time.monotonic() - t < 1
+        for s in slow:
+            s.close()

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal, Union
 
 from fastapi import FastAPI, Request
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guard, warn_if_exposed
 from ownllm.web.generation_queue import GenerationQueue, as_api_error, limit_malloc_arenas
+from ownllm.web.settings import ConnectionLimits
 
 log = logging.getLogger("ownllm.serve")
 StrictNumber = Annotated[float, Field(strict=True)]  # an int or a float; not a bool, not a string
@@ -46,6 +47,7 @@ class ServeSettings:
     batching: bool = True                   # concurrent requests share decode steps (ownllm.models.batching)
     engine: dict | None = None              # how the model was chosen to run (ownllm.serving.engines), for /health
     max_tokens: int | None = None           # the operator's ceiling on a request's max_tokens (--max-tokens)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # what a slow client may hold
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ def create_app(model, settings: ServeSettings):
     limit = settings.max_request_bytes or default_body_limit(model.context_length)
     install_errors_and_guard(app, Guard(bound_host=settings.host, allowed_hosts=settings.allowed_hosts,
                                         api_key=settings.api_key, max_body=limit,
+                                        body_timeout=settings.limits.body_timeout,
                                         is_open=lambda path: path in OPEN_PATHS or path.startswith("/static/")))
 
     add_page(app, STATIC, ("chat.js", "chat.css"))
@@ -333,11 +336,10 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
           system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
           max_request_bytes: int | None = None, merge: bool = True, engine: str = "auto",
-          batching: bool = True, max_tokens: int | None = None) -> None:
+          batching: bool = True, max_tokens: int | None = None, limits: ConnectionLimits | None = None) -> None:
     """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C."""
-    import uvicorn
-
     from ownllm.serving.engines import describe, load_engine
+    from ownllm.web.server import run_server
 
     limit_malloc_arenas()
     model, chosen = load_engine(source, engine, device=device, dtype=dtype, merge=merge,
@@ -347,9 +349,10 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
     settings = ServeSettings(model_id=model_id_for(source), api_key=api_key, max_concurrency=max_concurrency,
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
                              allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes,
-                             batching=batching, engine=chosen, max_tokens=max_tokens)
+                             batching=batching, engine=chosen, max_tokens=max_tokens,
+                             limits=limits or ConnectionLimits())
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)
     warn_if_exposed(host, api_key, "ownllm serve")
-    uvicorn.run(create_app(model, settings), host=host, port=port, log_level="warning")
+    run_server(create_app(model, settings), host, port, settings.limits)

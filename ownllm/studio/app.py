@@ -366,10 +366,11 @@ def _open_path(path: str) -> bool:
 
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(studio: Studio, api_key: str | None = None, host: str = "127.0.0.1",
-               allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+               allowed_hosts: tuple[str, ...] = (), body_timeout: float = 30.0) -> FastAPI:
     app = FastAPI(title="ownllm studio", docs_url=None, redoc_url=None, openapi_url=None)
     install_errors_and_guard(app, Guard(bound_host=host, allowed_hosts=allowed_hosts, api_key=api_key,
-                                        is_open=_open_path, max_body=MAX_JSON, upload_paths=("/api/upload",)))
+                                        is_open=_open_path, max_body=MAX_JSON, upload_paths=("/api/upload",),
+                                        body_timeout=body_timeout))
 
     @app.exception_handler(OwnLLMError)
     async def _mistake(request, exc: OwnLLMError):  # a person's mistake (bad file, flag, model): a 400 naming it
@@ -567,9 +568,11 @@ def network_key(host: str, api_key: str | None) -> tuple[str | None, str | None]
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
            parallel_training: bool = False, data_roots: list[str] | None = None,
            allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0, teachers: list[str] | None = None,
-           teacher_key_envs: list[str] | None = None) -> None:
-    """Serve the studio until Ctrl-C. Training jobs go on when it stops."""
-    import uvicorn
+           teacher_key_envs: list[str] | None = None, limits=None) -> None:
+    """Serve the studio until Ctrl-C (``limits``: a ``web.settings.ConnectionLimits``). Training jobs go on
+    when it stops."""
+    from ownllm.web.server import run_server
+    from ownllm.web.settings import ConnectionLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -580,7 +583,7 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
         print(f"It listens on {host}, so it needs a key, made for this start: open http://{shown}:{port}/#key={made} "
               "(the page keeps it for the tab; set OWNLLM_API_KEY to choose your own).", flush=True)
     limit_malloc_arenas()
+    limits = limits or ConnectionLimits()
     app = create_app(Studio(runs, parallel_training, data_roots, request_timeout, teachers, teacher_key_envs),
-                     api_key, host=host,
-                     allowed_hosts=allowed_hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+                     api_key, host=host, allowed_hosts=allowed_hosts, body_timeout=limits.body_timeout)
+    run_server(app, host, port, limits)

@@ -2,6 +2,7 @@
 the page's security headers, the API-key check, and the page with its static files."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -47,6 +48,7 @@ class Guard:
       page: a foreign ``Origin`` gets 403, and so do the content types an HTML form can send without
       asking (form fields, multipart, text/plain) unless a header that forms cannot set comes with them;
     - a body is at most ``max_body`` bytes (413), except on ``upload_paths``, which stream and cap it;
+    - a body arrives within ``body_timeout`` seconds (an upload: between two of its pieces), else 408;
     - ``Authorization: Bearer KEY`` on every path that ``is_open`` does not open (401).
     """
 
@@ -56,6 +58,7 @@ class Guard:
     is_open: Callable[[str], bool] = lambda path: False
     max_body: int = 1 << 20
     upload_paths: tuple[str, ...] = ()
+    body_timeout: float = 30.0
 
     def host_allowed(self, host: str) -> bool:
         name = _hostname(host)
@@ -113,28 +116,34 @@ class Guard:
             err = guard.problem(scope["method"], scope["path"], headers)
             if err is not None:
                 return await _answer(err, send)
-            if scope["method"] in SAFE_METHODS or scope["path"] in guard.upload_paths \
-                    or headers.get("content-length", "").isdigit():
+            if scope["method"] in SAFE_METHODS:
                 return await app(scope, receive, send)
-            return await _buffered(app, scope, receive, send, guard.max_body)  # chunked: counted as it arrives
+            if scope["path"] in guard.upload_paths:  # streamed by the route: each piece has the deadline
+                return await _paced(app, scope, receive, send, guard.body_timeout)
+            return await _buffered(app, scope, receive, send, guard.max_body, guard.body_timeout)
 
         return guarded
 
 
-async def _buffered(app, scope, receive, send, limit: int) -> None:
-    """Read a body of unknown length (chunked) up to ``limit`` bytes, answering 413 past it; then hand it
-    to ``app`` in one piece, and later ``receive`` calls to the client (so a disconnect is still seen)."""
+async def _buffered(app, scope, receive, send, limit: int, timeout: float) -> None:
+    """Read the body up to ``limit`` bytes (413 past it; a chunked body is counted as it arrives) within
+    ``timeout`` seconds (408 past it, the connection closed); then hand it to ``app`` in one piece, and
+    later ``receive`` calls to the client (so a disconnect is still seen)."""
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > limit:
-            return await _answer(_too_large(limit), send)
-        if not message.get("more_body"):
-            break
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > limit:
+                    return await _answer(_too_large(limit), send)
+                if not message.get("more_body"):
+                    break
+    except TimeoutError:
+        return await _answer(_body_late(timeout), send)
     body, given = b"".join(chunks), False
 
     async def replay():
@@ -145,6 +154,30 @@ async def _buffered(app, scope, receive, send, limit: int) -> None:
         return {"type": "http.request", "body": body, "more_body": False}
 
     await app(scope, replay, send)
+
+
+async def _paced(app, scope, receive, send, timeout: float) -> None:
+    """``app`` reading a streamed body itself, each piece due within ``timeout`` seconds of the last: a late
+    piece raises the 408 inside the route's read, which answers it (and drops what it had written)."""
+    done = False
+
+    async def paced_receive():
+        nonlocal done
+        if done:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except TimeoutError:
+            raise _body_late(timeout) from None
+        done = message["type"] != "http.request" or not message.get("more_body")
+        return message
+
+    await app(scope, paced_receive, send)
+
+
+def _body_late(timeout: float) -> APIError:
+    return APIError(408, f"the request body did not arrive within {timeout:g} s (--body-timeout)",
+                    code="request_timeout", headers={"Connection": "close"})
 
 
 def _too_large(limit: int) -> APIError:

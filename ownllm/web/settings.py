@@ -22,6 +22,27 @@ def _check_common(cfg, p: list[str]) -> None:
 
 
 @dataclass
+class ConnectionLimits:
+    """What a connection may hold of either server (slow clients): both commands take these flags."""
+    max_connections: int = setting(500, "open connections at most; past it the connection idle longest, or still "
+                                        "sending its request, is closed for the new one (default 500)")
+    header_timeout: float = setting(10.0, "seconds a request's line and headers may take to arrive (default 10); a "
+                                          "client that trickles them is answered 408 and closed")
+    body_timeout: float = setting(30.0, "seconds a request body may take to arrive (default 30; an upload: between "
+                                        "two of its pieces)")
+
+    def validate(self) -> "ConnectionLimits":
+        p = []
+        if self.max_connections < 2:
+            p.append(f"--max-connections must be at least 2 (got {self.max_connections})")
+        p += [f"--{name.replace('_', '-')} must be positive (seconds)"
+              for name in ("header_timeout", "body_timeout") if getattr(self, name) <= 0]
+        if p:
+            raise ConfigError(p)
+        return self
+
+
+@dataclass
 class ServeConfig:
     """`ownllm serve`'s server settings (the model's own loading flags are `generate`'s and `chat`'s)."""
     host: str = setting("127.0.0.1", HOST_HELP)
