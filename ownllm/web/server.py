@@ -7,9 +7,9 @@ it). So connections are served by ``LimitedH11Protocol``, uvicorn's own h11 prot
 
 - a head deadline: a request's line and headers must arrive within ``header_timeout`` of the
   connection's opening or of the request's first byte, else 408 and the connection is closed;
-- a connection cap: at ``max_connections``, the connection that has waited longest without a request
-  in progress (idle, or still sending its head) is closed for the new one; only when every connection
-  is busy with a request does the new one get a 503.
+- a connection cap: at ``max_connections``, the connection that has been sending its request longest
+  (head or body), else the one idle longest, is closed for the new one; only when every connection is
+  busy with a request the server is answering does the new one get a 503.
 
 The body's deadline (``body_timeout``) is kept by the requests' guard (``web.common.Guard``), which
 knows an upload from a question and answers in the API's error shape.
@@ -36,14 +36,32 @@ def _raw_answer(status: int, reason: str, message: str, code: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
+_closed = {"count": 0, "logged": 0.0}
+LOG_EVERY_SECONDS = 60.0  # one line a minute however many slow clients: a line each would flood the log
+
+
+def _note_closed(timeout: float) -> None:
+    _closed["count"] += 1
+    now = time.monotonic()
+    if now - _closed["logged"] >= LOG_EVERY_SECONDS:
+        log.warning("closed %d connection(s) that sent no complete request head within %g s (--header-timeout) "
+                    "since the last such line", _closed["count"], timeout)
+        _closed["count"], _closed["logged"] = 0, now
+
+
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a head deadline and a connection cap (the limits ride on the uvicorn
-    config as ``ownllm_limits``). Reads ``cycle``, ``connections`` and ``transport`` of H11Protocol."""
+    config as ``ownllm_limits``). Reads ``cycle``, ``connections`` and ``transport`` of H11Protocol.
+
+    A connection is *receiving* from its opening, or its next request's first byte, until its request's
+    body has all arrived; then *busy* until its response is complete; then *idle* (keep-alive). At the
+    cap, the connection receiving longest is closed for the new one, else the one idle longest; a busy
+    one never is. A client sending a request at network speed is receiving for a moment only, so the
+    closed connections are the slow ones."""
 
     def connection_made(self, transport) -> None:
         limits: ConnectionLimits = self.config.ownllm_limits
-        self._head_timer = None
-        self._waiting_since = time.monotonic()
+        self._head_timer, self._receiving, self._since = None, True, time.monotonic()
         if len(self.connections) >= limits.max_connections and not self._make_room():
             self.transport = transport  # connection_lost closes it
             transport.write(_raw_answer(503, "Service Unavailable", f"the server has {limits.max_connections} "
@@ -55,12 +73,19 @@ class LimitedH11Protocol(H11Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if not self._receiving and not self._in_request():  # an idle connection's next request begins
+            self._receiving, self._since = True, time.monotonic()
         super().data_received(data)
         if self._in_request():
-            self._disarm()
+            self._disarm()  # the head is in (the guard keeps the body's deadline)
+            if not self.cycle.more_body:
+                self._receiving = False
         elif self._head_timer is None and not self.transport.is_closing():
-            self._waiting_since = time.monotonic()  # the next request's first bytes: its head has a deadline too
             self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._receiving, self._since = False, time.monotonic()
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -83,21 +108,22 @@ class LimitedH11Protocol(H11Protocol):
         if self._in_request() or self.transport.is_closing():
             return
         timeout = self.config.ownllm_limits.header_timeout
-        log.info("closed a connection from %s: no complete request head within %g s", self.client, timeout)
+        _note_closed(timeout)
         self.transport.write(_raw_answer(408, "Request Timeout", f"the request's line and headers did not arrive "
                                          f"within {timeout:g} s (--header-timeout)", "request_timeout"))
         self.transport.close()
 
     def _make_room(self) -> bool:
-        """Close the connection waiting longest with no request in progress; False if all are busy."""
-        idle = [c for c in self.connections if isinstance(c, LimitedH11Protocol) and not c._in_request()
-                and not c.transport.is_closing()]
-        if not idle:
+        """Close the connection receiving longest, else the one idle longest; False if all are busy."""
+        open_ = [c for c in self.connections if isinstance(c, LimitedH11Protocol) and not c.transport.is_closing()]
+        receiving = [c for c in open_ if c._receiving]
+        idle = [c for c in open_ if not c._receiving and not c._in_request()]
+        if not (receiving or idle):
             return False
-        oldest = min(idle, key=lambda c: c._waiting_since)
-        oldest._disarm()
-        oldest.transport.close()
-        oldest.connections.discard(oldest)  # counted free now: the close completes on the loop's next turn
+        victim = min(receiving or idle, key=lambda c: c._since)
+        victim._disarm()
+        victim.transport.close()
+        victim.connections.discard(victim)  # counted free now: the close completes on the loop's next turn
         return True
 
 
