@@ -51,6 +51,15 @@ def write_jsonl(path: str, rows) -> None:
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def append_jsonl(path: str, row: dict) -> None:
+    """One row added to ``path`` and on the disk before this returns (a crash afterwards keeps it; one during
+    leaves at most a cut-short last line, which the reader skips)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_jsonl(path: str) -> list:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

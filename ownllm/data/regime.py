@@ -13,6 +13,15 @@ TRUSTED_VAL_ROWS = 20   # early stopping and the best checkpoint follow validati
 
 
 SMALL_ROWS, MEDIUM_ROWS = 1000, 5000   # training rows: the recipe's tiers (rank, learning rate, epochs)
+# the LoRA recipe of each tier (``training.defaults.resolve_defaults`` reads it; the report says it)
+RECIPES = {"small": {"lora_r": 64, "lr": 1e-3, "epochs": 10},
+           "medium": {"lora_r": 32, "lr": 5e-4, "epochs": 5},
+           "large": {"lora_r": 16, "lr": 2e-4, "epochs": 3}}
+
+
+def recipe_tier(train_rows: int) -> str:
+    """``small``, ``medium`` or ``large``: the recipe's tier for this many training rows."""
+    return "small" if train_rows < SMALL_ROWS else "medium" if train_rows < MEDIUM_ROWS else "large"
 
 
 def size_regime(train_rows: int, val_rows: int, test_rows: int = 0) -> dict:
@@ -24,9 +33,9 @@ def size_regime(train_rows: int, val_rows: int, test_rows: int = 0) -> dict:
         return {"name": "tiny", "early_stopping": False,
                 "why": f"{total} rows: nothing is held out, so there is no honest test of what the model learned "
                        f"(from {TINY_ROWS} rows up, validation and test rows are kept aside)"}
-    name, recipe = (("small", "rank 64, learning rate 1e-3, 10 epochs") if train_rows < SMALL_ROWS else
-                    ("medium", "rank 32, learning rate 5e-4, 5 epochs") if train_rows < MEDIUM_ROWS else
-                    ("large", "rank 16, learning rate 2e-4, 3 epochs"))
+    name = recipe_tier(train_rows)
+    r = RECIPES[name]
+    recipe = f"rank {r['lora_r']}, learning rate {r['lr']:g}, {r['epochs']} epochs"
     trusted = val_rows >= TRUSTED_VAL_ROWS
     stopping = (f"early stopping and the best checkpoint follow its {val_rows} validation rows" if trusted else
                 f"its {val_rows} validation rows are too few to stop on (a row more or less decides), so training "

@@ -82,16 +82,17 @@ def resolve_defaults(cfg: TrainConfig, n_train: int, n_val: int | None = None) -
     epochs do. Early stopping on validation loss decides when to stop where validation has rows
     enough (``TRUSTED_VAL_ROWS``); below that the run trains its planned steps.
     """
-    from ownllm.data.regime import MEDIUM_ROWS, SMALL_ROWS, TRUSTED_VAL_ROWS
+    from ownllm.data.regime import RECIPES, TRUSTED_VAL_ROWS, recipe_tier
 
-    small, medium = n_train < SMALL_ROWS, n_train < MEDIUM_ROWS
+    tier = recipe_tier(n_train)
+    recipe = RECIPES[tier]
     lora_like = cfg.method in ("lora", "qlora", "dora")
     lr = cfg.lr
     if lr is None:
-        lr = {"full": 3e-5, "prefix": 1e-2}.get(cfg.method, 1e-3 if small else (5e-4 if medium else 2e-4))
-    r = cfg.lora_r or (64 if small else (32 if medium else 16))
-    alpha = cfg.lora_alpha or (r if small else 2 * r)
-    epochs = cfg.epochs or (10 if small else (5 if medium else 3))
+        lr = {"full": 3e-5, "prefix": 1e-2}.get(cfg.method, recipe["lr"])
+    r = cfg.lora_r or recipe["lora_r"]
+    alpha = cfg.lora_alpha or (r if tier == "small" else 2 * r)
+    epochs = cfg.epochs or recipe["epochs"]
     batch = cfg.batch_size or small_data_batch(cfg, n_train, epochs)
     accum = cfg.grad_accum
     if accum is None:  # the guide's 4, fewer when that would leave under ~16 optimizer steps per epoch

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ownllm.config import setting
 from ownllm.errors import ConfigError
+from ownllm.utils import append_jsonl
 
 DRIFT_WEIGHT = 2.0   # the default protection's KL weight: trials of either strength are scored alike
 MAX_TRIALS = 20      # a budget alone never starts more trials than this
@@ -152,13 +153,6 @@ def _read_trials(path: str) -> list[dict]:
     return out
 
 
-def _append(path: str, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _retell(study, space: dict, done: list[dict]) -> None:
     """Trials of an earlier, interrupted search: told to the sampler and the pruner as they went."""
     import optuna
@@ -220,7 +214,8 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
         number = len(trials)
         settings = dataclasses.replace(cfg, **trial.params, out=os.path.join(folder, f"trial-{number}"),
                                        data=run.path, time_budget=None)
-        predicted = plan_run(settings, data, None, strict=False).estimate.get("hours", 0) * 3600
+        planned = plan_run(settings, data, None, strict=False)
+        predicted = planned.estimate.get("hours", 0) * 3600
         left = None if budget is None else budget - spent_before - (time.time() - start)
         if left is not None and left < predicted * 0.5:
             if not trials:
@@ -231,11 +226,12 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
             break
         if left is not None and left < predicted:  # the last trial gets what is left: it stops gracefully
             settings.time_budget = f"{int(left)}s"
+            planned = plan_run(settings, data, None, strict=False)
         callback = _Pruning(trial if not options.no_prune else None, warmup)
         trial_run = RunDir(settings.out)
         shutil.rmtree(trial_run.path, ignore_errors=True)  # a trial a crash cut short starts again
         t0 = time.time()
-        result = train_run(plan_run(settings, data, None, strict=False).settings, data, trial_run,
+        result = train_run(planned.settings, data, trial_run,
                            callbacks=[callback])
         summary = result.summary
         pruned = callback.pruned_at is not None
@@ -254,7 +250,7 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
         else:
             study.tell(trial, value)
         trials.append(row)
-        _append(log_path, row)
+        append_jsonl(log_path, row)
         _log(f"ownllm tune: trial {number} {_params_text(row['params'])}: "
              + (f"score {row['score']}" if row["score"] is not None else "no score")
              + f" ({row['stopped_because'].replace('_', ' ')}, {row['steps']} steps, {row['seconds']:.0f} s)")
