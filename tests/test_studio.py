@@ -303,7 +303,7 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         expect(page.locator("#docs-report")).to_contain_text("18 / 18", timeout=120000)  # rows / facts
         expect(page.locator("#docs-report")).to_contain_text("docs.jsonl")
         page.click("#inspect")
-        expect(page.locator("#report-counts")).to_contain_text("18")
+        expect(page.locator("#report-counts")).to_contain_text("18", timeout=60000)  # the first click starts the data doctor's worker
         shot(page, "1-documents")
         page.click("#docs-box summary")
         expect(page.locator("#run-name")).to_have_value(re.compile(r"docs-[0-9a-f]{6}"))
@@ -426,3 +426,51 @@ def test_every_label_has_a_chinese_translation():
     assert in_page and in_script
     assert not (in_page | in_script) - zh, "labels without a Chinese text"
     assert not in_script - en - in_page, "script texts without an English text"
+
+
+def test_work_past_the_memory_limit_stops_with_a_sentence(tmp_path, support_csv):
+    """Data preparation runs outside the server and, like every job, is stopped past --job-memory with a
+    message naming the limit; under the limit both work as before."""
+    from fastapi.testclient import TestClient
+
+    from ownllm.studio import jobs
+    from ownllm.studio.app import Studio, create_app
+    def own_rss():  # this process alone (the worker is its child)
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    tight = Studio(str(tmp_path / "runs"), data_roots=[str(tmp_path.parent)], job_memory=60 << 20)
+    before = own_rss()
+    client = TestClient(create_app(tight), base_url="http://127.0.0.1")
+    mapped = {"inputs": [support_csv], "columns": "prompt=客户提问,response=标准回复"}
+    r = client.post("/api/data/inspect", json=mapped)
+    assert r.status_code == 507 and r.json()["error"]["code"] == "memory_limit", r.text
+    assert "0.1 GB" in r.json()["error"]["message"] and "--job-memory" in r.json()["error"]["message"]
+    tight.preparer.memory = None  # the next request starts a new worker, which is kept warm
+    reports = [client.post("/api/data/inspect", json=mapped) for _ in range(2)]
+    worker = tight.preparer._proc
+    assert [r.status_code for r in reports] == [200, 200] and reports[0].json()["report"]["kept_rows"] == 40
+    assert worker.poll() is None and client.post("/api/data/inspect", json=mapped).status_code == 200
+    assert tight.preparer._proc is worker  # one worker for both: its tokenizer stays loaded
+    # a person's mistake comes back from the worker as the same 400
+    missing = client.post("/api/data/inspect", json={"inputs": [str(tmp_path / "missing.jsonl")]})
+    assert missing.status_code == 400 and "missing.jsonl" in missing.json()["error"]["message"]
+    # the file was read in the worker: the server did not load a tokenizer for it
+    assert own_rss() - before < 100 << 20
+    tight.preparer.close()
+
+    run = str(tmp_path / "runs" / "r")
+    os.makedirs(run)
+    for memory, expected in ((60 << 20, "failed"), (None, "done")):
+        jobs.start(run, "eval", ["data", "inspect", support_csv, "--columns", "prompt=客户提问,response=标准回复"],
+                   memory=memory)
+        for _ in range(600):
+            state = jobs.state(run, "eval")
+            if state["state"] != "running":
+                break
+            time.sleep(0.1)
+        assert state["state"] == expected, state
+        if expected == "failed":
+            assert "--job-memory" in state["reason"] and "--job-memory" in state["log_tail"]
+        else:
+            assert "reason" not in state

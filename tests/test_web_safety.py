@@ -310,7 +310,7 @@ def test_studio_inputs_named_like_options_stay_files(tmp_path, monkeypatch):
     from ownllm.studio import jobs
 
     started = []
-    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv: started.append(argv) or {})
+    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv, memory=None: started.append(argv) or {})
     (tmp_path / "mine").mkdir()
     for name in ("--help", "--teacher=http:"):
         (tmp_path / "mine" / name).write_text("# a page\n\nSome text.", encoding="utf-8")
@@ -345,7 +345,7 @@ def test_the_documents_step_uses_only_teachers_and_key_variables_named_at_start(
     from ownllm.studio.app import Studio, create_app
 
     started = []
-    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv: started.append(argv) or {})
+    monkeypatch.setattr(jobs, "start", lambda folder, kind, argv, memory=None: started.append(argv) or {})
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.md").write_text("# A\n\nSome text.", encoding="utf-8")
     doc = str(tmp_path / "mine" / "a.md")
@@ -405,7 +405,7 @@ def test_background_jobs_are_limited_across_runs(tmp_path, monkeypatch):
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.md").write_text("# A\n\nSome text.", encoding="utf-8")
-    monkeypatch.setattr(jobs, "start", lambda *a: {})
+    monkeypatch.setattr(jobs, "start", lambda *a, **kw: {})
     studio = _studio(tmp_path)
     docs = tmp_path / "runs" / ".docs"
     for job in ("j1", "j2"):

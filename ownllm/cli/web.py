@@ -36,10 +36,12 @@ def cmd_studio(args) -> int:
     warn_key_on_command_line(args)
     require_web_packages("ownllm studio")
     from ownllm.studio.app import studio
+    from ownllm.studio.memory import limit_from_gb
 
     studio(cfg.runs, host=cfg.host, port=cfg.port, api_key=cfg.api_key, parallel_training=cfg.parallel_training,
            data_roots=cfg.data_root, allowed_hosts=tuple(cfg.allowed_host), request_timeout=cfg.request_timeout,
-           teachers=cfg.teacher, teacher_key_envs=cfg.teacher_key_env, limits=limits)
+           teachers=cfg.teacher, teacher_key_envs=cfg.teacher_key_env, limits=limits,
+           job_memory=limit_from_gb(cfg.job_memory))
     return 0
 
 

@@ -1,8 +1,9 @@
 """`ownllm studio`: the whole flow in a web page — data → plan → train → report and chat → export.
 
-Every action calls what the CLI calls: ``prepare_dataset`` and ``plan`` in the server, and
-``ownllm train|eval|export`` as background jobs (``ownllm.studio.jobs``) that outlive the page
-and the server. State lives in the run directories under ``--runs`` (default ``runs/``), so runs
+Every action calls what the CLI calls: ``plan`` in the server, ``prepare_dataset`` in a process of
+its own (``ownllm.studio.prepare``), and ``ownllm train|eval|export`` as background jobs
+(``ownllm.studio.jobs``) that outlive the page and the server; the last two are stopped with a
+message past ``--job-memory`` (``ownllm.studio.memory``). State lives in the run directories under ``--runs`` (default ``runs/``), so runs
 made in a terminal show up here and the other way round.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ownllm.web.common import APIError, Guard, add_page, install_errors_and_guar
 from ownllm.web.generation_queue import GenerationQueue, limit_malloc_arenas
 from ownllm.studio import jobs
 from ownllm.studio.docs import add_docs_routes
+from ownllm.studio.prepare import Preparer
 from ownllm.rundir import RunDir
 from ownllm.studio.runs import read_metrics, run_view, training_state
 
@@ -96,17 +98,18 @@ def _prepare_options(o) -> dict:
     return {k: v for k, v in o.model_dump(exclude={"inputs", "name"}).items() if v not in (None, "")}
 
 
-def _report_view(report: dict) -> dict:
-    return {k: v for k, v in report.items() if not k.startswith("_")}
-
-
 class Studio:
     """The runs folder and what the server holds in memory: chat models and a lock per action."""
 
     def __init__(self, runs: str, parallel_training: bool = False, data_roots: list[str] | None = None,
                  request_timeout: float = 120.0, teachers: list[str] | None = None,
-                 teacher_key_envs: list[str] | None = None):
+                 teacher_key_envs: list[str] | None = None, job_memory: int | None = None):
+        from ownllm.studio.memory import default_limit
+
         self.runs = os.path.abspath(runs)
+        # resident bytes a job or a data preparation may use (studio.memory): --job-memory, else 80 % of RAM
+        self.job_memory = job_memory or default_limit()
+        self.preparer = Preparer(self.job_memory)  # the data doctor's warm worker process
         # teacher URLs and the variables holding their keys: only what the person starting the studio named,
         # so that a request cannot send documents, or $ANY_SECRET as a bearer token, to a host of its choosing
         self.teachers, self.teacher_key_envs = list(teachers or []), list(teacher_key_envs or [])
@@ -264,7 +267,7 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
             raise APIError(409, f"an {kind} of '{name}' is running now", code="busy")
         else:
             studio.refuse_if_many_jobs()
-        return jobs.start(run, kind, argv)
+        return jobs.start(run, kind, argv, memory=studio.job_memory)
 
 
 def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
@@ -415,11 +418,9 @@ def _add_setup_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.post("/api/data/inspect")
     async def inspect(req: DataOptions):
-        from ownllm.data.prepare import prepare_dataset
-
         studio.check_options(req)
-        prepared = await asyncio.to_thread(prepare_dataset, req.inputs, None, **_prepare_options(req))
-        return {"report": _report_view(prepared.report)}
+        report = await asyncio.to_thread(studio.preparer.prepare, req.inputs, None, _prepare_options(req))
+        return {"report": report}
 
     add_docs_routes(app, studio)
 
@@ -433,13 +434,12 @@ def _add_run_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.post("/api/runs")
     async def new_run(req: NewRun):
-        from ownllm.data.prepare import prepare_dataset
 
         studio.check_options(req)
         run = studio.run_dir(req.name, must_exist=False)
         if os.path.exists(run):
             raise APIError(409, f"a run named '{req.name}' exists already: pick another name", param="name")
-        await asyncio.to_thread(prepare_dataset, req.inputs, run, **_prepare_options(req))
+        await asyncio.to_thread(studio.preparer.prepare, req.inputs, run, _prepare_options(req))
         return run_view(studio.run_dir(req.name), req.name)
 
     @app.get("/api/runs/{name}")
@@ -568,7 +568,7 @@ def network_key(host: str, api_key: str | None) -> tuple[str | None, str | None]
 def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None,
            parallel_training: bool = False, data_roots: list[str] | None = None,
            allowed_hosts: tuple[str, ...] = (), request_timeout: float = 120.0, teachers: list[str] | None = None,
-           teacher_key_envs: list[str] | None = None, limits=None) -> None:
+           teacher_key_envs: list[str] | None = None, limits=None, job_memory: int | None = None) -> None:
     """Serve the studio until Ctrl-C (``limits``: a ``web.settings.ConnectionLimits``). Training jobs go on
     when it stops."""
     from ownllm.web.server import run_server
@@ -584,6 +584,7 @@ def studio(runs: str = "runs", host: str = "127.0.0.1", port: int = 7860, api_ke
               "(the page keeps it for the tab; set OWNLLM_API_KEY to choose your own).", flush=True)
     limit_malloc_arenas()
     limits = limits or ConnectionLimits()
-    app = create_app(Studio(runs, parallel_training, data_roots, request_timeout, teachers, teacher_key_envs),
+    app = create_app(Studio(runs, parallel_training, data_roots, request_timeout, teachers, teacher_key_envs,
+                            job_memory),
                      api_key, host=host, allowed_hosts=allowed_hosts, body_timeout=limits.body_timeout)
     run_server(app, host, port, limits)

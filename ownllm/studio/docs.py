@@ -50,7 +50,7 @@ def add_docs_routes(app, studio) -> None:
                                 f"with --teacher-key-env {req.teacher_key_env} to allow it", param="teacher_key_env",
                            code="teacher_key_env_not_allowed")
         await asyncio.to_thread(studio.refuse_if_many_jobs)
-        return await asyncio.to_thread(start_docs, studio.runs, req)
+        return await asyncio.to_thread(start_docs, studio.runs, req, studio.job_memory)
 
     @app.get("/api/docs/{job_id}")
     async def docs_job(job_id: str):
@@ -67,12 +67,12 @@ def docs_argv(out: str, req: DocsRequest) -> list[str]:
     return argv + ["--", *req.inputs]  # after "--" an input named like an option (--help, --teacher=...) is a file
 
 
-def start_docs(runs: str, req: DocsRequest) -> dict:
+def start_docs(runs: str, req: DocsRequest, memory: int | None = None) -> dict:
     job_id = uuid.uuid4().hex[:12]
     folder = os.path.join(runs, FOLDER, job_id)
     argv = docs_argv(os.path.join(folder, "docs.jsonl"), req)
     os.makedirs(folder)
-    jobs.start(folder, "docs", argv)
+    jobs.start(folder, "docs", argv, memory=memory)
     return docs_view(runs, job_id)
 
 

@@ -22,6 +22,7 @@ from ownllm.rundir import RunDir, read_json
 from ownllm.utils import atomic_write
 
 KINDS = ("train", "eval", "export", "docs")
+MEMORY_ENV = "OWNLLM_JOB_MEMORY"  # the job's memory limit in bytes, from the studio to the job's waiting process
 _children: dict[int, subprocess.Popen] = {}  # jobs started by this server process: poll() reaps them
 
 
@@ -52,13 +53,16 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def start(run_dir: str, kind: str, argv: list[str]) -> dict:
-    """Start ``ownllm ARGV`` for ``run_dir`` in the background; returns the job record."""
+def start(run_dir: str, kind: str, argv: list[str], memory: int | None = None) -> dict:
+    """Start ``ownllm ARGV`` for ``run_dir`` in the background, stopped past ``memory`` resident bytes
+    (``studio.memory``); returns the job record."""
     job_path, end_path, log_path = _paths(run_dir, kind)
     os.makedirs(os.path.dirname(job_path), exist_ok=True)
     if os.path.exists(end_path):
         os.remove(end_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    if memory:
+        env[MEMORY_ENV] = str(memory)
     with open(log_path, "ab") as log:
         log.write(f"\n$ ownllm {' '.join(argv)}\n".encode())
         log.flush()
@@ -118,18 +122,27 @@ def main(argv: list[str]) -> int:
     A stop sends SIGTERM to the whole session: the command answers it (a checkpoint, then exit 130);
     this process only waits, so the record is written whatever the command does.
     """
+    from ownllm.studio.memory import gb, wait_within
+
     run_dir, kind, sep, *command = argv
     if sep != "--" or kind not in KINDS:
         raise SystemExit(f"usage: python -m ownllm.studio.jobs RUN_DIR {{{'|'.join(KINDS)}}} -- ARGV")
     _, end_path, _ = _paths(run_dir, kind)
     # a handler, not SIG_IGN: handlers are reset in the child at exec, an ignored signal would stay ignored
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    rc = 1
+    rc, end = 1, {}
+    limit = int(os.environ.get(MEMORY_ENV) or 0) or None
     try:
-        rc = subprocess.call([sys.executable, "-m", "ownllm", *command])
+        proc = subprocess.Popen([sys.executable, "-m", "ownllm", *command])
+        used = wait_within(proc, limit)
+        rc = proc.returncode
         rc = 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N
+        if used is not None:
+            end["reason"] = (f"stopped: it used {gb(used)} of memory, past the studio's limit of {gb(limit)} "
+                             "(--job-memory); a smaller model or batch, or a larger limit")
+            print(f"\nownllm studio: {end['reason']}", flush=True)
     finally:
-        atomic_write(end_path, json.dumps({"pid": os.getpid(), "rc": rc, "ended": round(time.time(), 1)}))
+        atomic_write(end_path, json.dumps({"pid": os.getpid(), "rc": rc, "ended": round(time.time(), 1), **end}))
     return rc
 
 

@@ -92,6 +92,9 @@ class StudioConfig:
                                      "page cannot send documents to a host you did not name)", metavar="URL")
     teacher_key_env: list[str] = setting([], "an environment variable the documents step may send to a teacher as "
                                              "its key (repeatable)", metavar="NAME")
+    job_memory: float | None = setting(None, "GB of memory a job (training, evaluation, export, documents) or a data "
+                                             "preparation may use; past it, it is stopped with a message (default: "
+                                             "80%% of this machine's memory)", metavar="GB")
 
     def validate(self) -> "StudioConfig":
         p: list[str] = []
@@ -99,6 +102,8 @@ class StudioConfig:
         if os.path.exists(self.runs) and not os.path.isdir(self.runs):
             p.append(f"--runs {self.runs} is a file, not a folder")
         p += [f"--data-root {root} is not a folder" for root in self.data_root if not os.path.isdir(root)]
+        if self.job_memory is not None and self.job_memory <= 0:
+            p.append(f"--job-memory must be positive (GB; got {self.job_memory})")
         if p:
             raise ConfigError(p)
         self.api_key = self.api_key or os.environ.get("OWNLLM_API_KEY") or None
