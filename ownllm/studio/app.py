@@ -3,8 +3,8 @@
 Every action calls what the CLI calls: ``plan`` in the server, ``prepare_dataset`` in a process of
 its own (``ownllm.studio.prepare``), and ``ownllm train|eval|export`` as background jobs
 (``ownllm.studio.jobs``) that outlive the page and the server; the last two are stopped with a
-message past ``--job-memory`` (``ownllm.studio.memory``). State lives in the run directories under ``--runs`` (default ``runs/``), so runs
-made in a terminal show up here and the other way round.
+message past ``--job-memory`` (``ownllm.studio.memory``). State lives in the run directories under
+``--runs`` (default ``runs/``), so runs made in a terminal show up here and the other way round.
 """
 from __future__ import annotations
 
@@ -434,7 +434,6 @@ def _add_run_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.post("/api/runs")
     async def new_run(req: NewRun):
-
         studio.check_options(req)
         run = studio.run_dir(req.name, must_exist=False)
         if os.path.exists(run):

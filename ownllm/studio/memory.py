@@ -36,8 +36,8 @@ def default_limit() -> int | None:
 
 
 def limit_from_gb(gb: float | None) -> int | None:
-    """``--job-memory GB`` in bytes, or the default."""
-    return int(gb * (1 << 30)) if gb else default_limit()
+    """``--job-memory GB`` in bytes (None: not given, so the studio takes ``default_limit()``)."""
+    return int(gb * (1 << 30)) if gb else None
 
 
 def gb(n: int) -> str:
@@ -69,20 +69,34 @@ def tree(pid: int) -> tuple[list[int], int]:
     return members, sum(procs.get(p, (0, 0))[1] for p in members)
 
 
+def stop_if_over(pid: int, limit: int) -> int | None:
+    """Kill ``pid`` and its children if together they hold more than ``limit`` resident bytes; returns what
+    they held then, else None."""
+    members, used = tree(pid)
+    if used <= limit:
+        return None
+    for p in members:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return used
+
+
+def watching() -> bool:
+    """Whether memory can be watched here (Linux's /proc)."""
+    return os.path.isdir("/proc")
+
+
 def wait_within(proc: subprocess.Popen, limit: int | None) -> int | None:
     """Wait for ``proc``; past ``limit`` resident bytes (with its children) kill the tree. Returns None when
-    it ended by itself, else the most it was seen using."""
-    if not limit or not os.path.isdir("/proc"):
+    it ended by itself, else what it held when it was stopped."""
+    if not limit or not watching():
         proc.wait()
         return None
     while proc.poll() is None:
-        members, used = tree(proc.pid)
-        if used > limit:
-            for p in members:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        used = stop_if_over(proc.pid, limit)
+        if used is not None:
             proc.wait()
             return used
         time.sleep(POLL_SECONDS)

@@ -21,7 +21,6 @@ from ownllm import errors
 from ownllm.web.common import APIError
 
 IDLE_SECONDS = 600
-POLL_SECONDS = 0.5
 
 
 class Preparer:
@@ -60,7 +59,7 @@ class Preparer:
 
     def _answer(self, proc: subprocess.Popen) -> dict:
         """The worker's answer line, watching its memory while it works."""
-        from ownllm.studio.memory import gb, tree
+        from ownllm.studio.memory import POLL_SECONDS, gb, stop_if_over, watching
 
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], POLL_SECONDS)
@@ -71,13 +70,11 @@ class Preparer:
             if proc.poll() is not None:
                 raise APIError(500, f"the data preparation ended without an answer (exit code {proc.returncode}); "
                                     "its message is in the studio's terminal", kind="server_error")
-            if self.memory and os.path.isdir("/proc"):
-                members, used = tree(proc.pid)
-                if used > self.memory:
-                    self.close()
-                    raise APIError(507, f"preparing these files needed more than {gb(self.memory)} of memory, the "
-                                        "studio's limit (--job-memory): split the files, or start the studio with a "
-                                        "larger limit", code="memory_limit", kind="server_error")
+            if self.memory and watching() and stop_if_over(proc.pid, self.memory) is not None:
+                proc.wait()
+                raise APIError(507, f"preparing these files needed more than {gb(self.memory)} of memory, the "
+                                    "studio's limit (--job-memory): split the files, or start the studio with a "
+                                    "larger limit", code="memory_limit", kind="server_error")
 
 
 def main() -> int:

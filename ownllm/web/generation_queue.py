@@ -70,8 +70,10 @@ class GenerationQueue:
                 if not slot.done() and request is not None and await request.is_disconnected():
                     raise ClientGone()
         except BaseException:
-            if not slot.cancel() and not slot.cancelled() and slot.exception() is None:
+            if slot.done() and not slot.cancelled() and slot.exception() is None:
                 self._slots.release()  # it was granted as we gave up: hand it on
+            else:
+                slot.cancel()
             raise
         finally:
             self.waiting -= 1
