@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 # Pass another spec for a GPU, e.g. make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# make test shares the test files among WORKERS processes (pytest-xdist): a file's tests stay in one process,
+# so its fixtures are built once and the tests of one file never race for its files; WORKERS=0: one process.
+WORKERS ?= 2
 
 .PHONY: demo test test-slow install clean
 
@@ -26,7 +29,7 @@ demo: install
 	$(VENV)/bin/ownllm quickstart --data examples/data/support_en.jsonl --out runs/demo
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -13,6 +13,23 @@ import pytest
 
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "test-artifacts")  # screenshots, kept by CI
 
+# Under pytest-xdist (make test) each worker takes its share of the cores, for itself and the processes it
+# starts: workers that each spin a thread per core slow one another down, the servers' deadlines with them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# The longest files first (per --durations): make test's workers each take whole files (--dist loadfile
+# --no-loadscope-reorder), and a long file handed out last would leave one worker running it alone.
+LONGEST_FIRST = ("test_real_model.py", "test_families.py", "test_export.py", "test_studio.py", "test_training.py",
+                 "test_serve.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet(tmp_path_factory):

@@ -14,18 +14,6 @@ def test_embedded_model_answers_paris():
     assert "Paris" in answer
 
 
-def test_thirty_steps_lower_the_validation_loss(tmp_path):
-    from ownllm.training.trainer import Trainer
-
-    run = tmp_path / "support"
-    summary = Trainer(model="smollm2-135m", train_dataset="examples/data/support_en.jsonl",
-                      args={"output_dir": str(run), "max_steps": 30, "save_steps": 10, "eval_steps": 10,
-                            "early_stopping_patience": 0, "eval_on_start": True}).train()
-    evals = [json.loads(line)["eval_loss"] for line in open(run / "metrics.jsonl") if "eval_loss" in line]
-    assert summary["global_step"] == 30 and len(evals) == 4  # before training, then every 10 steps
-    assert evals[-1] < 0.5 * evals[0]
-
-
 def test_guide_quantizer_snippet_keeps_the_answer():
     pytest.importorskip("bitsandbytes")
     from ownllm import Quantizer
@@ -101,6 +89,10 @@ def test_studio_flow_on_the_embedded_model(tmp_path):
     assert client.post("/api/runs/support/resume").status_code == 200
     t = settled("training")["training"]
     assert t["state"] == "finished" and t["summary"]["global_step"] == 30, t
+    # validated every 10 steps, across the stop and the resume, and still falling at the end
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(tmp_path / "runs" / "support" / "metrics.jsonl"))
+             if "eval_loss" in r}
+    assert sorted(evals) == [10, 20, 30] and evals[30] < evals[20] < evals[10], evals
     assert client.post("/api/runs/support/eval", json={"max_samples": 6}).status_code == 200
     e = settled("eval_job")["eval"]
     assert e["tuned"]["test_loss"] < 0.5 * e["base"]["test_loss"], e["headline"]

@@ -146,7 +146,11 @@ def convert_gguf(path: str, spec=None) -> str:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target) if not os.path.exists(target) else shutil.rmtree(tmp)
+        os.replace(tmp, target)
+    except OSError:  # another process converted it first (replacing a full folder fails): keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(target, "config.json")):
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
