@@ -78,6 +78,7 @@ class RunDir:
     export_dir = property(lambda self: self._at("export"))
     stages_dir = property(lambda self: self._at("stages"))
     studio_dir = property(lambda self: self._at("studio"))
+    feedback_jsonl = property(lambda self: self._at("feedback.jsonl"))  # what people said about its answers
 
     def split(self, name: str) -> str:
         """data/NAME.jsonl: train, val, test or rejected."""

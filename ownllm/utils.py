@@ -52,12 +52,53 @@ def write_jsonl(path: str, rows) -> None:
 
 
 def append_jsonl(path: str, row: dict) -> None:
-    """One row added to ``path`` and on the disk before this returns (a crash afterwards keeps it; one during
-    leaves at most a cut-short last line, which the reader skips)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One row added to ``path`` and on the disk before this returns: whole, under an exclusive lock (threads
+    and processes appending at once never interleave), after a newline when a crash cut the last line short
+    (so that line, skipped by ``read_appended_jsonl``, never swallows this one)."""
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(f"the disk is full while writing {path}", hint="free some space and retry") from e
+        raise
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process appends at a time there (the servers run one process)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def read_appended_jsonl(path: str) -> tuple[list[dict], int]:
+    """The rows of a file written by ``append_jsonl``, and how many lines could not be read (cut short by a
+    crash, or edited by hand into something that is not a JSON object)."""
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            rows.append(row) if isinstance(row, dict) else None
+            bad += not isinstance(row, dict)
+    return rows, bad
 
 
 def read_jsonl(path: str) -> list:

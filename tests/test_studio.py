@@ -369,12 +369,21 @@ def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_c
         page.click("#chat-send")
         expect(page.locator(".pair.answered")).to_have_count(1, timeout=300000)
         assert page.inner_text(".pair .question") == "订单 3 的取件码是多少？" + MARKUP
+        page.click(".pair .feedback button >> text=👍")  # the person's word on the answer: a row to learn from
+        expect(page.locator(".pair .feedback")).to_contain_text("(1 ")
         page.route("**/api/runs/*/chat", lambda route: route.fulfill(
             status=200, content_type="application/json", body=json.dumps({"base": "基础 " + MARKUP, "tuned": MARKUP})))
         page.fill("#chat-input", "again")
         page.click("#chat-send")
         expect(page.locator(".pair.answered")).to_have_count(2)
         assert page.inner_text(".pair .answer.tuned >> nth=0").endswith(MARKUP)
+        page.click(".pair >> nth=0 >> .feedback button >> text=👎")  # a bad answer opens the box for a better one
+        page.fill(".pair >> nth=0 >> .feedback textarea", "取件码是 1021。")
+        page.click(".pair >> nth=0 >> .feedback button >> nth=3")
+        expect(page.locator(".pair >> nth=0 >> .feedback")).to_contain_text("(3 ")
+        said = [json.loads(line) for line in open(runs / "客服" / "feedback.jsonl", encoding="utf-8")]
+        assert [(r["label"] if "label" in r else r["better"]) for r in said] == ["good", "bad", "取件码是 1021。"]
+        assert said[0]["messages"][-1]["content"] == "订单 3 的取件码是多少？" + MARKUP and said[1]["answer"] == MARKUP
         assert page.evaluate("window.__xss") is None and page.locator("main img, main script").count() == 0
         shot(page, "4-report-chat")
 

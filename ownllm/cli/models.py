@@ -41,7 +41,15 @@ def cmd_generate(args) -> int:
     return 0
 
 
+CHAT_HELP = """commands:
+  /good          the last answer was good          /bad           the last answer was bad
+  /better TEXT   a better answer to the last question (saved; the conversation goes on from it)
+  /reset         clear the conversation            /system TEXT   set the system prompt (clears too)
+  /help          this list                         /exit          quit"""
+
+
 def cmd_chat(args) -> int:
+    from ownllm.data.feedback import feedback_path
     from ownllm.models.generation import GenerationSettings
     from ownllm.serving.engines import describe, load_engine
 
@@ -51,9 +59,10 @@ def cmd_chat(args) -> int:
                                 merge=not args.no_merge, allow_pickle=args.allow_pickle,
                                 trust_remote_code=args.trust_remote_code)
     print(describe(chosen))
+    saving = _Feedback(args.model, feedback_path(args.model, args.feedback))
     system, history = args.system, []
-    print(f"{model.name} — type a message; /reset clears the conversation, /system TEXT sets the "
-          "system prompt, /exit quits.")
+    print(f"{model.name} — type a message; /good, /bad or /better TEXT on an answer"
+          + (f" (kept in {saving.path})" if saving.path else "") + "; /help lists the commands, /exit quits.")
     while True:
         try:
             line = input("you> ").strip()
@@ -64,6 +73,9 @@ def cmd_chat(args) -> int:
             continue
         if line in ("/exit", "/quit"):
             return 0
+        if line == "/help":
+            print(CHAT_HELP)
+            continue
         if line == "/reset":
             history = []
             print("(conversation cleared)")
@@ -73,6 +85,10 @@ def cmd_chat(args) -> int:
             history = []
             print(f"(system prompt {'set' if system else 'cleared'}; conversation cleared)")
             continue
+        command, _, text = line.partition(" ")
+        if command in ("/good", "/bad", "/better"):
+            print(saving.say(history, system, command[1:], text.strip()))
+            continue
         history.append({"role": "user", "content": line})
         print("model> ", end="", flush=True)
         answer = ""
@@ -81,6 +97,36 @@ def cmd_chat(args) -> int:
             print(piece, end="", flush=True)
         print()
         history.append({"role": "assistant", "content": answer})
+
+
+class _Feedback:
+    """The chat's /good, /bad and /better: rows for RUN/feedback.jsonl (or --feedback FILE)."""
+
+    def __init__(self, model: str, path: str | None):
+        self.model, self.path = model, path
+
+    def say(self, history: list, system: str | None, kind: str, text: str) -> str:
+        from ownllm.data.feedback import Feedback, model_id, record
+        from ownllm.errors import OwnLLMError
+
+        if not self.path:
+            return "(feedback is kept in a run directory: chat with one, or start with --feedback FILE)"
+        if not history or history[-1]["role"] != "assistant":
+            return "(no answer yet to say something about)"
+        if kind == "better" and not text:
+            return "(write the better answer after it: /better TEXT)"
+        asked = ([{"role": "system", "content": system}] if system else []) + history[:-1]
+        label = {"good": "good", "bad": "bad"}.get(kind)
+        try:
+            record(self.path, Feedback(messages=asked, answer=history[-1]["content"], label=label,
+                                       better=text if kind == "better" else None, model=model_id(self.model),
+                                       source="chat"))
+        except OwnLLMError as e:
+            return f"(not saved: {e})"
+        if kind == "better":
+            history[-1] = {"role": "assistant", "content": text}
+            return f"(better answer saved in {self.path}; the conversation goes on from it)"
+        return f"(saved as {kind} in {self.path})"
 
 
 def register(sub) -> None:
@@ -99,8 +145,10 @@ def register(sub) -> None:
     add_model_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="chat with a model in the terminal (/reset, /system, /exit)")
+    p = sub.add_parser("chat", help="chat with a model in the terminal (/good, /bad, /better TEXT, /help)")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
+    p.add_argument("--feedback", metavar="FILE",
+                   help="where /good, /bad and /better rows go (default: RUN/feedback.jsonl when chatting with a run)")
     add_gen_args(p)
     add_model_args(p)
     add_engine_arg(p)

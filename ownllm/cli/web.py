@@ -58,7 +58,7 @@ def cmd_serve(args) -> int:
           max_queue=cfg.max_queue, request_timeout=cfg.request_timeout, system=cfg.system, device=args.device,
           dtype=args.dtype, allowed_hosts=tuple(cfg.allowed_host), max_request_bytes=cfg.max_request_bytes,
           merge=not args.no_merge, engine=args.engine, batching=not cfg.no_batching, max_tokens=cfg.max_tokens,
-          limits=limits)
+          limits=limits, feedback=cfg.feedback)
     return 0
 
 

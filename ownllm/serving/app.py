@@ -1,7 +1,8 @@
 """`ownllm serve`: an OpenAI-compatible API (FastAPI) and a web chat page for one model.
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with
-``stream``: server-sent events in OpenAI's shape, ending in ``data: [DONE]``), ``GET /health`` and
+``stream``: server-sent events in OpenAI's shape, ending in ``data: [DONE]``), ``POST /v1/feedback``
+(what a person said about an answer, appended to the run's feedback.jsonl), ``GET /health`` and
 the chat page at ``/``. Every field is checked; a client's mistake gets a 400 in OpenAI's error
 JSON naming the field. A bounded queue sits in front of ``max_concurrency`` generations; past it a
 request gets a fast 429 with ``Retry-After``. A client that disconnects, or a request that runs
@@ -48,6 +49,8 @@ class ServeSettings:
     engine: dict | None = None              # how the model was chosen to run (ownllm.serving.engines), for /health
     max_tokens: int | None = None           # the operator's ceiling on a request's max_tokens (--max-tokens)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # what a slow client may hold
+    feedback: str | None = None             # the feedback.jsonl POST /v1/feedback appends to (None: the route is off)
+    answering: str | None = None            # which weights answer (ownllm.data.feedback.model_id), kept in each row
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -96,6 +99,15 @@ _REFUSED = {
     "tools": "tool calling is not supported by this server", "functions": "function calling is not supported",
     "suffix": "suffix (fill-in-the-middle) is not supported", "top_logprobs": "logprobs are not supported",
 }
+
+
+class FeedbackRequest(BaseModel):
+    """POST /v1/feedback (an ownllm route): what a person said about one answer of this server."""
+    model_config = ConfigDict(extra="forbid")
+    messages: list[Message]                 # the conversation up to and including the question
+    answer: StrictStr                       # the answer the server gave
+    label: Literal["good", "bad"] | None = None
+    better: StrictStr | None = None         # a better answer the person wrote
 
 
 def _refuse_unsupported(req: _Sampling) -> None:
@@ -166,6 +178,24 @@ def create_app(model, settings: ServeSettings):
         if not any(m["role"] == "user" for m in messages):
             raise APIError(400, "messages must hold at least one user message", param="messages")
         return await server.respond(req, request, messages, chat=True)
+
+    @app.post("/v1/feedback")
+    async def feedback(req: FeedbackRequest):
+        from ownllm.data.feedback import Feedback, record
+        from ownllm.errors import DataError
+
+        if not settings.feedback:
+            raise APIError(404, "this server keeps no feedback: serve a run directory, or start it with "
+                                "--feedback FILE", code="feedback_off")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
+                    for m in req.messages]
+        row = Feedback(messages=messages, answer=req.answer, label=req.label, better=req.better,
+                       model=settings.answering, source="serve")
+        try:
+            await asyncio.to_thread(record, settings.feedback, row)  # the lock and fsync wait off the event loop
+        except DataError as e:
+            raise APIError(400, str(e), param="feedback") from e
+        return {"object": "feedback", "saved": True, "model": settings.answering}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -336,8 +366,11 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
           max_concurrency: int = 4, max_queue: int = 32, request_timeout: float = 120.0,
           system: str | None = None, device: str = "auto", dtype: str = "auto", allowed_hosts: tuple[str, ...] = (),
           max_request_bytes: int | None = None, merge: bool = True, engine: str = "auto",
-          batching: bool = True, max_tokens: int | None = None, limits: ConnectionLimits | None = None) -> None:
-    """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C."""
+          batching: bool = True, max_tokens: int | None = None, limits: ConnectionLimits | None = None,
+          feedback: str | None = None) -> None:
+    """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C; ``feedback``: where
+    POST /v1/feedback rows go (default: RUN/feedback.jsonl when ``source`` is a run directory)."""
+    from ownllm.data.feedback import feedback_path, model_id
     from ownllm.serving.engines import describe, load_engine
     from ownllm.web.server import run_server
 
@@ -350,7 +383,8 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
                              max_queue=max_queue, request_timeout=request_timeout, system=system, host=host,
                              allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes,
                              batching=batching, engine=chosen, max_tokens=max_tokens,
-                             limits=limits or ConnectionLimits())
+                             limits=limits or ConnectionLimits(), feedback=feedback_path(source, feedback),
+                             answering=model_id(source))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)

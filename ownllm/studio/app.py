@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import uuid
+from typing import Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
@@ -83,6 +84,15 @@ class ChatRequest(_Body):
     message: str = Field(min_length=1, max_length=8000)
     system: str | None = None
     max_tokens: int = Field(128, ge=1, le=CHAT_MAX_TOKENS)
+
+
+class FeedbackRequest(_Body):
+    """What the person said about the tuned model's answer to one chat question (see ownllm.data.feedback)."""
+    message: str = Field(min_length=1, max_length=8000)
+    system: str | None = None
+    answer: str = Field(max_length=64_000)
+    label: Literal["good", "bad"] | None = None
+    better: str | None = Field(None, min_length=1, max_length=16_000)
 
 
 class DownloadRequest(_Body):
@@ -268,6 +278,26 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
         else:
             studio.refuse_if_many_jobs()
         return jobs.start(run, kind, argv, memory=studio.job_memory)
+
+
+def save_feedback(studio: Studio, name: str, req: FeedbackRequest) -> dict:
+    """The chat step's good / bad / better answer, appended to the run's feedback.jsonl with the question as
+    it was asked (the system prompt the chat used: the page's, else the run's)."""
+    from ownllm.data.feedback import Feedback, model_id, record
+    from ownllm.errors import DataError
+
+    run = RunDir(studio.run_dir(name))
+    if run.trained_output() is None:
+        raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+    system = req.system or run.system_prompt()
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": req.message}]
+    try:
+        record(run.feedback_jsonl, Feedback(messages=messages, answer=req.answer, label=req.label, better=req.better,
+                                            model=model_id(run.path), source="studio"))
+    except DataError as e:
+        raise APIError(400, str(e), param="feedback") from e
+    with open(run.feedback_jsonl, encoding="utf-8") as f:
+        return {"saved": True, "rows": sum(1 for line in f if line.strip())}
 
 
 def chat_pair_work(studio: Studio, name: str, req: ChatRequest):
@@ -511,6 +541,10 @@ def _add_job_routes(app: FastAPI, studio: Studio) -> None:
             answers[which] += piece
         return {**answers, "seconds": round(time.monotonic() - started, 2),
                 "finish": {which: (stats.get(which) or {}).get("finish_reason") for which in answers}}
+
+    @app.post("/api/runs/{name}/feedback")
+    async def feedback(name: str, req: FeedbackRequest):
+        return await asyncio.to_thread(save_feedback, studio, name, req)
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):

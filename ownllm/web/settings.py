@@ -57,6 +57,8 @@ class ServeConfig:
                                                   "context, at least 1 MiB)")
     no_batching: bool = setting(False, "one generate() per request instead of concurrent requests sharing decode steps")
     max_tokens: int | None = setting(None, "the most new tokens a request may ask for (default: the model's context)")
+    feedback: str | None = setting(None, "where POST /v1/feedback rows go (default: RUN/feedback.jsonl when serving "
+                                         "a run directory; otherwise the route answers 404)", metavar="FILE")
 
     def validate(self) -> "ServeConfig":
         p: list[str] = []

@@ -37,6 +37,8 @@ const I18N = {
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
     m_bleu: "BLEU", m_test_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
     m_ms_per_token: "每个 token 的生成时间（毫秒，等长）",
+    writeBetter: "写一个更好的回答", saveBetter: "保存更好的回答", goodAnswer: "好回答", badAnswer: "不好的回答",
+    betterAnswer: "更好的回答", feedbackSaved: "已保存", feedbackRows: "条，在本运行的反馈中",
   },
 };
 let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -466,9 +468,40 @@ async function askBoth() {
                         { json: { message, system: $("system").value.trim() || null } });
     base.textContent = r.base;
     tuned.textContent = r.tuned;
+    pair.append(feedbackBar({ message, system: $("system").value.trim() || null, answer: r.tuned }));
     pair.classList.add("answered");
     $("chat-input").value = "";
   } catch (e) { pair.remove(); throw e; } finally { $("chat-send").disabled = false; }
+}
+
+// 👍 / 👎 / a better answer on the tuned model's reply: rows of the run's feedback.jsonl, to learn from
+function feedbackBar(asked) {
+  const bar = el("div", undefined, "feedback");
+  const good = el("button", "👍"), bad = el("button", "👎"), write = el("button", T("writeBetter", "write a better answer"));
+  const box = el("textarea"), save = el("button", T("saveBetter", "save the better answer")), status = el("span");
+  for (const b of [good, bad, write, save]) b.type = "button";
+  good.title = T("goodAnswer", "a good answer");
+  bad.title = T("badAnswer", "a bad answer");
+  box.rows = 3;
+  box.setAttribute("aria-label", T("betterAnswer", "the better answer"));
+  box.hidden = save.hidden = true;
+  const send = (extra) => guarded(async () => {
+    const r = await api(`/api/runs/${encodeURIComponent(state.run)}/feedback`, { json: Object.assign({}, asked, extra) });
+    status.textContent = `${T("feedbackSaved", "saved")} (${r.rows} ${T("feedbackRows", "in the run's feedback")})`;
+    return r;
+  });
+  const openBox = () => { box.hidden = save.hidden = false; box.focus(); };
+  good.addEventListener("click", async () => { if (await send({ label: "good" })) good.disabled = bad.disabled = true; });
+  bad.addEventListener("click", async () => {
+    if (await send({ label: "bad" })) { good.disabled = bad.disabled = true; openBox(); }  // then: what would be right?
+  });
+  write.addEventListener("click", openBox);
+  save.addEventListener("click", async () => {
+    const better = box.value.trim();
+    if (better && await send({ better })) box.disabled = save.disabled = write.disabled = true;
+  });
+  bar.append(good, bad, write, box, save, status);
+  return bar;
 }
 
 // -- step 5: export ---------------------------------------------------------------------------------
