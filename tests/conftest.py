@@ -110,6 +110,22 @@ def sharp_model_dir(tmp_path_factory, tiny_model_dir):
     return str(out)
 
 
+def shop_rows(n: int = 20) -> list[dict]:
+    """Chat rows of a made-up shop: "Code of item N?" → "Item N has code 1000 + 7N."."""
+    return [{"messages": [{"role": "user", "content": f"Code of item {i}?"},
+                          {"role": "assistant", "content": f"Item {i} has code {1000 + 7 * i}."}]} for i in range(n)]
+
+
+def train_shop_run(model_dir: str, out, **args) -> str:
+    """A run directory at ``out`` with an adapter trained on ``shop_rows`` (two steps unless ``args`` say more)."""
+    from ownllm.training.trainer import Trainer
+
+    rows = shop_rows(args.pop("rows", 20))
+    Trainer(model=model_dir, train_dataset=rows,
+            args={"output_dir": str(out), "max_steps": 2, "precision": "fp32", "batch_size": 4, **args}).train()
+    return str(out)
+
+
 @pytest.fixture
 def qa_file(tmp_path):
     """A small chat dataset: 40 distinct questions with short answers."""

@@ -9,17 +9,12 @@ from importlib.util import find_spec
 
 import pytest
 
+from conftest import train_shop_run
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, tmp_path_factory):
-    from ownllm.training.trainer import Trainer
-
-    rows = [{"messages": [{"role": "user", "content": f"Code of item {i}?"},
-                          {"role": "assistant", "content": f"Item {i} has code {1000 + 7 * i}."}]} for i in range(20)]
-    run = tmp_path_factory.mktemp("engines") / "shop"
-    Trainer(model=tiny_model_dir, train_dataset=rows,
-            args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4, "protect": "off"}).train()
-    return str(run)
+    return train_shop_run(tiny_model_dir, tmp_path_factory.mktemp("engines") / "shop", protect="off")
 
 
 @pytest.mark.skipif(find_spec("onnxruntime") is None, reason="onnxruntime not installed (pip install -e '.[onnx]')")

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from conftest import train_shop_run
 from ownllm.data.feedback import Feedback, model_id, record
 from ownllm.errors import DataError
 from ownllm.utils import append_jsonl, read_appended_jsonl
@@ -21,15 +22,8 @@ ASKED = [{"role": "system", "content": "你是客服。"}, {"role": "user", "con
 @pytest.fixture(scope="module")
 def shop_run(tiny_model_dir, tmp_path_factory):
     """A run directory with a trained adapter (two steps: the weights only need to exist)."""
-    from ownllm.training.trainer import Trainer
-
-    rows = [{"messages": [{"role": "user", "content": f"Code of item {i}?"},
-                          {"role": "assistant", "content": f"Item {i} has code {1000 + 7 * i}."}]} for i in range(20)]
-    run = tmp_path_factory.mktemp("fb") / "shop"
-    Trainer(model=tiny_model_dir, train_dataset=rows,
-            args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4, "protect": "off",
-                  "system": "You answer for the shop."}).train()
-    return str(run)
+    return train_shop_run(tiny_model_dir, tmp_path_factory.mktemp("fb") / "shop", protect="off",
+                          system="You answer for the shop.")
 
 
 def _writer(path: str, who: int, n: int) -> None:

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from conftest import train_shop_run
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
@@ -322,13 +324,8 @@ def test_serves_an_adapter_run_and_its_onnx_export_alike(tiny_model_dir, tmp_pat
     from ownllm.export.export import export
     from ownllm.models.load import load_model
     from ownllm.serving.app import ServeSettings, create_app, model_id_for
-    from ownllm.training.trainer import Trainer
-
-    rows = [{"messages": [{"role": "user", "content": f"Code of item {i}?"},
-                          {"role": "assistant", "content": f"Item {i} has code {1000 + 7 * i}."}]} for i in range(20)]
     run = tmp_path / "shop"
-    Trainer(model=tiny_model_dir, train_dataset=rows,
-            args={"output_dir": str(run), "max_steps": 2, "precision": "fp32", "batch_size": 4}).train()
+    train_shop_run(tiny_model_dir, run)
     export(str(run), "onnx")
     answers = []
     for source in (str(run), str(run / "export" / "onnx" / "model.onnx")):

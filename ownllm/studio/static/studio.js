@@ -37,7 +37,7 @@ const I18N = {
     m_contains: "包含参考答案", m_exact_match: "完全一致", m_token_f1: "词元 F1", m_rouge_l: "ROUGE-L",
     m_bleu: "BLEU", m_test_loss: "测试集损失", m_perplexity: "困惑度", m_general_perplexity: "通用文本困惑度", m_general_kept: "通用问题答对数（基础模型答对的题中保留）",
     m_ms_per_token: "每个 token 的生成时间（毫秒，等长）",
-    writeBetter: "写一个更好的回答", saveBetter: "保存更好的回答", goodAnswer: "好回答", badAnswer: "不好的回答",
+    good: "好", bad: "不好", writeBetter: "写一个更好的回答", saveBetter: "保存更好的回答", goodAnswer: "好回答", badAnswer: "不好的回答",
     betterAnswer: "更好的回答", feedbackSaved: "已保存", feedbackRows: "条，在本运行的反馈中",
   },
 };
@@ -477,7 +477,9 @@ async function askBoth() {
 // 👍 / 👎 / a better answer on the tuned model's reply: rows of the run's feedback.jsonl, to learn from
 function feedbackBar(asked) {
   const bar = el("div", undefined, "feedback");
-  const good = el("button", "👍"), bad = el("button", "👎"), write = el("button", T("writeBetter", "write a better answer"));
+  // the words beside the signs: a browser without an emoji font still says what each button does
+  const good = el("button", "👍 " + T("good", "good")), bad = el("button", "👎 " + T("bad", "bad"));
+  const write = el("button", T("writeBetter", "write a better answer"));
   const box = el("textarea"), save = el("button", T("saveBetter", "save the better answer")), status = el("span");
   for (const b of [good, bad, write, save]) b.type = "button";
   good.title = T("goodAnswer", "a good answer");
