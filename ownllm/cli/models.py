@@ -106,7 +106,7 @@ class _Feedback:
         self.model, self.path = model, path
 
     def say(self, history: list, system: str | None, kind: str, text: str) -> str:
-        from ownllm.data.feedback import Feedback, model_id, record
+        from ownllm.data.feedback import LABELS, Feedback, model_id, record
         from ownllm.errors import OwnLLMError
 
         if not self.path:
@@ -116,7 +116,7 @@ class _Feedback:
         if kind == "better" and not text:
             return "(write the better answer after it: /better TEXT)"
         asked = ([{"role": "system", "content": system}] if system else []) + history[:-1]
-        label = {"good": "good", "bad": "bad"}.get(kind)
+        label = kind if kind in LABELS else None
         try:
             record(self.path, Feedback(messages=asked, answer=history[-1]["content"], label=label,
                                        better=text if kind == "better" else None, model=model_id(self.model),

@@ -50,7 +50,7 @@ class ServeSettings:
     max_tokens: int | None = None           # the operator's ceiling on a request's max_tokens (--max-tokens)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)  # what a slow client may hold
     feedback: str | None = None             # the feedback.jsonl POST /v1/feedback appends to (None: the route is off)
-    answering: str | None = None            # which weights answer (ownllm.data.feedback.model_id), kept in each row
+    answering: str | None = None            # what is served, named in feedback rows by ownllm.data.feedback.model_id
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -137,6 +137,11 @@ def _message_text(m: Message) -> str:
     return m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
 
 
+def _plain_messages(messages: list[Message]) -> list[dict]:
+    """OpenAI messages as the chat template takes them: text content, ``developer`` read as ``system``."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)} for m in messages]
+
+
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(model, settings: ServeSettings):
     """The FastAPI app serving ``model`` (an ``OwnModel``: transformers, peft, bitsandbytes or ONNX)."""
@@ -171,8 +176,7 @@ def create_app(model, settings: ServeSettings):
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
-                    for m in req.messages]
+        messages = _plain_messages(req.messages)
         if settings.system and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": settings.system})
         if not any(m["role"] == "user" for m in messages):
@@ -181,21 +185,21 @@ def create_app(model, settings: ServeSettings):
 
     @app.post("/v1/feedback")
     async def feedback(req: FeedbackRequest):
-        from ownllm.data.feedback import Feedback, record
+        from ownllm.data.feedback import Feedback, model_id, record
         from ownllm.errors import DataError
 
         if not settings.feedback:
             raise APIError(404, "this server keeps no feedback: serve a run directory, or start it with "
                                 "--feedback FILE", code="feedback_off")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m)}
-                    for m in req.messages]
-        row = Feedback(messages=messages, answer=req.answer, label=req.label, better=req.better,
-                       model=settings.answering, source="serve")
+        # which weights answered: hashed on the first feedback, not at start-up (a full model is gigabytes)
+        answering = await asyncio.to_thread(model_id, settings.answering) if settings.answering else None
+        row = Feedback(messages=_plain_messages(req.messages), answer=req.answer, label=req.label, better=req.better,
+                       model=answering, source="serve")
         try:
             await asyncio.to_thread(record, settings.feedback, row)  # the lock and fsync wait off the event loop
         except DataError as e:
             raise APIError(400, str(e), param="feedback") from e
-        return {"object": "feedback", "saved": True, "model": settings.answering}
+        return {"object": "feedback", "saved": True, "model": answering}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -370,7 +374,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
           feedback: str | None = None) -> None:
     """Load ``source`` with ``engine`` (ownllm.serving.engines) and serve it until Ctrl-C; ``feedback``: where
     POST /v1/feedback rows go (default: RUN/feedback.jsonl when ``source`` is a run directory)."""
-    from ownllm.data.feedback import feedback_path, model_id
+    from ownllm.data.feedback import feedback_path
     from ownllm.serving.engines import describe, load_engine
     from ownllm.web.server import run_server
 
@@ -384,7 +388,7 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8000, api_key: str |
                              allowed_hosts=tuple(allowed_hosts), max_request_bytes=max_request_bytes,
                              batching=batching, engine=chosen, max_tokens=max_tokens,
                              limits=limits or ConnectionLimits(), feedback=feedback_path(source, feedback),
-                             answering=model_id(source))
+                             answering=source)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving '{settings.model_id}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API){'; API key required' if api_key else ''}. Ctrl-C stops.", flush=True)
