@@ -1,6 +1,6 @@
 """What a fine-tune learns and what it keeps, with and without forgetting protection.
 
-    python benchmarks/forgetting.py [--runs 3]   # support sample (English) and clinic sample (Chinese)
+    python benchmarks/forgetting.py [--runs 3] [--protect default] [--no-continual]
 
 Trains the embedded SmolLM2-135M with the data-size defaults on each bundled sample twice (--protect
 off, then the default) and evaluates each run: contains-accuracy on the held-out phrasings, general
@@ -65,7 +65,7 @@ def medians(results: list[dict]) -> None:
         def fig(key, fmt):
             return median_range(rs, key, fmt)
         print(f"{data:<18} protect {protect:<8} over {len(rs)} runs: contains {fig('contains', '{:.0%}'.format)}  "
-              f"kept {fig('kept', '{:g}'.format)} of {fig('base_right', '{:g}'.format)}  "
+              f"kept {fig('kept', '{:g}'.format)} of {fig('base_right', '{:g}'.format)} ({fig('kept_share', '{:.0%}'.format)})  "
               f"perplexity {fig('perplexity_change', '{:+.1%}'.format)}  train {fig('train_seconds', '{:.0f} s'.format)}",
               flush=True)
 
@@ -127,6 +127,9 @@ def main() -> None:
     ap.add_argument("--continual-only", action="store_true", help="only the continual case (~30 min)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each configuration (seeds 42, 43, ...)")
     ap.add_argument("--no-single-run", action="store_true", help="with --continual-only: skip the comparison run")
+    ap.add_argument("--protect", choices=("both", "off", "default"), default="both",
+                    help="which settings to run: both (the comparison), or only one (half the time)")
+    ap.add_argument("--no-continual", action="store_true", help="leave out the continual case (~30 min)")
     args = ap.parse_args()
     if args.continual_only:
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,15 +141,17 @@ def main() -> None:
         for data in samples:
             for n in range(args.runs):
                 by = {}
-                for protect in ("off", "default"):
+                for protect in (("off", "default") if args.protect == "both" else (args.protect,)):
                     out = os.path.join(tmp, f"{os.path.basename(data)}-{protect}-{n}")
                     by[protect] = r = run(data, out, protect, seed=42 + n)
                     results.append(r)
                     show(r)
-                print(f"  time with protection / without: "
-                      f"{by['default']['train_seconds'] / by['off']['train_seconds']:.2f}x", flush=True)
+                if len(by) == 2:
+                    print(f"  time with protection / without: "
+                          f"{by['default']['train_seconds'] / by['off']['train_seconds']:.2f}x", flush=True)
         medians(results)
-        results.append({"continual": continual(tmp)})
+        if not args.no_continual:
+            results.append({"continual": continual(tmp)})
     print(json.dumps(results, ensure_ascii=False, indent=1))
 
 
