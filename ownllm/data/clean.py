@@ -129,4 +129,9 @@ def clean_row(row: dict, pii: str = "keep", normalization: str = "nfc", strip_ht
 
     if "text" in row:
         return {"text": fix(row["text"])}, masked
-    return {"messages": [{"role": m["role"], "content": fix(m["content"])} for m in row["messages"]]}, masked
+    out = {"messages": [{"role": m["role"], "content": fix(m["content"])} for m in row["messages"]]}
+    if isinstance(row.get("rejected"), str):  # preference rows (data.preference) keep their judgement
+        out["rejected"] = fix(row["rejected"])
+    if "label" in row:
+        out["label"] = row["label"]
+    return out, masked

@@ -27,11 +27,16 @@ def _norm(text: str) -> str:
 
 
 def distinct_parts(row: dict) -> tuple[str, ...]:
-    """The parts of a canonical row that duplicates are judged on: (user turns, assistant turns), or (text,)."""
+    """The parts of a canonical row that duplicates are judged on: (user turns, assistant turns), or (text,);
+    a preference row adds its rejected answer or its label (a good and a bad label on one answer differ)."""
     if "text" in row:
         return (row["text"],)
     asked = "\n".join(m["content"] for m in row["messages"] if m["role"] in ("user", "tool"))
     answered = "\n".join(m["content"] for m in row["messages"] if m["role"] == "assistant")
+    if "rejected" in row:
+        return asked, answered, "rejected: " + row["rejected"]
+    if "label" in row:
+        return asked, answered, "label: " + ("good" if row["label"] else "bad")
     return asked, answered
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from ownllm.errors import DataError
 
 SUPPORTED = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md")
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-completion", "text")
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt-completion", "text", "preference", "labels", "feedback")
 
 # (prompt column, response column) spellings, in order of preference.
 PAIR_SPELLINGS = [

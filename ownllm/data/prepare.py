@@ -26,7 +26,9 @@ SAMPLE_FOR_DETECTION = 50
 class PrepareConfig:
     """The prepare stage's settings: ``ownllm data prepare``'s flags, the studio's data step, config.yaml's
     ``prepare:`` section."""
-    format: str = setting("auto", "auto | messages | sharegpt | alpaca | prompt-completion | text")
+    format: str = setting("auto", "auto | messages | sharegpt | alpaca | prompt-completion | text | preference "
+                                  "(prompt, chosen, rejected) | labels (prompt, completion, good/bad label) | feedback "
+                                  "(RUN/feedback.jsonl)")
     columns: str | dict | None = setting(None, "column mapping, e.g. prompt=问题,response=答案")
     split: str | tuple = setting("0.8,0.1,0.1", "train,val,test fractions (default 0.8,0.1,0.1)")
     seed: int = setting(42, "shuffle seed (default 42)")
@@ -225,8 +227,9 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
 
 def _provenance(value: dict) -> dict:
     """What a row keeps beside its turns: where it came from (``source``), the fact it phrases
-    (``fact``: the split holds facts out, not rows) and a split it is pinned to."""
-    kept = {k: value[k] for k in ("source", "fact") if isinstance(value.get(k), str) and value[k]}
+    (``fact``: the split holds facts out, not rows), which model wrote the answer judged (``model``, in
+    feedback) and a split it is pinned to."""
+    kept = {k: value[k] for k in ("source", "fact", "model") if isinstance(value.get(k), str) and value[k]}
     pin = value.get("split")
     pin = "val" if pin == "validation" else pin
     if isinstance(pin, str) and pin in ("train", "val", "test"):

@@ -105,8 +105,13 @@ def build_report(cfg, schemas, files, skipped, total, rejected, stats, train, va
                      "columns": dict(cfg.columns) or None, "strict": cfg.strict, "max_rejected": cfg.max_rejected,
                      "max_seq_len": cfg.max_seq_len, "model": cfg.model},
     }
+    from ownllm.data.preference import counts, supervised
+
+    judged = counts(train + val + test)
+    if any(judged["kinds"][k] for k in ("pair", "good", "bad")) or judged["answers_by_model"]:
+        report["preference"] = judged
     report["length_histogram"] = length_histogram(every, cfg.max_seq_len)
-    report["marked_examples"] = _marked_examples(train[:2], tokenizer, cfg)
+    report["marked_examples"] = _marked_examples(supervised(train)[:2], tokenizer, cfg)
     report["_lengths"] = every
     return report
 
@@ -165,6 +170,7 @@ def to_markdown(report: dict) -> str:
         f"- PII items masked: {r['pii_masked']}",
         f"- splits: train {r['splits']['train']}, val {r['splits']['val']}, test {r['splits']['test']}",
         *([f"- size: **{r['regime']['name']}** — {r['regime']['why']}"] if r.get("regime") else []),
+        *preference_lines(r.get("preference")),
         f"- tokens per row ({r['model']}): mean {r['tokens']['mean']}, p50 {r['tokens']['p50']}, "
         f"p95 {r['tokens']['p95']}, max {r['tokens']['max']}",
         f"- rows longer than --max-seq-len {r['max_seq_len']} (truncated in training): {r['truncated_rows']}",
@@ -186,6 +192,25 @@ def to_markdown(report: dict) -> str:
     for i, ex in enumerate(report.get("marked_examples", []), 1):
         lines += [f"## Example {i} (trained tokens between ⟦ ⟧)", "", "```text", ex, "```", ""]
     return "\n".join(lines)
+
+
+def preference_lines(p: dict | None) -> list[str]:
+    """The data report's lines on preference rows (``data.preference``): what each kind is for, and whose
+    answers the feedback judged."""
+    if not p:
+        return []
+    k = p["kinds"]
+    lines = [f"- preference rows: {k['pair']} pairs (a chosen and a rejected answer: DPO, ORPO), {k['good']} answers "
+             f"labelled good and {k['bad']} bad (KTO, which also reads a pair as one good and one bad answer), {k['supervised']} supervised rows; "
+             f"supervised training learns the chosen and good answers, never a bad one"]
+    models = p.get("answers_by_model") or {}
+    if len(models) > 1:
+        lines.append("- **the feedback judged answers of several models**: " + ", ".join(
+            f"{m} ({n} rows)" for m, n in models.items()) + "; a preference stage learns most from answers of the "
+            "model it tunes (train on one model's rows, or check that the others' still apply)")
+    elif models:
+        lines.append(f"- the feedback judged answers of {next(iter(models))}")
+    return lines
 
 
 def _md_escape(text: str) -> str:

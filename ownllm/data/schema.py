@@ -21,7 +21,7 @@ class RowError(Exception):
 
 @dataclass
 class Schema:
-    format: str                          # messages | sharegpt | alpaca | prompt-completion | text
+    format: str      # messages | sharegpt | alpaca | prompt-completion | text | preference | labels | feedback
     why: str
     columns: dict = field(default_factory=dict)   # prompt/response/system column names
 
@@ -69,6 +69,11 @@ def detect_format(samples: list[dict], forced: str = "auto", columns: dict | Non
         return _forced(forced, seen)
     if not seen:
         raise DataError("no rows with fields were found", hint="each row must be a JSON object / CSV row")
+    from ownllm.data import preference
+
+    judged = preference.detect(samples, seen)
+    if judged is not None:
+        return judged
     if "messages" in seen:
         return Schema("messages", "rows have a 'messages' list (OpenAI chat format)", {"messages": "messages"})
     if "conversations" in seen:
@@ -90,10 +95,15 @@ def detect_format(samples: list[dict], forced: str = "auto", columns: dict | Non
     raise DataError(
         f"cannot tell the dataset's format from its fields: {', '.join(sorted(seen))}",
         hint="expected messages, conversations, instruction/output, prompt/completion (question/answer, "
-             "问题/答案 ...) or text; name yours with --columns prompt=COL,response=COL")
+             "问题/答案 ...), text, or preference data (prompt/chosen/rejected; prompt/completion/label); name yours "
+             "with --columns prompt=COL,response=COL")
 
 
 def _forced(fmt: str, seen: set) -> Schema:
+    from ownllm.data import preference
+
+    if fmt in preference.FORMATS:
+        return preference.forced(fmt, seen)
     defaults = {"messages": {"messages": "messages"}, "sharegpt": {"messages": "conversations"},
                 "alpaca": {"prompt": "instruction", "response": "output"}, "text": {"text": "text"}}
     if fmt == "prompt-completion":
@@ -104,8 +114,9 @@ def _forced(fmt: str, seen: set) -> Schema:
         raise DataError("--format prompt-completion: no prompt/response column pair found",
                         hint="name them with --columns prompt=COL,response=COL")
     if fmt not in defaults:
-        raise ConfigError(f"unknown --format '{fmt}'",
-                          hint="auto, messages, sharegpt, alpaca, prompt-completion or text")
+        from ownllm.data.formats import FORMATS
+
+        raise ConfigError(f"unknown --format '{fmt}'", hint=", ".join(FORMATS))
     return Schema(fmt, "--format given", defaults[fmt])
 
 
@@ -147,6 +158,14 @@ def to_canonical(row, schema: Schema, system: str | None = None) -> dict:
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"row is a {type(row).__name__}, not an object")
     fmt, cols = schema.format, schema.columns
+    from ownllm.data import preference
+
+    if fmt in preference.FORMATS:
+        row = preference.to_canonical(row, schema)
+        messages = row["messages"]
+        if system and (not messages or messages[0]["role"] != "system"):
+            messages.insert(0, {"role": "system", "content": system})
+        return row
     if fmt == "text":
         return {"text": _text(row.get(cols["text"]), cols["text"])}
     if fmt in ("messages", "sharegpt"):

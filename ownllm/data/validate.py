@@ -14,6 +14,8 @@ REASONS = {
     "no_assistant_turn": "the conversation has no assistant answer to learn",
     "bad_order": "a system message after the start, or a conversation that does not start with the user",
     "too_long": "the row is far longer than the maximum sequence length",
+    "identical_pair": "the chosen and rejected answers are the same: the pair teaches nothing",
+    "bad_label": "a label is not good or bad (true/false, 1/0, 👍/👎)",
     "duplicate": "exact duplicate of an earlier row",
     "near_duplicate": "near-duplicate of an earlier row",
     "leakage": "near-duplicate of a validation/test row (removed from train)",
@@ -43,5 +45,28 @@ def check_row(row: dict, max_chars: int) -> None:
     if turns[0] != "user":
         raise RowError("bad_order", "the first non-system message must be from the user")
     total = sum(len(m["content"]) for m in messages)
+    if "rejected" in row or "label" in row:
+        total += _judged(row, roles)
     if total > max_chars:
         raise RowError("too_long", f"{total:,} characters (limit {max_chars:,})")
+
+
+def _judged(row: dict, roles: list[str]) -> int:
+    """Checks on a preference row (``data.preference``); returns the characters it adds."""
+    from ownllm.data.preference import same_answer
+
+    if roles[-1] != "assistant" or len(roles) < 2 or roles[-2] != "user":
+        raise RowError("bad_order", "a judged answer must answer a user message: the conversation ends with the "
+                                    "user's question, then the answer")
+    if "label" in row and not isinstance(row["label"], bool):
+        raise RowError("bad_label", f"label {row['label']!r} is not true or false")
+    if "rejected" not in row:
+        return 0
+    rejected = row["rejected"]
+    if not isinstance(rejected, str):
+        raise RowError("wrong_type", f"'rejected' must be text, got {type(rejected).__name__}")
+    if not rejected.strip():
+        raise RowError("empty_content", "the rejected answer is empty")
+    if same_answer(rejected, row["messages"][-1]["content"]):
+        raise RowError("identical_pair", "the chosen and rejected answers are the same")
+    return len(rejected)

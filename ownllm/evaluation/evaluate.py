@@ -58,7 +58,8 @@ def _test_rows(run: RunDir, data: str | None, max_samples: int | None, path: str
         if not rows and regime.get("name") == "tiny":
             raise DataError(f"{run.path} has no test rows: {regime['why']}",
                             hint="pass --data FILE with questions it never saw")
-    chats = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"]
+    chats = [r for r in rows if "messages" in r and r["messages"][-1]["role"] == "assistant"
+             and r.get("label") is not False]  # an answer labelled bad is no reference to score against
     rows = chats or [r for r in rows if "text" in r]  # plain-text runs: loss and perplexity only
     if not rows:
         raise DataError("no rows to evaluate: chat rows must end in an assistant answer")

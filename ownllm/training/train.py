@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ownllm.errors import ConfigError, HardwareError, OwnLLMError
+from ownllm.errors import ConfigError, DataError, HardwareError, OwnLLMError
 from ownllm.rundir import RunDir
 from ownllm.utils import atomic_write
 
@@ -189,6 +189,22 @@ class TrainResult:
     tokenizer: object
 
 
+def _supervised(data, facts: dict) -> tuple[list, list]:
+    """The training and validation rows supervised training learns: answers labelled bad (preference data,
+    ``data.preference``) are left out and counted in the summary's ``bad_answers_left_out``."""
+    from ownllm.data.preference import supervised
+
+    train, val = supervised(data.train), supervised(data.val)
+    left = len(data.train) + len(data.val) - len(train) - len(val)
+    if left:
+        facts["bad_answers_left_out"] = left
+        _log(f"ownllm: {left} answers labelled bad are left out: supervised training learns only good answers")
+    if not train:
+        raise DataError(f"all {len(data.train)} training rows are answers labelled bad: supervised training has "
+                        "nothing to learn from them", hint="add good answers, or better answers written for them")
+    return train, val
+
+
 def train_run(cfg, data, run, *, model=None, resume: str | None = None, additional_epochs: float | None = None,
               continual: dict | None = None, callbacks: tuple | list = ()) -> TrainResult:
     """The train stage: fine-tune on ``data`` (prepared: ``.train``/``.val`` rows) with the settings ``cfg``
@@ -217,10 +233,11 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     with distributed.main_first():  # the main process converts/caches the model first
         model, tokenizer, device, precision, facts["added_terms"] = setup_model(model, cfg, data.train)
     facts["template"] = fix_template(tokenizer, cfg.template)
-    train_ds, dropped = tokenize(data.train, tokenizer, cfg)
-    val_ds, _ = tokenize(data.val, tokenizer, cfg, "validation") if data.val else (None, 0)
+    learned, val_rows = _supervised(data, facts)
+    train_ds, dropped = tokenize(learned, tokenizer, cfg)
+    val_ds, _ = tokenize(val_rows, tokenizer, cfg, "validation") if val_rows else (None, 0)
     with distributed.main_first():  # the main process generates (and caches) the replay answers first
-        train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, data.train,
+        train_ds, facts["protection"], replay_targets = add_replay(model, tokenizer, cfg, train_ds, learned,
                                                                    facts["template"]["base_model"])
     if additional_epochs is not None and resume is None:
         raise ConfigError("additional epochs go on from a checkpoint: none was given")
@@ -486,7 +503,7 @@ def _finish(run, cfg, hf, tokenizer, data, params, dropped, start, precision, de
         "stopped_because": stopped, "skipped_nonfinite_steps": hf.skipped_nonfinite,
         "precision": precision, "device": device, "attention": facts["attention"],
         "added_terms": facts["added_terms"], "protection": facts["protection"], "continual": facts["continual"],
-        "template": facts["template"],
+        "template": facts["template"], "bad_answers_left_out": facts.get("bad_answers_left_out", 0),
         "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
                                                 "predicted_hours": budget["predicted_hours"],
                                                 "actual_hours": round(wall / 3600, 6)},

@@ -19,6 +19,7 @@ const I18N = {
     chatTitle: "同时问两个模型", fullReport: "下载完整报告（HTML）", send: "提问", exportTitle: "导出与下载", quant: "GGUF 权重", export: "导出",
     newRun: "（新运行）", none: "无", rows: "行", total: "读取行数", kept: "保留", rejectedN: "拒绝",
     duplicates: "重复", split: "训练 / 验证 / 测试", tokens: "token（均值 / p95 / 最大）", truncated: "被截断",
+    judged: "评判过的回答（成对 / 好 / 差）", judgedModels: "这些反馈评判的是多个模型的回答",
     reason: "原因", count: "数量", example: "示例", detected: "检测到的格式", fits: "可运行",
     notFits: "放不下", availableHere: "本机已有", needsDownload: "需下载", memory: "内存", hours: "时间",
     tokensPerSecond: "token/秒", cost: "费用", fitsBudget: "预算内", yes: "是", no: "否",
@@ -47,6 +48,7 @@ const T = (key, fallback) => (lang === "zh" && I18N.zh[key]) || EN[key] || fallb
 Object.assign(EN, {
   newRun: "(new run)", none: "none", rows: "rows", total: "rows read", kept: "kept", rejectedN: "rejected",
   duplicates: "duplicates", split: "train / val / test", tokens: "tokens (mean / p95 / max)", truncated: "truncated",
+  judged: "judged answers (pairs / good / bad)", judgedModels: "this feedback judged answers of several models",
   reason: "reason", count: "count", example: "example", detected: "format detected", fits: "fits",
   notFits: "does not fit", availableHere: "on this machine", needsDownload: "needs a download", memory: "memory",
   hours: "time", tokensPerSecond: "tokens/s", cost: "cost", fitsBudget: "fits the budget", yes: "yes", no: "no",
@@ -262,6 +264,14 @@ function kvTable(table, rows) {
     return tr;
   }));
 }
+function judgedRows(p) {
+  // preference data (pairs, good/bad labels, feedback): what each kind counts, and whose answers were judged
+  if (!p) return [];
+  const k = p.kinds, models = Object.entries(p.answers_by_model || {});
+  const rows = [[T("judged"), `${k.pair} / ${k.good} / ${k.bad}`]];
+  if (models.length > 1) rows.push([T("judgedModels"), models.map(([m, n]) => `${m} (${n})`).join(", ")]);
+  return rows;
+}
 function renderReport(r) {
   $("report-format").textContent = `${T("detected")}: ${r.format} — ${r.format_reason}`;
   kvTable($("report-counts"), [
@@ -269,6 +279,7 @@ function renderReport(r) {
     [T("duplicates"), `${r.duplicates_removed} (exact ${r.exact_duplicates}, near ${r.near_duplicates})`],
     [T("split"), `${r.splits.train} / ${r.splits.val} / ${r.splits.test}`],
     [T("tokens"), `${r.tokens.mean} / ${r.tokens.p95} / ${r.tokens.max}`], [T("truncated"), r.truncated_rows],
+    ...judgedRows(r.preference),
   ]);
   const rej = $("report-rejected");
   const head = el("tr");
