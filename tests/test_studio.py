@@ -222,6 +222,29 @@ def test_a_failing_training_says_why(client, support_csv):
     assert r.status_code == 400 and "time-budget" in r.json()["error"]["message"]
 
 
+def test_feedback_from_the_chat_step_trains_a_preference_stage(client, support_csv, tiny_model_dir):
+    _new_run(client, "shop", support_csv, columns="prompt=客户提问,response=标准回复")
+    r = client.post("/api/runs/shop/learn", json={})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "not_trained", r.text
+    r = client.post("/api/runs/shop/train", json={"model": tiny_model_dir, "time_budget": None, "max_steps": 2})
+    assert r.status_code == 200, r.text
+    t = _wait(lambda: (t := _training(client, "shop"))["state"] != "running" and t)
+    assert t["state"] == "finished", t
+    r = client.post("/api/runs/shop/learn", json={"method": "kto"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_feedback", r.text
+    for i in range(4):
+        said = {"label": "good"} if i % 2 else {"better": f"订单 {i} 的取件码是 {1000 + 7 * i}。祝您愉快！"}
+        r = client.post("/api/runs/shop/feedback", json={"message": f"订单 {i} 的取件码是多少？", "answer": "不知道。", **said})
+        assert r.status_code == 200, r.text
+    r = client.post("/api/runs/shop/learn", json={"method": "kto"})
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    t = _wait(lambda: (t := _training(client, "shop"))["state"] != "running" and t)
+    assert t["state"] == "finished" and t["summary"]["method"] == "kto", t
+    p = t["summary"]["preference"]
+    assert (p["pairs"], p["good"], p["bad"]) == (2, 2, 0) and p["examples"] == 6  # a pair: one good, one bad answer
+    assert t["summary"]["continual"]["stage"] == 2
+
+
 def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, tiny_model_dir, support_csv):
     from fastapi.testclient import TestClient
 

@@ -58,6 +58,10 @@ def detect(samples: list[dict], seen: set) -> Schema | None:
     if "messages" in seen and "answer" in seen and ({"label", "better"} & seen):
         return Schema("feedback", "rows have 'messages', 'answer' and 'label'/'better' (ownllm feedback)",
                       {"messages": "messages"})
+    if "messages" in seen and ("rejected" in seen or ("label" in seen and all(
+            _labelish(s["label"]) for s in samples if isinstance(s, dict) and "label" in s))):
+        return Schema("preference", "rows have 'messages' ending in the judged answer, with a 'rejected' answer or a "
+                                    "good/bad 'label' (prepared preference rows)", {"messages": "messages"})
     if "chosen" in lower and "rejected" in lower:
         cols = {"chosen": lower["chosen"], "rejected": lower["rejected"]}
         prompt = next((lower[k] for k in PROMPT_KEYS if k in lower), None)
@@ -143,6 +147,13 @@ def to_canonical(row: dict, schema: Schema) -> dict:
             raise RowError("missing_field", "the feedback row has neither a 'label' nor a 'better' answer")
         if isinstance(row.get("model"), str) and row["model"]:
             out["model"] = row["model"]
+        return out
+    if schema.format == "preference" and "messages" in cols:  # prepared rows, read back (a stage re-prepares them)
+        out = {"messages": _messages(row.get("messages"), sharegpt=False)}
+        if "rejected" in row:
+            out["rejected"] = _text(row["rejected"], "rejected")
+        elif row.get("label") is not None:
+            out["label"] = parse_label(row["label"])
         return out
     if schema.format == "preference":
         before_c, chosen = _answer(row.get(cols["chosen"]), cols["chosen"])

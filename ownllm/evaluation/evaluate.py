@@ -15,7 +15,7 @@ from ownllm.config import setting
 from ownllm.errors import ConfigError, DataError, OwnLLMError
 from ownllm.evaluation import metrics as M
 from ownllm.evaluation import probe
-from ownllm.evaluation.measure import general_rows, loss_on_rows, ms_per_token, perplexity
+from ownllm.evaluation.measure import general_rows, loss_on_rows, ms_per_token, perplexity, preference_scores
 from ownllm.models.generation import generate_greedy
 from ownllm.models.load import base_of, load_model, merge_adapter
 from ownllm.models.templates import render_chat
@@ -134,12 +134,14 @@ def evaluate(run_dir, data: str | None = None, no_base: bool = False, max_sample
         base_model, base_ctx = base_of(tuned, cfg.get("model"))
         with base_ctx:
             result["base"] = _losses(base_model, tok, rows, template, seq)
+            result["base"]["preference"] = preference_scores(base_model, tok, rows, template, seq)
             scores, answers["base"] = _answers(base_model, tok, prompts, refs, max_new_tokens)
             result["base"].update(scores)
             base_probe = probe.base_answers(base_model, tok, template, cfg.get("model"))
             for out, (_, r, p, ref, n) in zip(sets, asked):
                 out["base"] = _scored_set(loss_on_rows(base_model, tok, r, template, seq), base_model, tok, p, ref, n)
     result["tuned"] = _losses(tuned.model, tok, rows, template, seq)  # the trained model as it is
+    result["tuned"]["preference"] = preference_scores(tuned.model, tok, rows, template, seq)
     losses = [loss_on_rows(tuned.model, tok, r, template, seq) for _, r, *_ in asked]
     # answers from the adapter folded into the weights (checked), as `chat`/`serve` generate them;
     # the base side above needed the adapter switched off, so the merge comes only now
@@ -239,13 +241,25 @@ def headline(result: dict) -> str:
     key, name = _headline_metric(t)
     if "base" not in result:
         return (f"{name} {t[key]:.0%}, token F1 {t['token_f1']:.2f} on {n} held-out questions"
-                + _kept_text(result) + _overlap_text(result))
+                + _preference_text(result) + _kept_text(result) + _overlap_text(result))
     b = result["base"]
     text = (f"{name} {b[key]:.0%} → {t[key]:.0%}, token F1 {b['token_f1']:.2f} → "
             f"{t['token_f1']:.2f}, loss {b['test_loss']:.2f} → {t['test_loss']:.2f} on {n} held-out questions")
     if b["general_perplexity"]:
         text += f"; general perplexity {t['general_perplexity'] / b['general_perplexity'] - 1:+.0%}"
-    return text + _kept_text(result) + _overlap_text(result) + _earlier_text(result)
+    return text + _preference_text(result) + _kept_text(result) + _overlap_text(result) + _earlier_text(result)
+
+
+def _preference_text(result: dict) -> str:
+    """Held-out pairs: how often the model finds the chosen answer the likelier, base → tuned, and the margin."""
+    t = result["tuned"].get("preference")
+    if not t:
+        return ""
+    b = (result.get("base") or {}).get("preference")
+    before = f"{b['accuracy']:.0%} → " if b else ""
+    margin = f"{b['margin']:+.1f} → {t['margin']:+.1f}" if b else f"{t['margin']:+.1f}"
+    return (f"; preference accuracy {before}{t['accuracy']:.0%} on {t['pairs']} held-out pairs (the chosen answer the "
+            f"likelier; mean log-probability margin {margin} nats)")
 
 
 def _headline_metric(scores: dict) -> tuple[str, str]:

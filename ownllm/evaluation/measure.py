@@ -33,6 +33,39 @@ def loss_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len:
     return total / max(count, 1)
 
 
+def answer_logprob(model, tokenizer, row: dict, template=None, max_seq_len: int = 512) -> float:
+    """The summed log-probability of a chat row's last answer given the conversation before it (DPO's measure
+    of how likely the model finds an answer)."""
+    import torch
+
+    from ownllm.data.render import IGNORE, render_row
+
+    r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    target = labels[:, 1:]
+    picked = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return float((picked * (target != IGNORE)).sum())
+
+
+def preference_scores(model, tokenizer, rows: list[dict], template=None, max_seq_len: int = 512) -> dict | None:
+    """On held-out pairs (``data.preference``: a chosen answer and a rejected one), the share where the model
+    finds the chosen answer more likely (``accuracy``) and the mean difference of their summed
+    log-probabilities (``margin``, nats); None when ``rows`` hold no pair."""
+    pairs = [r for r in rows if "rejected" in r]
+    if not pairs:
+        return None
+    margins = []
+    for r in pairs:
+        rejected = {"messages": r["messages"][:-1] + [{"role": "assistant", "content": r["rejected"]}]}
+        margins.append(answer_logprob(model, tokenizer, r, template, max_seq_len)
+                       - answer_logprob(model, tokenizer, rejected, template, max_seq_len))
+    return {"pairs": len(pairs), "accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+            "margin": round(sum(margins) / len(margins), 3)}
+
+
 DECODE_TIMING_TOKENS = 32
 
 

@@ -95,6 +95,11 @@ class FeedbackRequest(_Body):
     better: str | None = Field(None, min_length=1, max_length=16_000)
 
 
+class LearnRequest(_Body):
+    """A preference stage on the run's feedback (`ownllm train --resume RUN --data RUN/feedback.jsonl --method M`)."""
+    method: Literal["kto", "dpo", "orpo"] = "kto"  # KTO reads 👍/👎 and better answers alike
+
+
 class DownloadRequest(_Body):
     path: str = Field(min_length=1)
 
@@ -545,6 +550,20 @@ def _add_job_routes(app: FastAPI, studio: Studio) -> None:
     @app.post("/api/runs/{name}/feedback")
     async def feedback(name: str, req: FeedbackRequest):
         return await asyncio.to_thread(save_feedback, studio, name, req)
+
+    @app.post("/api/runs/{name}/learn")
+    async def learn(name: str, req: LearnRequest):
+        """Learn from the chat step's feedback: a preference stage of the run, as a training job."""
+        run = RunDir(studio.run_dir(name))
+        if run.trained_output() is None:
+            raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+        if not os.path.exists(run.feedback_jsonl) or not os.path.getsize(run.feedback_jsonl):
+            raise APIError(400, f"run '{name}' has no feedback yet: judge some answers in the chat step first",
+                           code="no_feedback")
+        if training_state(run.path)["state"] == "running":
+            raise APIError(409, f"run '{name}' is training", code="running")
+        argv = ["train", "--resume", run.path, "--data", run.feedback_jsonl, "--method", req.method]
+        return await asyncio.to_thread(start_job, studio, name, "train", argv)
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):

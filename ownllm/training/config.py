@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from ownllm.config import setting as _f
 from ownllm.errors import ConfigError
 
-METHODS = ("lora", "qlora", "full", "dora", "prefix")
+METHODS = ("lora", "qlora", "full", "dora", "prefix", "dpo", "kto", "orpo")
 PROTECTION_LEVELS = ("off", "default", "strong")
 
 
@@ -20,7 +20,8 @@ class TrainConfig:
     data: str | None = _f(None, "dataset file/folder, or a run directory prepared by `ownllm data prepare`")
     model: str = _f("smollm2-135m", "base model: alias, HF folder, .gguf file or hub id")
     out: str | None = _f(None, "run directory (default runs/<data name>)")
-    method: str = _f("lora", "lora | qlora | full | dora | prefix", choices=METHODS)
+    method: str = _f("lora", "lora | qlora | full | dora | prefix; or preference tuning of a LoRA adapter from judged "
+                             "answers: dpo | orpo (pairs), kto (good/bad labels or pairs)", choices=METHODS)
     epochs: float | None = _f(None, "epochs (default: chosen from the dataset size; early stopping decides)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides --epochs)")
     lr: float | None = _f(None, "learning rate (default by method and dataset size: LoRA 2e-4..1e-3, full 3e-5)")

@@ -36,9 +36,13 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     from ownllm.data.prepare import load_prepared, prepare_dataset
     from ownllm.rundir import STAGE_ENTRIES, adapter_in
 
+    from ownllm.training.preference import PREFERENCE_METHODS
+
     run_dir = run.path
-    if cfg.method not in ADAPTER_METHODS:
-        raise ConfigError(f"--resume --data continues an adapter; {run_dir} is a {cfg.method} fine-tune",
+    judged = cfg.method in PREFERENCE_METHODS
+    was = _run_method(run) if judged else cfg.method
+    if was not in ADAPTER_METHODS + PREFERENCE_METHODS:
+        raise ConfigError(f"--resume --data continues an adapter; {run_dir} is a {was} fine-tune",
                           hint=f"train a new run on top of it: ownllm train --model {run.model_dir} "
                                f"--data {new_data}")
     if adapter_in(run.adapter_dir) is None:
@@ -52,13 +56,16 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     common = dict(model=cfg.model, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
     # the new file, prepared in memory as `ownllm train --data` would (nothing moves before this passes)
     new = prepare_dataset([new_data], split=cfg.split, **prepare_options(cfg))
+    others = _other_models(run, new) if judged else 0
     leaked = {i for i, _ in find_leaks(new.train, earlier.test + earlier.val)}
     fresh = [r for i, r in enumerate(new.train) if i not in leaked]
     if not fresh:
         raise OwnLLMError(f"{new_data} has no training rows that are not already in {run_dir}'s test or "
                           "validation split")
     rng = random.Random(cfg.seed)
-    replayed = rng.sample(earlier.train, min(len(earlier.train), math.ceil(EARLIER_REPLAY_RATIO * len(fresh))))
+    # a preference stage learns judgements only: its reference (the stage before) keeps what was learned
+    replayed = [] if judged else rng.sample(earlier.train, min(len(earlier.train),
+                                                               math.ceil(EARLIER_REPLAY_RATIO * len(fresh))))
     stage = len(run.earlier_stages()) + 1
     archive = run.stage(stage)
     staging = run.preparing_stage(stage)
@@ -76,11 +83,36 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     info = {"stage": stage + 1, "new_data": os.fspath(new_data), "earlier_stages": [
         os.path.relpath(s.path, run_dir) for s in run.earlier_stages()], "new_train_rows": len(fresh),
         "replayed_earlier_rows": len(replayed), "left_out_as_earlier_test_or_val": len(leaked),
-        "val_rows": len(new.val), "test_rows": len(new.test),
+        "val_rows": len(new.val), "test_rows": len(new.test), "judged_answers_of_other_models": others,
         "started_from": archive.adapter_dir}
     next_cfg = dataclasses.replace(cfg, data=run_dir, out=run_dir, init_adapter=archive.adapter_dir,
                                    max_steps=None, epochs=_epochs(additional_epochs) or cfg.epochs)
     return next_cfg, info
+
+
+def _other_models(run, new) -> int:
+    """Rows of ``new`` (feedback) that judged answers of other weights than the run's current adapter: counted
+    and said, not dropped (an earlier stage's answers may still be worth learning from)."""
+    import sys
+
+    from ownllm.data.feedback import model_id
+
+    current = model_id(run.path)
+    rows = new.train + new.val + new.test
+    other = sum(1 for r in rows if isinstance(r.get("model"), str) and r["model"] != current)
+    if other:
+        print(f"ownllm: {other} of {len(rows)} judged answers were written by other weights than {run.path}'s "
+              f"adapter ({current}): an earlier stage or another model; they are learned from all the same",
+              file=sys.stderr)
+    return other
+
+
+def _run_method(run) -> str:
+    """The method the run directory's config.yaml records (what its adapter is)."""
+    from ownllm.config import load_yaml
+    from ownllm.training.config import TrainConfig
+
+    return load_yaml(run.config_yaml, TrainConfig).method
 
 
 def _epochs(value: float | None):

@@ -137,8 +137,11 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
         _write(result, run)
         return result
     measured = measured or {"mfu": options.mfu, "step_seconds": 0.0}
+    from ownllm.training.preference import COST
+
+    cost = COST.get(settings.method, 1.0)  # a preference row computes two answers, and the reference's passes
     estimate = plan(spec, get_profile(options.gpu) if options.gpu else this_machine(),
-                    examples=examples, tokens_per_example=tpe, epochs=float(settings.epochs), method=settings.method,
+                    examples=examples, tokens_per_example=round(tpe * cost), epochs=float(settings.epochs), method=settings.method,
                     budget_hours=parse_duration(settings.time_budget), micro_batch=settings.batch_size,
                     grad_accum=settings.grad_accum, lora_r=settings.lora_r or 16,
                     gradient_checkpointing=settings.gradient_checkpointing, mfu=measured["mfu"], gpus=options.gpus,
@@ -147,6 +150,9 @@ def plan_run(cfg, data=None, run=None, options: PlanConfig | None = None, measur
                     replay_tokens_per_example=REPLAY_TOKENS_PER_ROW, drift_rows=DRIFT_ROWS, lengths=lengths,
                     step_seconds=measured["step_seconds"])
     text = format_plan(estimate) + (f"\ndata size: {regime['name']} — {regime['why']}" if regime else "")
+    if cost != 1.0:
+        text += (f"\n{settings.method}: each row counted as {cost:.2g}× a supervised row's tokens (the chosen and the "
+                 "rejected answer" + (", and the reference's forward passes)" if settings.method != "orpo" else ")"))
     result = RunPlan(settings, estimate, text, regime, chosen_by)
     _write(result, run)
     return result

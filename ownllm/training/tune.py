@@ -182,6 +182,11 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
     from ownllm.training.plan import plan_run
     from ownllm.training.train import train_run
 
+    from ownllm.training.preference import PREFERENCE_METHODS
+
+    if cfg.method in PREFERENCE_METHODS:
+        raise ConfigError(f"ownllm tune searches supervised runs; --method {cfg.method} is not searched yet",
+                          hint=f"ownllm train --method {cfg.method} with its defaults, or set --lr and --epochs")
     options = (options or TuneConfig()).validate()
     require_limit(cfg.time_budget, options.trials)
     budget = parse_duration(cfg.time_budget) * 3600 if cfg.time_budget else None

@@ -40,6 +40,8 @@ const I18N = {
     m_ms_per_token: "每个 token 的生成时间（毫秒，等长）",
     good: "好", bad: "不好", writeBetter: "写一个更好的回答", saveBetter: "保存更好的回答", goodAnswer: "好回答", badAnswer: "不好的回答",
     betterAnswer: "更好的回答", feedbackSaved: "已保存", feedbackRows: "条，在本运行的反馈中",
+    learnTitle: "用这里给出的反馈继续训练（本运行的新阶段）：", learnStart: "从反馈中学习",
+    learnStarted: "已开始：在第 3 步查看训练进度，完成后重新评估",
   },
 };
 let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -591,6 +593,11 @@ document.addEventListener("DOMContentLoaded", () => {
     await refresh();
   });
   on("chat-send", askBoth);
+  on("learn-start", async () => {  // a preference stage on the run's feedback.jsonl (ownllm train --resume --method)
+    await api(`/api/runs/${encodeURIComponent(state.run)}/learn`, { json: { method: $("learn-method").value } });
+    $("learn-state").textContent = T("learnStarted", "started: follow it in step 3, then evaluate again");
+    await refresh();
+  });
   on("full-report", () => download("eval/report.html"));
   on("export", async () => {
     await api(`/api/runs/${encodeURIComponent(state.run)}/export`,
