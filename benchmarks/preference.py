@@ -113,7 +113,7 @@ def stage(run: str, method: str, tmp: str, sets: dict, n: int) -> dict:
     from ownllm.training.trainer import Trainer
 
     copy = os.path.join(tmp, f"{method}-{n}")
-    shutil.copytree(run, copy)
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
     questions, refs = held_out(copy)
     start = time.time()
     summary = Trainer(config=TrainConfig(data=copy, out=copy, method=method, seed=42 + n, **sets)).continue_with(
@@ -145,7 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base, sft_seconds = supervised_run(args.run, tmp)
         run = os.path.join(tmp, "start")
-        shutil.copytree(base, run)
+        shutil.copytree(base, run, ignore=shutil.ignore_patterns("checkpoints"))  # a stage needs the adapter only
         write_feedback(run, args.rows, 42)
         questions, refs = held_out(run)
         before = behaviour(run, questions, refs)

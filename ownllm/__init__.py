@@ -50,7 +50,9 @@ class _HubKernelNotice(logging.Filter):
         return True
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
+# bitsandbytes' own line, and (kernels >= 0.19, offline) the kernels package's "Skipping publisher trust check"
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_HubKernelNotice())
 
 
 def __getattr__(name: str):

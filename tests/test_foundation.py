@@ -193,7 +193,7 @@ def test_answer_cut_inside_a_chinese_character_drops_the_half(tiny_model_dir, mo
     assert "".join(m.stream("hi", max_new_tokens=3)) == "好"
 
 
-def test_bitsandbytes_hub_kernel_warning_is_held_back_and_explained_where_4bit_is_used(capsys):
+def test_bitsandbytes_hub_kernel_warning_is_held_back_and_explained_where_4bit_is_used(capsys, monkeypatch):
     """bitsandbytes' "could not verify publisher trust status" warning (logged when peft imports it on
     an AVX512-BF16 CPU offline) never reaches the person; 4-bit use says what it means, once."""
     import logging
@@ -214,6 +214,7 @@ def test_bitsandbytes_hub_kernel_warning_is_held_back_and_explained_where_4bit_i
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["another warning"]
     assert ownllm._HubKernelNotice.seen
+    monkeypatch.setattr(explain_cpu_4bit_kernel, "said", False, raising=False)  # said once per process: maybe already
     explain_cpu_4bit_kernel()
     explain_cpu_4bit_kernel()
     err = capsys.readouterr().err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 
+from ownllm.data import schema as schemas
 from ownllm.data.formats import PAIR_SPELLINGS
 from ownllm.data.schema import RowError, Schema, _messages, _text
 
@@ -31,6 +32,30 @@ PROMPT_KEYS = ("prompt", "question", "instruction", "query", "input", "user", "�
 LABEL_KEYS = ("label", "标签")
 _TRUE = {"good", "true", "yes", "1", "👍", "+1", "好", "对", "是", "desirable", "chosen", "accept", "accepted"}
 _FALSE = {"bad", "false", "no", "0", "👎", "-1", "差", "坏", "错", "否", "undesirable", "rejected", "reject"}
+
+
+def detect_format(samples: list[dict], forced: str = "auto", columns: dict | None = None) -> Schema:
+    """Every format's detection (``schema.detect_format``), preference data first: feedback, pairs and
+    labelled answers also carry the fields of supervised formats (messages, prompt/completion)."""
+    if columns or forced not in ("auto", None, *FORMATS):
+        return schemas.detect_format(samples, forced, columns)
+    seen = {k for row in samples if isinstance(row, dict) for k in row}
+    if forced in FORMATS:
+        return named(forced, seen)
+    return detect(samples, seen) or schemas.detect_format(samples, forced, columns)
+
+
+def canonical(row, schema: Schema, system: str | None = None) -> dict:
+    """One raw row → its canonical row, for every format (``schema.to_canonical`` for supervised ones)."""
+    if schema.format not in FORMATS:
+        return schemas.to_canonical(row, schema, system)
+    if not isinstance(row, dict):
+        raise RowError("not_an_object", f"row is a {type(row).__name__}, not an object")
+    out = to_canonical(row, schema)
+    messages = out["messages"]
+    if system and (not messages or messages[0]["role"] != "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    return out
 
 
 def parse_label(value) -> bool:
@@ -87,7 +112,7 @@ def detect(samples: list[dict], seen: set) -> Schema | None:
     return None
 
 
-def forced(fmt: str, seen: set) -> Schema:
+def named(fmt: str, seen: set) -> Schema:
     """``--format preference|labels|feedback``: the columns found for it, or a DataError saying what is missing."""
     from ownllm.errors import DataError
 

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ownllm.data import formats, schema as schemas
+from ownllm.data import formats, preference, schema as schemas
 from ownllm.data.clean import NORMALIZATIONS, clean_row
 from ownllm.data.dedup import Deduplicator, distinct_parts, excerpt, find_leaks
 from ownllm.data.split import parse_split, split_rows
@@ -178,7 +178,7 @@ def _detect(source: _Source, cfg: PrepareConfig) -> tuple[schemas.Schema | None,
     if not samples and head and all(r.error for r in head):
         return None, head  # nothing parsed: every row is rejected with its own reason
     try:
-        return schemas.detect_format(samples, cfg.format, cfg.columns), head
+        return preference.detect_format(samples, cfg.format, cfg.columns), head
     except DataError as e:
         if not e.where and source.name != "<memory>":
             e.where = source.name  # OwnLLMError's message reads it
@@ -203,7 +203,7 @@ def convert_rows(sources: list[_Source], cfg: PrepareConfig, rejects: _Rejects,
                 continue
             changed: set = set()
             try:
-                row = schemas.to_canonical(raw.value, schema, cfg.system)
+                row = preference.canonical(raw.value, schema, cfg.system)
                 row, masked = clean_row(row, cfg.pii, cfg.normalize, cfg.strip_html, changed)
                 row.update(_provenance(raw.value))
                 out.stats["pii_masked"] += masked

@@ -69,11 +69,6 @@ def detect_format(samples: list[dict], forced: str = "auto", columns: dict | Non
         return _forced(forced, seen)
     if not seen:
         raise DataError("no rows with fields were found", hint="each row must be a JSON object / CSV row")
-    from ownllm.data import preference
-
-    judged = preference.detect(samples, seen)
-    if judged is not None:
-        return judged
     if "messages" in seen:
         return Schema("messages", "rows have a 'messages' list (OpenAI chat format)", {"messages": "messages"})
     if "conversations" in seen:
@@ -100,10 +95,6 @@ def detect_format(samples: list[dict], forced: str = "auto", columns: dict | Non
 
 
 def _forced(fmt: str, seen: set) -> Schema:
-    from ownllm.data import preference
-
-    if fmt in preference.FORMATS:
-        return preference.forced(fmt, seen)
     defaults = {"messages": {"messages": "messages"}, "sharegpt": {"messages": "conversations"},
                 "alpaca": {"prompt": "instruction", "response": "output"}, "text": {"text": "text"}}
     if fmt == "prompt-completion":
@@ -158,14 +149,6 @@ def to_canonical(row, schema: Schema, system: str | None = None) -> dict:
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"row is a {type(row).__name__}, not an object")
     fmt, cols = schema.format, schema.columns
-    from ownllm.data import preference
-
-    if fmt in preference.FORMATS:
-        row = preference.to_canonical(row, schema)
-        messages = row["messages"]
-        if system and (not messages or messages[0]["role"] != "system"):
-            messages.insert(0, {"role": "system", "content": system})
-        return row
     if fmt == "text":
         return {"text": _text(row.get(cols["text"]), cols["text"])}
     if fmt in ("messages", "sharegpt"):

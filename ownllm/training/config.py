@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 from ownllm.config import setting as _f
 from ownllm.errors import ConfigError
 
-METHODS = ("lora", "qlora", "full", "dora", "prefix", "dpo", "kto", "orpo")
+PREFERENCE_METHODS = ("dpo", "kto", "orpo")  # preference tuning of a LoRA adapter (training.preference)
+METHODS = ("lora", "qlora", "full", "dora", "prefix", *PREFERENCE_METHODS)
 PROTECTION_LEVELS = ("off", "default", "strong")
 
 

@@ -36,7 +36,7 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     from ownllm.data.prepare import load_prepared, prepare_dataset
     from ownllm.rundir import STAGE_ENTRIES, adapter_in
 
-    from ownllm.training.preference import PREFERENCE_METHODS
+    from ownllm.training.config import PREFERENCE_METHODS
 
     run_dir = run.path
     judged = cfg.method in PREFERENCE_METHODS
@@ -55,7 +55,10 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
 
     common = dict(model=cfg.model, template=cfg.template, max_seq_len=cfg.max_seq_len, seed=cfg.seed)
     # the new file, prepared in memory as `ownllm train --data` would (nothing moves before this passes)
-    new = prepare_dataset([new_data], split=cfg.split, **prepare_options(cfg))
+    options = prepare_options(cfg)
+    if judged:  # judged answers come in their own format (feedback, pairs, labels): the run's column mapping is not theirs
+        options = {k: v for k, v in options.items() if k not in ("columns", "format")}
+    new = prepare_dataset([new_data], split=cfg.split, **options)
     others = _other_models(run, new) if judged else 0
     leaked = {i for i, _ in find_leaks(new.train, earlier.test + earlier.val)}
     fresh = [r for i, r in enumerate(new.train) if i not in leaked]
@@ -71,7 +74,8 @@ def start_stage(run, new_data: str, cfg, additional_epochs: float | None = None)
     staging = run.preparing_stage(stage)
     shutil.rmtree(staging.path, ignore_errors=True)
     # rows that are already prepared: no second system prompt, no second dedup against each other's splits
-    prepare_dataset(fresh + replayed, out=staging.path, split="1,0,0", val=new.val, test=new.test,
+    # (a new file of under 10 rows holds nothing out: no val or test to pass on)
+    prepare_dataset(fresh + replayed, out=staging.path, split="1,0,0", val=new.val or None, test=new.test or None,
                     dedup="off", **common)
     os.makedirs(archive.path)
     for entry in STAGE_ENTRIES:

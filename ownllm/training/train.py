@@ -217,14 +217,10 @@ def train_run(cfg, data, run, *, model=None, resume: str | None = None, addition
     summary's ``adjusted``."""
     from ownllm.training import distributed
     from ownllm.training.data import tokenize
-    from ownllm.training.preference import PREFERENCE_METHODS, preference_run
+    from ownllm.training.config import PREFERENCE_METHODS
 
-    if cfg.method in PREFERENCE_METHODS:
-        if resume or additional_epochs is not None or model is not None:
-            raise ConfigError(f"--method {cfg.method} trains a new stage from a finished run or a base model: it does "
-                              "not go on from a checkpoint, add epochs to one, or train a model passed in memory",
-                              hint="ownllm train --resume RUN --data FEEDBACK.jsonl --method kto")
-        return preference_run(cfg, data, run, continual=continual)
+    if cfg.method in PREFERENCE_METHODS:  # their stage is training.preference.preference_run (Trainer.train calls it)
+        raise ConfigError(f"--method {cfg.method} is preference tuning, not this supervised stage")
     # config.yaml keeps what was asked (it reproduces the run); what changes on the way (out-of-memory
     # back-off, --additional-epochs, --time-budget, a resumed checkpoint's batch) changes this working
     # copy only and is recorded in train_summary.json's "adjusted".

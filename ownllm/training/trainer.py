@@ -86,6 +86,8 @@ class Trainer:
         """
         from ownllm.training.data import prepare_for_training
         from ownllm.training.plan import plan_run
+        from ownllm.training.config import PREFERENCE_METHODS
+        from ownllm.training.preference import preference_run
         from ownllm.training.train import train_run
 
         if resume_from_checkpoint:
@@ -99,8 +101,15 @@ class Trainer:
         data = prepare_for_training(self._train_dataset, self.config, self.run, self._eval_dataset)
         self.plan = plan_run(self.config, data, self.run, strict=False)
         self.config = self.plan.settings
-        result = train_run(self.config, data, self.run, model=self._loaded, resume=resume,
-                           additional_epochs=additional_epochs, continual=self._continual)
+        if self.config.method in PREFERENCE_METHODS:
+            if resume or additional_epochs is not None or self._loaded is not None:
+                raise ConfigError(f"--method {self.config.method} trains a new stage from a finished run or a base "
+                                  "model: it does not go on from a checkpoint, add epochs to one, or train a model "
+                                  "passed in memory", hint="ownllm train --resume RUN --data FEEDBACK.jsonl --method kto")
+            result = preference_run(self.config, data, self.run, continual=self._continual)
+        else:
+            result = train_run(self.config, data, self.run, model=self._loaded, resume=resume,
+                               additional_epochs=additional_epochs, continual=self._continual)
         self.summary, self.model, self.tokenizer = result.summary, result.model, result.tokenizer
         return self.summary
 

@@ -182,7 +182,7 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
     from ownllm.training.plan import plan_run
     from ownllm.training.train import train_run
 
-    from ownllm.training.preference import PREFERENCE_METHODS
+    from ownllm.training.config import PREFERENCE_METHODS
 
     if cfg.method in PREFERENCE_METHODS:
         raise ConfigError(f"ownllm tune searches supervised runs; --method {cfg.method} is not searched yet",
