@@ -435,12 +435,12 @@ def _add_setup_routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/api/info")
     async def info():
         from ownllm import __version__
-        from ownllm.training.config import METHODS, PROTECTION_LEVELS
+        from ownllm.training.config import METHODS, PREFERENCE_METHODS, PROTECTION_LEVELS
         from ownllm.export.export import FORMATS
         from ownllm.export.gguf import QUANTS
         from ownllm.planning.hardware import detect
 
-        return {"version": __version__, "runs": studio.runs, "machine": detect().as_dict(), "methods": list(METHODS), "protection": list(PROTECTION_LEVELS),
+        return {"version": __version__, "runs": studio.runs, "machine": detect().as_dict(), "methods": [m for m in METHODS if m not in PREFERENCE_METHODS], "protection": list(PROTECTION_LEVELS),
                 "formats": list(FORMATS), "quants": list(QUANTS), "parallel_training": studio.parallel_training}
 
     @app.get("/api/models")
