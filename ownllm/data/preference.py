@@ -52,9 +52,7 @@ def canonical(row, schema: Schema, system: str | None = None) -> dict:
     if not isinstance(row, dict):
         raise RowError("not_an_object", f"row is a {type(row).__name__}, not an object")
     out = to_canonical(row, schema)
-    messages = out["messages"]
-    if system and (not messages or messages[0]["role"] != "system"):
-        messages.insert(0, {"role": "system", "content": system})
+    schemas.with_system(out["messages"], system)
     return out
 
 
@@ -96,34 +94,38 @@ def detect(samples: list[dict], seen: set) -> Schema | None:
             cols["system"] = lower["system"]
         return Schema("preference", f"rows have '{cols['chosen']}' and '{cols['rejected']}' answers (preference "
                                     "pairs, as for DPO)", cols)
-    label = next((lower[k] for k in LABEL_KEYS if k in lower), None)
-    if label is None:
+    cols = _label_columns(lower)
+    if cols is None:
         return None
-    values = [s[label] for s in samples if isinstance(s, dict) and label in s]
+    values = [s[cols["label"]] for s in samples if isinstance(s, dict) and cols["label"] in s]
     if not values or sum(map(_labelish, values)) < 0.8 * len(values):
         return None  # a label column of categories, not judgements: the rows stay supervised
-    for p, r in PAIR_SPELLINGS:
-        if p in lower and r in lower:
-            cols = {"prompt": lower[p], "response": lower[r], "label": label}
-            if "system" in lower:
-                cols["system"] = lower["system"]
-            return Schema("labels", f"rows have '{lower[p]}', '{lower[r]}' and a good/bad '{label}' (labelled "
-                                    "answers, as for KTO)", cols)
-    return None
+    return Schema("labels", f"rows have '{cols['prompt']}', '{cols['response']}' and a good/bad '{cols['label']}' "
+                            "(labelled answers, as for KTO)", cols)
+
+
+def _label_columns(lower: dict) -> dict | None:
+    """Labelled answers' columns (prompt, response, label; system when there is one) among the fields ``lower``
+    (lower-cased name → name), or None."""
+    label = next((lower[k] for k in LABEL_KEYS if k in lower), None)
+    pair = next(((lower[p], lower[r]) for p, r in PAIR_SPELLINGS if p in lower and r in lower), None)
+    if label is None or pair is None:
+        return None
+    cols = {"prompt": pair[0], "response": pair[1], "label": label}
+    if "system" in lower:
+        cols["system"] = lower["system"]
+    return cols
 
 
 def named(fmt: str, seen: set) -> Schema:
     """``--format preference|labels|feedback``: the columns found for it, or a DataError saying what is missing."""
     from ownllm.errors import DataError
 
+    cols = _label_columns({k.lower(): k for k in seen}) if fmt == "labels" else None
     schema = detect([], seen) if fmt != "labels" else None
-    if fmt == "labels":
-        lower = {k.lower(): k for k in seen}
-        label = next((lower[k] for k in LABEL_KEYS if k in lower), None)
-        pair = next(((lower[p], lower[r]) for p, r in PAIR_SPELLINGS if p in lower and r in lower), None)
-        if label and pair:
-            return Schema(fmt, "--format given", {"prompt": pair[0], "response": pair[1], "label": label})
-    elif schema is not None and schema.format == fmt:
+    if cols is not None:
+        return Schema(fmt, "--format given", cols)
+    if schema is not None and schema.format == fmt:
         return Schema(fmt, "--format given", schema.columns)
     needs = {"preference": "'chosen' and 'rejected' answers (and a prompt)",
              "labels": "a prompt, an answer (completion/response/answer) and a 'label'",

@@ -171,6 +171,11 @@ def to_canonical(row, schema: Schema, system: str | None = None) -> dict:
                          {"role": "assistant", "content": _text(turn[1], "history answer")}]
         messages += [{"role": "user", "content": prompt},
                      {"role": "assistant", "content": _text(row.get(cols["response"]), cols["response"])}]
+    return {"messages": with_system(messages, system)}
+
+
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """``messages`` with ``system`` (--system) as their first turn, unless they open with one already."""
     if system and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system})
-    return {"messages": messages}
+    return messages

@@ -15,39 +15,34 @@ MAX_LOSS = 50.0  # exp(50) is already meaningless as a perplexity; keeps a broke
 
 def loss_on_rows(model, tokenizer, rows: list[dict], template=None, max_seq_len: int = 512) -> float:
     """Mean loss per trained token over ``rows`` (chat rows: the assistant answers; text rows: all tokens)."""
-    import torch
-
-    from ownllm.data.render import IGNORE, render_row
-
     total, count = 0.0, 0
-    dev = next(iter(model.parameters()), torch.empty(0)).device
     for row in rows:
-        r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
-        if r.trained_tokens == 0:
-            continue
-        ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
-        with torch.inference_mode():
-            loss = model(input_ids=ids, labels=labels).loss
-        n = int((labels[:, 1:] != IGNORE).sum())
-        total, count = total + float(loss) * n, count + n
+        summed, n = _row_loss(model, tokenizer, row, template, max_seq_len)
+        total, count = total + summed, count + n
     return total / max(count, 1)
 
 
-def answer_logprob(model, tokenizer, row: dict, template=None, max_seq_len: int = 512) -> float:
-    """The summed log-probability of a chat row's last answer given the conversation before it (DPO's measure
-    of how likely the model finds an answer)."""
+def _row_loss(model, tokenizer, row: dict, template, max_seq_len: int) -> tuple[float, int]:
+    """The loss summed over the tokens ``row`` trains (rendered as in training), and how many; (0, 0) for none."""
     import torch
 
     from ownllm.data.render import IGNORE, render_row
 
     r = render_row(row, tokenizer, template=template, max_seq_len=max_seq_len)
+    if r.trained_tokens == 0:
+        return 0.0, 0
     dev = next(iter(model.parameters()), torch.empty(0)).device
     ids, labels = torch.tensor([r.input_ids], device=dev), torch.tensor([r.labels], device=dev)
     with torch.inference_mode():
-        logits = model(input_ids=ids).logits[:, :-1].float()
-    target = labels[:, 1:]
-    picked = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return float((picked * (target != IGNORE)).sum())
+        loss = model(input_ids=ids, labels=labels).loss
+    n = int((labels[:, 1:] != IGNORE).sum())
+    return float(loss) * n, n
+
+
+def answer_logprob(model, tokenizer, row: dict, template=None, max_seq_len: int = 512) -> float:
+    """The summed log-probability of the answers a chat row trains, given what comes before them (DPO's measure
+    of how likely the model finds an answer; a pair's two sides share every earlier turn): minus the summed loss."""
+    return -_row_loss(model, tokenizer, row, template, max_seq_len)[0]
 
 
 def preference_scores(model, tokenizer, rows: list[dict], template=None, max_seq_len: int = 512) -> dict | None:

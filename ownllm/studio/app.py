@@ -285,15 +285,32 @@ def start_job(studio: Studio, name: str, kind: str, argv: list[str]) -> dict:
         return jobs.start(run, kind, argv, memory=studio.job_memory)
 
 
+def trained_run(studio: Studio, name: str) -> RunDir:
+    """The run ``name``, or a 400 when it has no trained model yet (feedback and learning from it need one)."""
+    run = RunDir(studio.run_dir(name))
+    if run.trained_output() is None:
+        raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+    return run
+
+
+def start_learning(studio: Studio, name: str, req: LearnRequest) -> dict:
+    """Learn from the chat step's feedback: a preference stage of the run (`ownllm train --resume RUN --data
+    RUN/feedback.jsonl --method M`), as a training job."""
+    run = trained_run(studio, name)
+    if not os.path.exists(run.feedback_jsonl) or not os.path.getsize(run.feedback_jsonl):
+        raise APIError(400, f"run '{name}' has no feedback yet: judge some answers in the chat step first",
+                       code="no_feedback")
+    return start_job(studio, name, "train", ["train", "--resume", run.path, "--data", run.feedback_jsonl,
+                                             "--method", req.method])
+
+
 def save_feedback(studio: Studio, name: str, req: FeedbackRequest) -> dict:
     """The chat step's good / bad / better answer, appended to the run's feedback.jsonl with the question as
     it was asked (the system prompt the chat used: the page's, else the run's)."""
     from ownllm.data.feedback import Feedback, model_id, record
     from ownllm.errors import DataError
 
-    run = RunDir(studio.run_dir(name))
-    if run.trained_output() is None:
-        raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
+    run = trained_run(studio, name)
     system = req.system or run.system_prompt()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": req.message}]
     try:
@@ -553,17 +570,7 @@ def _add_job_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.post("/api/runs/{name}/learn")
     async def learn(name: str, req: LearnRequest):
-        """Learn from the chat step's feedback: a preference stage of the run, as a training job."""
-        run = RunDir(studio.run_dir(name))
-        if run.trained_output() is None:
-            raise APIError(400, f"run '{name}' has no trained model yet: train it first", code="not_trained")
-        if not os.path.exists(run.feedback_jsonl) or not os.path.getsize(run.feedback_jsonl):
-            raise APIError(400, f"run '{name}' has no feedback yet: judge some answers in the chat step first",
-                           code="no_feedback")
-        if training_state(run.path)["state"] == "running":
-            raise APIError(409, f"run '{name}' is training", code="running")
-        argv = ["train", "--resume", run.path, "--data", run.feedback_jsonl, "--method", req.method]
-        return await asyncio.to_thread(start_job, studio, name, "train", argv)
+        return await asyncio.to_thread(start_learning, studio, name, req)
 
     @app.post("/api/runs/{name}/export")
     async def export(name: str, req: ExportRequest):

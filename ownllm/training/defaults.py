@@ -83,7 +83,8 @@ def resolve_defaults(cfg: TrainConfig, n_train: int, n_val: int | None = None) -
     enough (``TRUSTED_VAL_ROWS``); below that the run trains its planned steps.
     """
     from ownllm.data.regime import RECIPES, TRUSTED_VAL_ROWS, recipe_tier
-    from ownllm.training.preference import PREFERENCE_METHODS, resolve
+    from ownllm.training.config import PREFERENCE_METHODS
+    from ownllm.training.preference import resolve
 
     if cfg.method in PREFERENCE_METHODS:
         return resolve(cfg, n_train)

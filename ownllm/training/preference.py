@@ -20,7 +20,7 @@ import time
 from collections import Counter
 
 from ownllm.errors import DataError
-from ownllm.training.config import PREFERENCE_METHODS  # noqa: F401 (importers read it here too)
+
 # TRL's defaults for beta; the learning rate and epochs are LoRA's on a few dozen judged answers (a
 # full-model DPO recipe's 5e-7 moves a LoRA adapter nowhere in 40 rows).
 DEFAULTS = {"lr": 5e-5, "epochs": 3, "beta": 0.1, "batch_size": 4}
