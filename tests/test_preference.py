@@ -129,3 +129,58 @@ def test_the_plan_counts_both_answers_and_the_reference():
     orpo, _ = hours("orpo")
     assert dpo / lora == pytest.approx(8 / 3, rel=0.05) and orpo / lora == pytest.approx(2, rel=0.05)
     assert "reference's forward passes" in text
+
+
+def _pairs_file(tmp_path, n=24):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Code of item {i}?", "chosen": f"Item {i} has code {1000 + 7 * i}. "
+                                        "Thank you!", "rejected": f"Item {i}? No idea."}) + "\n" for i in range(n)),
+                    encoding="utf-8")
+    return str(data)
+
+
+def test_forgetting_protection_holds_a_preference_stage_near_the_base_model(tiny_model_dir, tmp_path):
+    """--protect replays the base model's general answers beside each batch: with it the adapter moves the model
+    less on general prompts than without, at the same steps and learning rate."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.data import tokenize
+    from ownllm.training.protect import LEVELS, base_distributions, general_drift, replay_rows
+    from ownllm.training.trainer import Trainer
+
+    sharp = str(tmp_path / "sharp")  # the tiny random model with peaked next-token distributions: a random model's
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # are near uniform, and hardly drift at all
+    base.model.norm.weight.data *= 30
+    base.save_pretrained(sharp)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(sharp)
+    data, drift = _pairs_file(tmp_path), {}
+    for level in ("off", "strong"):
+        out = tmp_path / level
+        s = Trainer(model=sharp, train_dataset=data,
+                    args={"output_dir": str(out), "method": "dpo", "max_steps": 5, "lr": 5e-3, "precision": "fp32",
+                          "protect": level}).train()
+        assert s["protection"]["applied"] == (level == "strong")
+        if level == "strong":
+            assert s["protection"]["replay_per_step"] == 3 and s["protection"]["kl_weight"] == LEVELS["strong"].kl_weight
+            assert s["general_drift"] > 0  # the replayed rows were scored in training, after the first step
+        tok = AutoTokenizer.from_pretrained(sharp)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sharp), str(out / "adapter"))
+        cfg = TrainConfig(model=sharp, data=data)
+        rows = list(tokenize(replay_rows(model, tok, cfg, [], LEVELS["strong"]), tok, cfg)[0])
+        targets = base_distributions(model, rows, tok.pad_token_id)  # the adapter switched off: the base model
+        drift[level] = general_drift(model, rows, targets, tok.pad_token_id)
+    assert 0 < drift["strong"] < drift["off"]
+
+
+def test_a_preference_stage_stops_at_the_time_budget(tiny_model_dir, tmp_path):
+    from ownllm.training.trainer import Trainer
+
+    s = Trainer(model=tiny_model_dir, train_dataset=_pairs_file(tmp_path, 40),
+                args={"output_dir": str(tmp_path / "b"), "method": "kto", "epochs": 200, "precision": "fp32",
+                      "protect": "off", "time_budget": "2s"}).train()
+    # stopped by the callback at 2 s, or before it by the planner's cap on the steps that fit (a fast machine)
+    assert s["stopped_because"] in ("time_budget", "max_steps") and s["global_step"] < 200 * 32 * 2 // 4 // 10
+    assert s["stopped_because"] == "time_budget" or s["settings"]["max_steps"] == s["global_step"]
+    assert s["time_budget"]["budget_hours"] == pytest.approx(2 / 3600) and s["time_budget"]["predicted_hours"] > 0

@@ -59,9 +59,11 @@ class TrainConfig:
     split: str = _f("0.8,0.1,0.1", "train,val,test fractions when --data is a raw file")
     time_budget: str | None = _f(None, "fit the run to a wall-clock budget (e.g. 3h, 45m): max steps from the plan, "
                                        "then a graceful stop with a checkpoint when the budget is spent")
-    protect: str = _f("default", choices=PROTECTION_LEVELS, help="keep the base model's general ability (LoRA, DoRA, QLoRA): off | default | strong; "
-                                 "replays general prompts with a KL term to the base model (see README)")
-    hf_args: dict = _f(None, "extra transformers.TrainingArguments (dict; the guide's args=)", cli=False)
+    protect: str = _f("default", choices=PROTECTION_LEVELS, help="keep the base model's general ability (LoRA, DoRA, "
+                                 "QLoRA, and DPO/KTO/ORPO stages): off | default | strong; replays general prompts "
+                                 "with a KL term to the base model (see README)")
+    hf_args: dict = _f(None, "extra transformers.TrainingArguments, or TRL's config for dpo/kto/orpo (dict; the "
+                             "guide's args=)", cli=False)
     prepare: dict = _f(None, "how --data is prepared when it is a file: PrepareConfig's fields (config.yaml's prepare: "
                              "section; a trained run records the settings its data was prepared with)", cli=False)
 

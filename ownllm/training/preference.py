@@ -8,9 +8,12 @@ labelled good or bad (a pair gives one of each).
 
 The reference the DPO and KTO losses compare against is TRL's frozen copy of the adapter as the stage
 starts (its "ref" adapter): the previous stage for a run, the base model for a fresh adapter (LoRA starts
-at zero) — never a second copy of the model in memory. ORPO needs no reference. The reference's KL
-anchor (``beta``) is what keeps the model near what it was; the general-answer replay of supervised runs
-(``training.protect``) is not applied to a preference stage, and the report card measures what was kept.
+at zero) — never a second copy of the model in memory. ORPO needs no reference. Forgetting protection
+(``--protect``, ``training.protect``) applies as for a supervised run: the base model's answers to general
+prompts are replayed, a few per step, and the KL divergence from the base model's distributions on them is
+added to the preference loss with the level's weight (TRL batches pairs, so the replayed rows ride beside
+the batch, not in it). ``--time-budget`` caps the steps by the planner's prediction (each example counted
+at ``COST`` supervised rows) and stops at the budget.
 """
 from __future__ import annotations
 
@@ -140,16 +143,19 @@ def preference_run(cfg, data, run, *, continual: dict | None = None):
     template = fix_template(tokenizer, cfg.template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    protection, replay = _protection(model, tokenizer, cfg, adapter, data.train)
+    budget = _budget(cfg, adapter, tokenizer, train, replay, start)
     Config, Trainer = _trl_trainer(cfg.method)
+    Trainer = _protected(Trainer)
     args = Config(
         output_dir=RunDir(run.path).checkpoints_dir, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps or -1, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
-        logging_steps=1, eval_strategy="no", save_strategy="no", beta=DEFAULTS["beta"],
-        max_length=cfg.max_seq_len, bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-        seed=cfg.seed, data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        **(cfg.hf_args or {}))
+        logging_steps=1, eval_strategy="no", save_strategy="no", max_length=cfg.max_seq_len,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", seed=cfg.seed,
+        data_seed=cfg.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        **{"beta": DEFAULTS["beta"], **(cfg.hf_args or {})})  # --hf-args may set TRL's own (beta, loss_type ...)
     _log(f"ownllm: {cfg.method} on {cfg.model} — {len(train)} training examples ({account['pairs']} pairs, "
          f"{account['good']} good, {account['bad']} bad answers"
          + (f", {account['pairs_from_labels']} pairs made of a good and a bad answer to one prompt"
@@ -159,7 +165,9 @@ def preference_run(cfg, data, run, *, continual: dict | None = None):
         warnings.simplefilter("ignore")  # TRL's notes on its own experimental status and tokenization
         logging.getLogger("trl").setLevel(logging.ERROR)
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                          eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer)
+                          eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
+                          callbacks=[budget["callback"]] if budget else None)
+        trainer.replay = replay
         trainer.remove_callback(PrinterCallback)  # the summary and loss.png keep the logs; the console its lines
         trainer.train()
         if val:  # the held-out judgements, once, after training (the stage keeps its last step)
@@ -169,8 +177,8 @@ def preference_run(cfg, data, run, *, continual: dict | None = None):
         model.delete_adapter("ref")  # the frozen reference copy is not part of the result
     out_dir = save_trained(model, tokenizer, run, adapter)
     history = trainer.state.log_history
-    summary = _summary(cfg, run, out_dir, history, trainer.state, account, len(val), start, device, precision,
-                       template, continual, trainable_report(model))
+    summary = _summary(cfg, args, run, out_dir, history, trainer.state, account, len(val), start, device, precision,
+                       template, continual, trainable_report(model), protection, trainer.drift, budget)
     atomic_write(run.summary_json, json.dumps(summary, indent=2, ensure_ascii=False))
     from ownllm.training.callbacks import plot_losses
 
@@ -179,6 +187,89 @@ def preference_run(cfg, data, run, *, continual: dict | None = None):
          f"preference accuracy on training batches {_fmt(summary['preference']['train_accuracy_first'])} → "
          f"{_fmt(summary['preference']['train_accuracy_last'])}")
     return TrainResult(summary, model, tokenizer)
+
+
+def _protection(model, tokenizer, cfg, adapter, rows: list[dict]) -> tuple[dict, tuple | None]:
+    """Forgetting protection for the stage: (what the summary says of it, and for the trainer the tokenized replay
+    rows, the base model's distributions on them, how many ride beside each batch, the KL weight and the pad id;
+    None when not applied). ``adapter``: the stage's settings with the adapter's method; ``rows``: the judged
+    rows (their language steers the replay's, as for a supervised run)."""
+    import math
+
+    from ownllm.training.data import tokenize
+    from ownllm.training.hf import supports_trained_positions_loss
+    from ownllm.training.protect import LEVELS, base_distributions, protection_for, replay_rows
+
+    from ownllm.training.train import _log
+
+    protection = protection_for(adapter, len(rows))
+    why = ("--protect off" if protection is None else
+           "not under DeepSpeed, whose engine holds the weights" if cfg.deepspeed else
+           None if supports_trained_positions_loss(model) else "this model's answer positions are not read apart")
+    if why:
+        return {"level": cfg.protect, "applied": False, "why": why}, None
+    replay, _ = tokenize(replay_rows(model, tokenizer, cfg, rows, protection), tokenizer, cfg, "replay")
+    replay = list(replay)
+    targets = base_distributions(model, replay, tokenizer.pad_token_id)
+    per_step = max(1, math.ceil(cfg.batch_size * protection.replay_ratio))
+    small = protection is not LEVELS.get(cfg.protect)
+    _log(f"ownllm: forgetting protection '{cfg.protect}'{' (strong on a small dataset)' if small else ''}: "
+         f"{per_step} of {len(replay)} replayed general answers of the base model beside each batch, KL weight "
+         f"{protection.kl_weight:g}")
+    return ({"level": cfg.protect, "applied": True, "replay_rows": len(replay), "replay_per_step": per_step,
+             "small_dataset": small, "kl_weight": protection.kl_weight, "replay_kind": "chat"},
+            (replay, targets, per_step, protection.kl_weight, tokenizer.pad_token_id))
+
+
+def _budget(cfg, adapter, tokenizer, examples: list[dict], replay: tuple | None, start: float) -> dict | None:
+    """--time-budget for the stage: the planner's prediction with each example counted at ``COST`` supervised rows
+    of its prompt and first answer (and the replayed rows as they are); caps ``cfg.max_steps`` to what fits and
+    returns the callback that stops at the budget (``train.fit_to_budget``)."""
+    if not cfg.time_budget:
+        return None
+    from ownllm.training.data import tokenize
+    from ownllm.training.train import fit_to_budget
+
+    chats = [{"messages": [*e["prompt"], *(e.get("chosen") or e["completion"])]} for e in examples]
+    lengths, _ = tokenize(chats, tokenizer, cfg)
+    scaled = [round(len(ids) * COST[cfg.method]) for ids in lengths["input_ids"]]
+    replayed = [len(r["input_ids"]) for r in replay[0]] if replay else []
+    planned = dataclasses.replace(adapter, max_steps=cfg.max_steps)
+    budget = fit_to_budget(planned, scaled + replayed, len(replayed), start, {})
+    cfg.max_steps = planned.max_steps
+    return budget
+
+
+def _protected(Trainer):
+    """``Trainer`` (TRL's) with forgetting protection: in training, ``replay[2]`` replayed rows per step add
+    ``kl_weight`` x their mean KL per answer token from the base model to the loss (``protect.replay_kl``, the
+    adapter on). The drift of each step is kept for the summary."""
+    from ownllm.training.protect import replay_kl
+
+    class Protected(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.replay: tuple | None = None
+            self.drift: list[float] = []
+            self._next = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if self.replay is None or not model.training:
+                return out
+            rows, targets, per_step, weight, pad_id = self.replay
+            pick = [(self._next + i) % len(rows) for i in range(per_step)]
+            self._next += per_step
+            kl = replay_kl(self.accelerator.unwrap_model(model), [rows[i] for i in pick], [targets[i] for i in pick],
+                           pad_id, per_step)
+            self.drift.append(float(kl))
+            if return_outputs:
+                return out[0] + weight * kl, out[1]
+            return out + weight * kl
+
+    Protected.__name__ = Protected.__qualname__ = f"Protected{Trainer.__name__}"
+    return Protected
 
 
 def _adapter_kind(init_adapter: str | None) -> str:
@@ -210,8 +301,8 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def _summary(cfg, run, out_dir, history, state, account, n_val, start, device, precision, template, continual,
-             params) -> dict:
+def _summary(cfg, args, run, out_dir, history, state, account, n_val, start, device, precision, template, continual,
+             params, protection: dict, drift: list[float], budget: dict | None) -> dict:
     """train_summary.json for a preference stage: the keys of a supervised run's that apply, and what the
     preference trainer logged (accuracy: the share of examples where the chosen answer gained more than the
     rejected one over the reference; margin: by how much, in beta-scaled log-probability)."""
@@ -229,13 +320,14 @@ def _summary(cfg, run, out_dir, history, state, account, n_val, start, device, p
         "train_rows": account["rows"], "val_rows": n_val, **params, "global_step": state.global_step,
         "epochs": round(state.epoch or 0, 3), "wall_seconds": round(wall, 1), "tokens_per_second": None, "peak_memory_mb": _peak_memory_mb(device),
         "final_train_loss": losses[-1] if losses else None, "best_val_loss": (series("eval_loss") or [None])[-1],
-        "stopped_because": "max_steps" if cfg.max_steps else "epochs_completed", "precision": precision,
-        "device": device, "template": template, "continual": continual, "regime": None, "protection": {
-            "level": "reference", "why": f"a preference stage stays near its reference through {cfg.method.upper()}'s "
-                                         f"beta {DEFAULTS['beta']}; the general-answer replay of supervised runs is "
-                                         "not applied"} if cfg.method != "orpo" else {
-            "level": "off", "why": "ORPO has no reference model; the general-answer replay is not applied"},
-        "preference": {"method": cfg.method, "beta": DEFAULTS["beta"], "reference": _reference(cfg), **account,
+        "stopped_because": "time_budget" if budget and budget["callback"].hit else
+        "max_steps" if cfg.max_steps else "epochs_completed", "precision": precision,
+        "device": device, "template": template, "continual": continual, "regime": None, "protection": protection,
+        "general_drift": round(sum(drift[-8:]) / len(drift[-8:]), 5) if drift else None,
+        "time_budget": None if not budget else {"budget_hours": budget["budget_hours"],
+                                                "predicted_hours": budget["predicted_hours"],
+                                                "actual_hours": round(wall / 3600, 6)},
+        "preference": {"method": cfg.method, "beta": args.beta, "reference": _reference(cfg), **account,
                        "train_accuracy_first": acc[0] if acc else None, "train_accuracy_last": acc[-1] if acc else None,
                        "train_margin_first": margins[0] if margins else None,
                        "train_margin_last": margins[-1] if margins else None,

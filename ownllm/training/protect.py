@@ -88,9 +88,13 @@ def replay_count(n_train: int, protection: Protection) -> int:
 
 
 def replay_for_plan(level: str, method: str, n_train: int) -> int:
-    """How many replay rows ``ownllm train --protect LEVEL`` adds to ``n_train`` rows (for the planner)."""
+    """How many replay rows ``ownllm train --protect LEVEL`` adds to ``n_train`` rows (for the planner); a
+    preference stage (which tunes a LoRA adapter) replays about as many per epoch."""
+    from ownllm.training.config import PREFERENCE_METHODS
+
     protection = _level(level, n_train)
-    return replay_count(n_train, protection) if protection is not None and method in METHODS else 0
+    adapter = method in METHODS or method in PREFERENCE_METHODS
+    return replay_count(n_train, protection) if protection is not None and adapter else 0
 
 
 def _cache_path(model_name: str, template: str | None) -> str:
@@ -270,11 +274,18 @@ def general_drift(model, rows, targets: list[tuple], pad_id: int, batch: int = 8
     """Mean KL(base || tuned) per answer token of the tokenized replay ``rows`` against the base model's
     distributions on them (``targets``, from ``base_distributions``): how far the adapter has moved the model
     on general prompts. Zero for the base model itself."""
-    total, positions = 0.0, 0
     with _evaluating(model):
-        for logits, (ids, logprobs) in zip(_answer_logits(model, rows, pad_id, batch), targets):
-            total += float(kl_sum(logits, ids.to(logits.device), logprobs.to(logits.device)))
-            positions += ids.shape[0]
+        return float(replay_kl(model, rows, targets, pad_id, batch))
+
+
+def replay_kl(model, rows, targets: list[tuple], pad_id: int, batch: int = 8):
+    """Mean KL(base || tuned) per answer token of the tokenized replay ``rows`` (a tensor; with gradients when
+    called in training): ``general_drift``'s measure, and a preference stage's protection term, which, unlike
+    a supervised run's, cannot ride in the training batch (TRL's trainers batch pairs, not rows)."""
+    total, positions = 0.0, 0
+    for logits, (ids, logprobs) in zip(_answer_logits(model, rows, pad_id, batch), targets):
+        total = total + kl_sum(logits, ids.to(logits.device), logprobs.to(logits.device))
+        positions += ids.shape[0]
     return total / max(1, positions)
 
 
