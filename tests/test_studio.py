@@ -304,6 +304,41 @@ def test_studio_cli_flags():
     assert proc.returncode == 0 and "--parallel-training" in proc.stdout
 
 
+def test_the_trial_plot_draws_a_search_as_its_trials_finish(tmp_path, serving, chromium):
+    """`ownllm tune`'s trials.jsonl (as a search writes it, one row per finished trial) in the training step: a
+    point per scored trial, pruned ones hollow, the lowest score chosen while the search runs; hidden for a run
+    trained again without tune."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from ownllm.studio.app import Studio, create_app
+    from ownllm.utils import append_jsonl
+
+    run = tmp_path / "runs" / "tuning"
+    (run / "tune").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: smollm2-135m\n")
+    for n, state, score in [(0, "complete", 1.25), (1, "pruned", 2.5), (2, "complete", 0.75)]:
+        append_jsonl(str(run / "tune" / "trials.jsonl"), {
+            "number": n, "params": {"lr": 1e-3 * (n + 1), "lora_r": 64}, "state": state, "score": score,
+            "val_loss": score, "general_drift": 0.0, "steps": 30, "seconds": 12.0, "stopped_because": state})
+    with serving(create_app(Studio(str(tmp_path / "runs")))) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(locale="en-US")
+        page.goto(url + "/")
+        page.select_option("#run-select", "tuning")
+        page.click("[data-step=train]")
+        expect(page.locator("#trial-chart")).to_have_attribute("data-trials", "3")
+        expect(page.locator("#trials-box")).to_be_visible()
+        assert page.locator("#trial-chart circle").count() == 3
+        assert page.locator("#trial-chart circle.pruned").count() == 1
+        best = page.locator("#trial-chart circle.best")
+        assert best.count() == 1 and best.locator("title").text_content().startswith("#2 lr 0.003")
+        expect(page.locator("#trials-note")).to_contain_text("3 trials · chosen: trial 2")
+        page.screenshot(path=os.path.join(ARTIFACTS, "studio-trials.png"), full_page=True)
+        (run / "train_summary.json").write_text(json.dumps({"method": "lora"}))  # trained again, not by tune
+        expect(page.locator("#trials-box")).to_be_hidden(timeout=15000)
+        browser.close()
+
+
 # -- the browser walk ----------------------------------------------------------------------------------
 def test_studio_five_steps_in_a_real_browser(tmp_path, tiny_model_dir, support_csv, serving, chromium):
     from playwright.sync_api import expect, sync_playwright

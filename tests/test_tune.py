@@ -43,6 +43,11 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
     tune = json.loads((run / "tune" / "tune.json").read_text())
     assert tune["best"]["number"] == best["number"] and len(tune["trials"]) == 3 and "drift" in tune["rule"]
     assert "trial" in trainer.tune_result.table() and f"{best['number']} *" in trainer.tune_result.table()
+    from ownllm.training.tune import trials_view
+
+    view = trials_view(str(run))  # what the studio's trial plot draws
+    assert [t["number"] for t in view["trials"]] == [0, 1, 2] and view["best"] == best["number"]
+    assert view["trials"][0]["params"] == trials[0]["params"] and view["trials"][0]["score"] == trials[0]["score"]
     # the trials never saw the test rows: each trained on the run's own train split, scored on its val rows
     train_rows = len((run / "data" / "train.jsonl").read_text().splitlines())
     for t in trials:

@@ -7,6 +7,7 @@ import os
 
 from ownllm.rundir import RunDir
 from ownllm.studio import jobs
+from ownllm.training.tune import trials_view
 
 
 def training_state(run_dir: str) -> dict:
@@ -58,4 +59,5 @@ def run_view(run: str, name: str) -> dict:
     return {"name": name, "path": run, "report": r.data_report(), "plan": r.plan(), "config": r.config() or None,
             "training": training_state(run), "eval": r.eval_metrics(),
             "eval_job": jobs.state(run, "eval"), "export_job": jobs.state(run, "export"),
-            "exports": [{"name": n, "manifest": m} for n, m in r.exports()], "adapter": r.trained_output() is not None}
+            "exports": [{"name": n, "manifest": m} for n, m in r.exports()], "adapter": r.trained_output() is not None,
+            "trials": trials_view(run)}

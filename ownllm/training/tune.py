@@ -153,6 +153,23 @@ def _read_trials(path: str) -> list[dict]:
     return out
 
 
+def trials_view(run_path: str) -> dict | None:
+    """What the studio's trial plot shows of a run's search: each trial ``RUN/tune/trials.jsonl`` holds so far
+    (number, settings, state, score and its parts, steps, seconds), the chosen one (the run's ``tuned_by``, else
+    the lowest score so far) and the rule. None when the run was not tuned, or was trained again since."""
+    from ownllm.rundir import RunDir
+
+    trials = _read_trials(os.path.join(run_path, "tune", "trials.jsonl"))
+    summary = RunDir(run_path).summary() or {}
+    if not trials or (summary and "tuned_by" not in summary):
+        return None
+    scored = [t for t in trials if t.get("state") == "complete" and t.get("score") is not None]
+    best = (summary.get("tuned_by") or {}).get("trial", min(scored, key=lambda t: t["score"])["number"]
+                                                 if scored else None)
+    keys = ("number", "params", "state", "score", "val_loss", "general_drift", "steps", "seconds", "stopped_because")
+    return {"trials": [{k: t.get(k) for k in keys} for t in trials], "best": best, "rule": RULE}
+
+
 def _retell(study, space: dict, done: list[dict]) -> None:
     """Trials of an earlier, interrupted search: told to the sampler and the pruner as they went."""
     import optuna

@@ -42,6 +42,8 @@ const I18N = {
     betterAnswer: "更好的回答", feedbackSaved: "已保存", feedbackRows: "条，在本运行的反馈中",
     learnTitle: "用这里给出的反馈继续训练（本运行的新阶段）：", learnStart: "从反馈中学习",
     learnStarted: "已开始：在第 3 步查看训练进度，完成后重新评估",
+    trialsTitle: "自动调参的各次尝试", trialComplete: "训练到底", trialPruned: "提前停止（剪枝）", trialBest: "选中",
+    trialsAxis: "每次尝试的得分：验证损失 + 2 × 通用漂移，越低越好", trialsOf: "次尝试", trialChosen: "选中第",
   },
 };
 let lang = localStorage.getItem("ownllm-lang") || (navigator.language.startsWith("zh") ? "zh" : "en");
@@ -67,6 +69,7 @@ Object.assign(EN, {
   m_bleu: "BLEU", m_test_loss: "loss on the test answers", m_perplexity: "perplexity",
   m_general_perplexity: "general-text perplexity", m_ms_per_token: "ms per generated token (equal length)",
   m_general_kept: "general questions answered right (kept of the base model's)",
+  trialsOf: "trials", trialChosen: "chosen: trial",
 });
 
 const $ = (id) => document.getElementById(id);
@@ -405,6 +408,37 @@ function renderTraining(view) {
   const job = t && t.job;
   $("train-log").textContent = (job && job.log_tail) || "";
   drawLoss(state.metrics);
+  drawTrials(view && view.trials);
+}
+// `ownllm tune`'s trials as they finish: score by trial number, pruned ones hollow, the chosen one green
+function drawTrials(t) {
+  const svg = $("trial-chart"), trials = (t && t.trials) || [];
+  svg.replaceChildren();
+  svg.dataset.trials = trials.length;
+  $("trials-box").hidden = !trials.length;
+  if (!trials.length) return;
+  const scored = trials.filter((tr) => typeof tr.score === "number" && isFinite(tr.score));
+  $("trials-note").textContent = `${trials.length} ${T("trialsOf")}` + (t.best !== null ? ` · ${T("trialChosen")} ${t.best}` : "");
+  if (!scored.length) return;
+  const W = 600, H = 200, pad = 40, ys = scored.map((tr) => tr.score), span = Math.max(...ys) - Math.min(...ys) || 1;
+  const maxX = Math.max(...trials.map((tr) => tr.number), 1), maxY = Math.max(...ys) + 0.1 * span, minY = Math.min(...ys) - 0.1 * span;
+  const x = (v) => pad + (v / maxX) * (W - pad - 16), y = (v) => H - pad - ((v - minY) / (maxY - minY)) * (H - pad - 8);
+  svg.append(svgEl("line", { x1: pad, y1: H - pad, x2: W - 8, y2: H - pad, class: "axis-line" }),
+             svgEl("line", { x1: pad, y1: 8, x2: pad, y2: H - pad, class: "axis-line" }));
+  for (const [text, tx, ty] of [[maxY.toFixed(3), 2, 14], [minY.toFixed(3), 2, H - pad], [String(maxX), W - 24, H - 12], ["0", pad, H - 12]]) {
+    const label = svgEl("text", { x: tx, y: ty, class: "axis" });
+    label.textContent = text;
+    svg.append(label);
+  }
+  for (const tr of scored) {
+    const dot = svgEl("circle", { cx: x(tr.number), cy: y(tr.score), r: 6,
+                                  class: `trial-point ${tr.number === t.best ? "best" : tr.state === "pruned" ? "pruned" : "complete"}` });
+    const tip = svgEl("title");
+    tip.textContent = `#${tr.number} ${Object.entries(tr.params || {}).map(([k, v]) => `${k} ${v}`).join(", ")} · ` +
+                      `${tr.score} (${tr.steps} ${T("step")}, ${Math.round(tr.seconds)} s)`;
+    dot.append(tip);
+    svg.append(dot);
+  }
 }
 function formatSeconds(s) {
   s = Math.round(s);
