@@ -236,6 +236,11 @@ def test_feedback_from_the_chat_step_trains_a_preference_stage(client, support_c
         said = {"label": "good"} if i % 2 else {"better": f"订单 {i} 的取件码是 {1000 + 7 * i}。祝您愉快！"}
         r = client.post("/api/runs/shop/feedback", json={"message": f"订单 {i} 的取件码是多少？", "answer": "不知道。", **said})
         assert r.status_code == 200, r.text
+    from ownllm.data.feedback import judged_rows
+    from ownllm.training.preference import default_method
+
+    assert default_method(judged_rows(os.path.join(t["summary"]["run_dir"], "feedback.jsonl"))) == "orpo"
+    assert default_method(judged_rows(os.path.join(t["summary"]["run_dir"], "feedback.jsonl"))[1:2]) == "kto"
     r = client.post("/api/runs/shop/learn", json={"method": "kto"})
     assert r.status_code == 200 and r.json()["state"] == "running", r.text
     t = _wait(lambda: (t := _training(client, "shop"))["state"] != "running" and t)
@@ -243,6 +248,10 @@ def test_feedback_from_the_chat_step_trains_a_preference_stage(client, support_c
     p = t["summary"]["preference"]
     assert (p["pairs"], p["good"], p["bad"]) == (2, 2, 0) and p["examples"] == 6  # a pair: one good, one bad answer
     assert t["summary"]["continual"]["stage"] == 2
+    r = client.post("/api/runs/shop/learn", json={})  # no method named: the best for feedback with pairs, ORPO
+    assert r.status_code == 200 and r.json()["argv"][-2:] == ["--method", "orpo"], r.text
+    t = _wait(lambda: (t := _training(client, "shop"))["state"] != "running" and t)
+    assert t["state"] == "finished" and t["summary"]["method"] == "orpo", t["job"].get("log_tail")
 
 
 def test_terminal_runs_show_up_and_a_foreign_training_blocks_a_second(tmp_path, tiny_model_dir, support_csv):

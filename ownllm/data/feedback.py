@@ -108,3 +108,21 @@ def model_id(model) -> str:
         _hashes[key] = "sha256:" + h.hexdigest()[:16]
     return _hashes[key]
 
+
+
+def judged_rows(path: str) -> list[dict]:
+    """The canonical judged rows (``data.preference``) of a feedback file as it stands: a better answer → a pair,
+    a label → a labelled answer; lines a crash cut short or rows that say neither are left out (the prepare stage
+    counts them)."""
+    from ownllm.data.preference import canonical, detect_format
+    from ownllm.data.schema import RowError
+    from ownllm.utils import read_appended_jsonl
+
+    rows, _ = read_appended_jsonl(path)
+    schema, out = detect_format(rows, "feedback"), []
+    for row in rows:
+        try:
+            out.append(canonical(row, schema))
+        except RowError:
+            continue
+    return out

@@ -97,7 +97,9 @@ class FeedbackRequest(_Body):
 
 class LearnRequest(_Body):
     """A preference stage on the run's feedback (`ownllm train --resume RUN --data RUN/feedback.jsonl --method M`)."""
-    method: Literal["kto", "dpo", "orpo"] = "kto"  # KTO reads 👍/👎 and better answers alike
+    # None: the best method for the feedback as it stands (training.preference.default_method: ORPO when better
+    # answers or a good and a bad answer to one question make pairs, else KTO, which reads 👍/👎 alone)
+    method: Literal["kto", "dpo", "orpo"] | None = None
 
 
 class DownloadRequest(_Body):
@@ -300,8 +302,12 @@ def start_learning(studio: Studio, name: str, req: LearnRequest) -> dict:
     if not os.path.exists(run.feedback_jsonl) or not os.path.getsize(run.feedback_jsonl):
         raise APIError(400, f"run '{name}' has no feedback yet: judge some answers in the chat step first",
                        code="no_feedback")
+    from ownllm.data.feedback import judged_rows
+    from ownllm.training.preference import default_method
+
+    method = req.method or default_method(judged_rows(run.feedback_jsonl))
     return start_job(studio, name, "train", ["train", "--resume", run.path, "--data", run.feedback_jsonl,
-                                             "--method", req.method])
+                                             "--method", method])
 
 
 def save_feedback(studio: Studio, name: str, req: FeedbackRequest) -> dict:

@@ -41,7 +41,7 @@ const I18N = {
     good: "好", bad: "不好", writeBetter: "写一个更好的回答", saveBetter: "保存更好的回答", goodAnswer: "好回答", badAnswer: "不好的回答",
     betterAnswer: "更好的回答", feedbackSaved: "已保存", feedbackRows: "条，在本运行的反馈中",
     learnTitle: "用这里给出的反馈继续训练（本运行的新阶段）：", learnStart: "从反馈中学习",
-    learnStarted: "已开始：在第 3 步查看训练进度，完成后重新评估",
+    learnStarted: "已开始：在第 3 步查看训练进度，完成后重新评估", learnBest: "最适合这些反馈的方法（有更好的回答时用 ORPO，否则 KTO）",
     trialsTitle: "自动调参的各次尝试", trialComplete: "训练到底", trialPruned: "提前停止（剪枝）", trialBest: "选中",
     trialsAxis: "每次尝试的得分：验证损失 + 2 × 通用漂移，越低越好", trialsOf: "次尝试", trialChosen: "选中第",
   },
@@ -423,13 +423,7 @@ function drawTrials(t) {
   const W = 600, H = 200, pad = 40, ys = scored.map((tr) => tr.score), span = Math.max(...ys) - Math.min(...ys) || 1;
   const maxX = Math.max(...trials.map((tr) => tr.number), 1), maxY = Math.max(...ys) + 0.1 * span, minY = Math.min(...ys) - 0.1 * span;
   const x = (v) => pad + (v / maxX) * (W - pad - 16), y = (v) => H - pad - ((v - minY) / (maxY - minY)) * (H - pad - 8);
-  svg.append(svgEl("line", { x1: pad, y1: H - pad, x2: W - 8, y2: H - pad, class: "axis-line" }),
-             svgEl("line", { x1: pad, y1: 8, x2: pad, y2: H - pad, class: "axis-line" }));
-  for (const [text, tx, ty] of [[maxY.toFixed(3), 2, 14], [minY.toFixed(3), 2, H - pad], [String(maxX), W - 24, H - 12], ["0", pad, H - 12]]) {
-    const label = svgEl("text", { x: tx, y: ty, class: "axis" });
-    label.textContent = text;
-    svg.append(label);
-  }
+  drawAxes(svg, W, H, pad, [[maxY.toFixed(3), 2, 14], [minY.toFixed(3), 2, H - pad], [String(maxX), W - 24, H - 12], ["0", pad, H - 12]]);
   for (const tr of scored) {
     const dot = svgEl("circle", { cx: x(tr.number), cy: y(tr.score), r: 6,
                                   class: `trial-point ${tr.number === t.best ? "best" : tr.state === "pruned" ? "pruned" : "complete"}` });
@@ -438,6 +432,16 @@ function drawTrials(t) {
                       `${tr.score} (${tr.steps} ${T("step")}, ${Math.round(tr.seconds)} s)`;
     dot.append(tip);
     svg.append(dot);
+  }
+}
+// a chart's two axes and its [text, x, y] labels
+function drawAxes(svg, W, H, pad, labels) {
+  svg.append(svgEl("line", { x1: pad, y1: H - pad, x2: W - 8, y2: H - pad, class: "axis-line" }),
+             svgEl("line", { x1: pad, y1: 8, x2: pad, y2: H - pad, class: "axis-line" }));
+  for (const [text, tx, ty] of labels) {
+    const label = svgEl("text", { x: tx, y: ty, class: "axis" });
+    label.textContent = text;
+    svg.append(label);
   }
 }
 function formatSeconds(s) {
@@ -457,13 +461,7 @@ function drawLoss(rows) {
   const ys = all.map((p) => p[1]), span = Math.max(...ys) - Math.min(...ys) || 1;
   const maxX = Math.max(...all.map((p) => p[0]), 1), maxY = Math.max(...ys) + 0.05 * span, minY = Math.max(0, Math.min(...ys) - 0.05 * span);
   const x = (v) => pad + (v / maxX) * (W - pad - 8), y = (v) => H - pad - ((v - minY) / (maxY - minY || 1)) * (H - pad - 8);
-  svg.append(svgEl("line", { x1: pad, y1: H - pad, x2: W - 8, y2: H - pad, class: "axis-line" }),
-             svgEl("line", { x1: pad, y1: 8, x2: pad, y2: H - pad, class: "axis-line" }));
-  for (const [text, tx, ty] of [[maxY.toFixed(2), 2, 14], [minY.toFixed(2), 2, H - pad], [String(maxX), W - 40, H - 12], ["0", pad, H - 12]]) {
-    const t = svgEl("text", { x: tx, y: ty, class: "axis" });
-    t.textContent = text;
-    svg.append(t);
-  }
+  drawAxes(svg, W, H, pad, [[maxY.toFixed(2), 2, 14], [minY.toFixed(2), 2, H - pad], [String(maxX), W - 40, H - 12], ["0", pad, H - 12]]);
   if (train.length) svg.append(svgEl("polyline", { points: train.map((p) => `${x(p[0])},${y(p[1])}`).join(" "), class: "train-line" }));
   for (const p of val) svg.append(svgEl("circle", { cx: x(p[0]), cy: y(p[1]), r: 4, class: "val-point" }));
 }
@@ -628,7 +626,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   on("chat-send", askBoth);
   on("learn-start", async () => {  // a preference stage on the run's feedback.jsonl (ownllm train --resume --method)
-    await api(`/api/runs/${encodeURIComponent(state.run)}/learn`, { json: { method: $("learn-method").value } });
+    await api(`/api/runs/${encodeURIComponent(state.run)}/learn`, { json: { method: $("learn-method").value || null } });
     $("learn-state").textContent = T("learnStarted", "started: follow it in step 3, then evaluate again");
     await refresh();
   });
