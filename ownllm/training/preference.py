@@ -216,7 +216,6 @@ def _protection(model, tokenizer, cfg, adapter, rows: list[dict]) -> tuple[dict,
     from ownllm.training.data import tokenize
     from ownllm.training.hf import supports_trained_positions_loss
     from ownllm.training.protect import LEVELS, base_distributions, protection_for, replay_rows
-
     from ownllm.training.train import _log
 
     protection = protection_for(adapter, len(rows))
