@@ -109,7 +109,6 @@ def model_id(model) -> str:
     return _hashes[key]
 
 
-
 def judged_rows(path: str) -> list[dict]:
     """The canonical judged rows (``data.preference``) of a feedback file as it stands: a better answer → a pair,
     a label → a labelled answer; lines a crash cut short or rows that say neither are left out (the prepare stage

@@ -159,13 +159,17 @@ def trials_view(run_path: str) -> dict | None:
     the lowest score so far) and the rule. None when the run was not tuned, or was trained again since."""
     from ownllm.rundir import RunDir
 
-    trials = _read_trials(os.path.join(run_path, "tune", "trials.jsonl"))
     summary = RunDir(run_path).summary() or {}
-    if not trials or (summary and "tuned_by" not in summary):
+    if summary and "tuned_by" not in summary:  # trained without tune (the studio polls this: no trials read)
+        return None
+    trials = _read_trials(os.path.join(run_path, "tune", "trials.jsonl"))
+    if not trials:
         return None
     scored = [t for t in trials if t.get("state") == "complete" and t.get("score") is not None]
-    best = (summary.get("tuned_by") or {}).get("trial", min(scored, key=lambda t: t["score"])["number"]
-                                                 if scored else None)
+    if summary:
+        best = summary["tuned_by"]["trial"]
+    else:
+        best = min(scored, key=lambda t: t["score"])["number"] if scored else None
     keys = ("number", "params", "state", "score", "val_loss", "general_drift", "steps", "seconds", "stopped_because")
     return {"trials": [{k: t.get(k) for k in keys} for t in trials], "best": best, "rule": RULE}
 
