@@ -1,6 +1,6 @@
 """Every fact learned, from 40 rows up: what the defaults teach on small fictional domains.
 
-    python benchmarks/small_data.py [--sizes 40,100] [--langs en,zh] [--runs 3] [--set epochs=20 ...]
+    python benchmarks/small_data.py [--sizes 40,100] [--langs en,zh] [--runs 3] [--set epochs=20 ...] [--tune 30m]
 
 Generates a fictional domain no model can know (companies with made-up names, each with facts such as
 a hotline number, an opening time, a founding year, a director), every fact asked in four phrasings:
@@ -12,7 +12,9 @@ steps and why training stopped. Each size and language runs ``--runs`` times (se
 median with its range is printed. ``--dev`` draws the development facts (other names and values, seed
 offset 1000) that settings are chosen on; without it the report facts, which README/RESULTS quote. The
 general answers are printed for both halves of the probe: settings are chosen on its dev half, the
-report half is quoted.
+report half is quoted. ``--tune BUDGET`` runs `ownllm tune` within that budget instead of one training run
+(the best trial becomes the run, scored the same way; the tune's wall time, trials and the planner's
+prediction for the chosen trial are printed beside it).
 Figures are printed (benchmarks/RESULTS.md keeps them), never asserted.
 """
 from __future__ import annotations
@@ -132,7 +134,7 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool) -> dict:
+def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool, tune: str | None = None) -> dict:
     from ownllm.evaluation.evaluate import evaluate
     from ownllm.evaluation.metrics import contains
     from ownllm.training.config import TrainConfig
@@ -144,8 +146,15 @@ def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool) -
     test = _write(held, os.path.join(tmp, f"{name}-heldout.jsonl"))
     out = os.path.join(tmp, name)
     start = time.time()
-    summary = Trainer(config=TrainConfig(data=data, out=out, seed=seed, **overrides)).train()
+    trainer = Trainer(config=TrainConfig(data=data, out=out, seed=seed, **overrides))
+    summary = trainer.tune(time_budget=tune) if tune else trainer.train()
     wall = time.time() - start
+    searched = None
+    if tune:
+        best = trainer.tune_result.best
+        searched = {"budget": tune, "trials": len(trainer.tune_result.trials), "chosen": best["number"],
+                    "params": best["params"], "predicted_s": best.get("predicted_seconds"),
+                    "chosen_s": best["seconds"], "search_s": trainer.tune_result.seconds}
     result = evaluate(out, data=test)
     samples = [json.loads(line) for line in open(os.path.join(out, "eval", "samples.jsonl"), encoding="utf-8")]
     right = sum(bool(contains(s["tuned"], h["value"])) for s, h in zip(samples, held))
@@ -157,7 +166,7 @@ def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool) -
             "kept_dev": (g.get("halves") or {}).get("dev", {}).get("kept"),
             "base_right_dev": (g.get("halves") or {}).get("dev", {}).get("base_right"),
             "train_seconds": round(wall, 1), "steps": summary["global_step"], "stopped": summary["stopped_because"],
-            "regime": summary.get("regime"),
+            "regime": summary.get("regime"), "tune": searched,
             "missed": [(s["prompt"], h["value"], s["tuned"][:80]) for s, h in zip(samples, held)
                        if not contains(s["tuned"], h["value"])][:5]}
 
@@ -169,6 +178,11 @@ def show(r: dict) -> None:
     print(f"{r['lang']} {r['size']:>5} rows seed {r['seed']}: held-out phrasings {r['learned']}/{r['facts']} "
           f"({r['contains']:.0%})  general kept {kept}  train {r['train_seconds']:.0f} s ({r['steps']} steps, "
           f"{r['stopped']}; {r['train_rows']} train / {r['val_rows']} val rows)", flush=True)
+    if r.get("tune"):
+        t = r["tune"]
+        print(f"    tune within {t['budget']}: {t['trials']} trials in {t['search_s']:.0f} s; chose trial "
+              f"{t['chosen']} ({t['params']}), which trained in {t['chosen_s']} s (planner: {t['predicted_s']} s)",
+              flush=True)
 
 
 def medians(results: list[dict]) -> None:
@@ -194,6 +208,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field to override")
     ap.add_argument("--dev", action="store_true", help="the development facts (choose settings on these)")
     ap.add_argument("--json", help="also write every run's figures to this file")
+    ap.add_argument("--tune", metavar="BUDGET", help="run `ownllm tune` within this budget (e.g. 30m) instead of "
+                                                     "one training run with the defaults")
     args = ap.parse_args()
     overrides = _parse_sets(args.set)
     results = []
@@ -201,7 +217,7 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             for lang in args.langs.split(","):
                 for n in range(args.runs):
-                    r = run(size, lang, 42 + n, tmp, overrides, args.dev)
+                    r = run(size, lang, 42 + n, tmp, overrides, args.dev, args.tune)
                     results.append(r)
                     show(r)
                     if args.json:
