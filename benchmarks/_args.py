@@ -1,4 +1,4 @@
-"""The flags the generation benchmarks share (run as scripts: this folder is on sys.path)."""
+"""The flags the benchmarks share (run as scripts: this folder is on sys.path)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,15 @@ def median_range(runs: list[dict], key: str, fmt) -> str:
 
     values = sorted(r[key] for r in runs if r.get(key) is not None)
     return f"{fmt(statistics.median(values))} [{fmt(values[0])}–{fmt(values[-1])}]" if values else "n/a"
+
+
+def train_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` flags as TrainConfig fields, each typed as the CLI types it (``ownllm.config.coerce``:
+    ``lr=1e-4`` a float, ``hf_args={"beta": 0.5}`` a dict; an unknown field is an error naming the close ones)."""
+    from ownllm.config import coerce
+    from ownllm.training.config import TrainConfig
+
+    return dict(coerce(TrainConfig, *item.split("=", 1)) for item in items)
 
 
 def generation_args(doc: str, run: bool = False) -> argparse.Namespace:

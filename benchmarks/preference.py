@@ -30,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from _args import median_range  # noqa: E402
+from _args import median_range, train_overrides  # noqa: E402
 
 SIGN_OFF = "Anything else? Lumora Support is here for you."
 SAMPLE = os.path.join(HERE, "..", "examples", "data", "support_en.jsonl")
@@ -160,10 +160,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[],
                     help="TrainConfig overrides for every stage, e.g. lr=1e-4 'hf_args={\"beta\": 0.5}'")
     args = ap.parse_args()
-    sets = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        sets[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" else v
+    sets = train_overrides(args.set)
     half = args.half
     with tempfile.TemporaryDirectory() as tmp:
         base, sft_seconds = supervised_run(args.run, tmp)

@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
-from _args import median_range  # noqa: E402
+from _args import median_range, train_overrides  # noqa: E402
 
 # kind → (four question phrasings, the answer, a value maker); {e}: the company, {v}: the value
 EN_KINDS = {
@@ -123,17 +123,6 @@ def _write(rows: list[dict], path: str) -> str:
     return path
 
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def run(size: int, lang: str, seed: int, tmp: str, overrides: dict, dev: bool, tune: str | None = None) -> dict:
     from ownllm.evaluation.evaluate import evaluate
     from ownllm.evaluation.metrics import contains
@@ -211,7 +200,7 @@ def main() -> None:
     ap.add_argument("--tune", metavar="BUDGET", help="run `ownllm tune` within this budget (e.g. 30m) instead of "
                                                      "one training run with the defaults")
     args = ap.parse_args()
-    overrides = _parse_sets(args.set)
+    overrides = train_overrides(args.set)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
