@@ -50,6 +50,12 @@ def test_tune_trains_the_defaults_first_and_the_best_trial_becomes_the_run(tiny_
     assert view["trials"][0]["params"] == trials[0]["params"] and view["trials"][0]["score"] == trials[0]["score"]
     # the trials never saw the test rows: each trained on the run's own train split, scored on its val rows
     train_rows = len((run / "data" / "train.jsonl").read_text().splitlines())
+    from ownllm.training.config import TrainConfig
+    from ownllm.training.defaults import resolve_defaults
+    from ownllm.training.tune import _steps
+
+    # the pruner's warm-up is a third of the defaults' steps: counted as the run counts them, replay included
+    assert trials[0]["steps"] == _steps(resolve_defaults(TrainConfig(batch_size=8, epochs=1), train_rows), train_rows)
     for t in trials:
         trial = run / "tune" / f"trial-{t['number']}"
         assert yaml.safe_load((trial / "config.yaml").read_text())["data"] == str(run)

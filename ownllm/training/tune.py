@@ -298,10 +298,13 @@ def tune_run(cfg, data, run, options: TuneConfig | None = None) -> TuneResult:
 
 
 def _steps(settings, n_train: int) -> int:
-    """Optimizer steps of a run of ``settings`` on ``n_train`` rows (replayed rows left out: a lower bound)."""
+    """Optimizer steps of a run of ``settings`` on ``n_train`` rows, the replayed general answers counted (the
+    pruner's warm-up is a third of the defaults' run: left out, it judged trials after a fifth of it)."""
     from ownllm.planning.estimate import steps_per_epoch
+    from ownllm.training.protect import replay_for_plan
 
-    per_epoch = steps_per_epoch(n_train, settings.batch_size, settings.grad_accum, 1)
+    rows = n_train + replay_for_plan(settings.protect, settings.method, n_train)
+    per_epoch = steps_per_epoch(rows, settings.batch_size, settings.grad_accum, 1)
     return settings.max_steps or max(1, per_epoch * int(math.ceil(float(settings.epochs))))
 
 
