@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="40,100,300,1000", help="training rows of each domain, comma-separated")
     ap.add_argument("--langs", default="en,zh")
     ap.add_argument("--runs", type=int, default=3, help="runs of each size and language (seeds 42, 43, ...)")
+    ap.add_argument("--seeds", help="these seeds instead of --runs, comma-separated (e.g. one per process, to run "
+                                    "seeds side by side: their times are then not comparable)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field to override")
     ap.add_argument("--dev", action="store_true", help="the development facts (choose settings on these)")
     ap.add_argument("--json", help="also write every run's figures to this file")
@@ -201,12 +203,13 @@ def main() -> None:
                                                      "one training run with the defaults")
     args = ap.parse_args()
     overrides = train_overrides(args.set)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [42 + n for n in range(args.runs)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             for lang in args.langs.split(","):
-                for n in range(args.runs):
-                    r = run(size, lang, 42 + n, tmp, overrides, args.dev, args.tune)
+                for seed in seeds:
+                    r = run(size, lang, seed, tmp, overrides, args.dev, args.tune)
                     results.append(r)
                     show(r)
                     if args.json:
